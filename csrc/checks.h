@@ -1,0 +1,99 @@
+// Argument validation shared by every kernel of the `kasmina` ops.
+//
+// The messages are part of the public contract: the Python layer
+// (kasmina_fast/ops/_checks.py) raises the very same text for the backends
+// that do not go through C++, and tests/ops/test_bad_input.py compares the
+// two. Every failure is a ValueError that names the op and the argument.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <sstream>
+#include <string>
+
+namespace kasmina {
+
+// Python spelling of a dtype ("float32"), so that messages read the same
+// whether they come from C++ or from Python.
+inline const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    case at::kComplexFloat: return "complex64";
+    case at::kComplexDouble: return "complex128";
+    default: return c10::toString(t);
+  }
+}
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << ']';
+  return os.str();
+}
+
+inline void check_float(const at::Tensor& t, const char* op, const std::string& arg) {
+  TORCH_CHECK_VALUE(is_supported_float(t.scalar_type()), op, ": ", arg,
+                    " must be float16, bfloat16, float32 or float64, got ",
+                    dtype_name(t.scalar_type()));
+}
+
+// host/seed pair: same dtype (a supported float), shape and device.
+inline void check_pair(const at::Tensor& host, const at::Tensor& seed, const char* op) {
+  check_float(host, op, "host");
+  TORCH_CHECK_VALUE(seed.scalar_type() == host.scalar_type(), op,
+                    ": seed must have the dtype of host, got seed ", dtype_name(seed.scalar_type()),
+                    " and host ", dtype_name(host.scalar_type()));
+  TORCH_CHECK_VALUE(seed.sizes() == host.sizes(), op, ": seed must have the shape of host, got seed ",
+                    shape_str(seed.sizes()), " and host ", shape_str(host.sizes()));
+  TORCH_CHECK_VALUE(seed.device() == host.device(), op, ": seed must be on the device of host, got seed ",
+                    seed.device().str(), " and host ", host.device().str());
+}
+
+// alpha: a supported float on host's device, 0-d or per-sample [B, 1, ..., 1].
+inline void check_alpha(const at::Tensor& host, const at::Tensor& alpha, const char* op) {
+  check_float(alpha, op, "alpha");
+  TORCH_CHECK_VALUE(alpha.device() == host.device(), op,
+                    ": alpha must be on the device of host, got alpha ", alpha.device().str(),
+                    " and host ", host.device().str());
+  if (alpha.dim() == 0) return;
+  bool per_sample = host.dim() >= 1 && alpha.dim() == host.dim() && alpha.size(0) == host.size(0);
+  for (int64_t d = 1; per_sample && d < alpha.dim(); ++d) per_sample = alpha.size(d) == 1;
+  TORCH_CHECK_VALUE(per_sample, op, ": alpha must be 0-d or per-sample [B, 1, ..., 1] matching host ",
+                    shape_str(host.sizes()), ", got alpha ", shape_str(alpha.sizes()));
+}
+
+inline void check_blend_args(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha,
+                             const char* op) {
+  check_pair(host, seed, op);
+  check_alpha(host, alpha, op);
+}
+
+// A list of gradient-like tensors: supported floats, all on `device`.
+// `first` names the tensor whose device the others must share.
+inline void check_list(at::TensorList ts, const char* op, const char* name,
+                       const c10::optional<at::Device>& device, const std::string& first) {
+  for (size_t i = 0; i < ts.size(); ++i) {
+    std::string arg = std::string(name) + "[" + std::to_string(i) + "]";
+    check_float(ts[i], op, arg);
+    if (device.has_value()) {
+      TORCH_CHECK_VALUE(ts[i].device() == *device, op, ": ", arg, " is on ", ts[i].device().str(),
+                        " but ", first, " is on ", device->str());
+    }
+  }
+}
+
+}  // namespace kasmina

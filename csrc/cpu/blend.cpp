@@ -1,0 +1,201 @@
+// kasmina::blend and kasmina::blend_backward on the CPU.
+//
+// Math (w = clamp(alpha, 0, 1), broadcast per sample or over the whole tensor):
+//   forward   out     = lerp(host, seed, w)      (torch.lerp's two-sided formula)
+//   backward  d_host  = (1 - w) * g
+//             d_seed  = w * g
+//             d_alpha = [0 <= alpha <= 1] * sum_{sample} g * (seed - host)
+// Memory traffic on the dense path (packed contiguous / channels_last layouts):
+//   forward   reads host, seed; writes out                       (3 passes)
+//   backward  reads g (and host, seed only when d_alpha is wanted);
+//             writes d_host, d_seed                              (3 or 5 passes)
+// bf16/fp16 compute in fp32; the d_alpha reduction is a fixed-order two-stage
+// sum (fp32 per chunk, fp64 across chunks): bitwise deterministic.
+// Other strided inputs take an ATen fallback (correct, several passes).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "dense.h"
+
+namespace kasmina {
+namespace {
+
+using cpu::Acc;
+using cpu::ceil_div;
+using cpu::kChunk;
+
+template <typename T>
+void blend_forward_dense(const T* h, const T* s, T* o, const std::vector<typename Acc<T>::type>& w,
+                         int64_t B, int64_t N) {
+  using A = typename Acc<T>::type;
+  const int64_t per = ceil_div(N, kChunk);
+  at::parallel_for(0, B * per, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / per;
+      const int64_t lo = b * N + (t % per) * kChunk;
+      const int64_t hi = std::min(lo + kChunk, b * N + N);
+      const A wb = w[b];
+      if (wb < A(0.5)) {
+        for (int64_t i = lo; i < hi; ++i) {
+          const A hv = static_cast<A>(h[i]);
+          o[i] = static_cast<T>(hv + wb * (static_cast<A>(s[i]) - hv));
+        }
+      } else {
+        const A omw = A(1) - wb;
+        for (int64_t i = lo; i < hi; ++i) {
+          const A sv = static_cast<A>(s[i]);
+          o[i] = static_cast<T>(sv - (sv - static_cast<A>(h[i])) * omw);
+        }
+      }
+    }
+  });
+}
+
+// One pass over g (and host, seed when DA): writes d_host, d_seed and one
+// partial d_alpha sum per task.
+template <typename T, bool DH, bool DS, bool DA>
+void blend_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, double* partial,
+                          const std::vector<typename Acc<T>::type>& w, int64_t B, int64_t N) {
+  using A = typename Acc<T>::type;
+  const int64_t per = ceil_div(N, kChunk);
+  at::parallel_for(0, B * per, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / per;
+      const int64_t lo = b * N + (t % per) * kChunk;
+      const int64_t hi = std::min(lo + kChunk, b * N + N);
+      const A wb = w[b];
+      const A omw = A(1) - wb;
+      A acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = lo; i < hi; ++i) {
+        const A gv = static_cast<A>(g[i]);
+        if constexpr (DH) dh[i] = static_cast<T>(gv * omw);
+        if constexpr (DS) ds[i] = static_cast<T>(gv * wb);
+        if constexpr (DA) acc += gv * (static_cast<A>(s[i]) - static_cast<A>(h[i]));
+      }
+      if constexpr (DA) partial[t] = static_cast<double>(acc);
+    }
+  });
+}
+
+template <typename T, bool DH, bool DS>
+void backward_da(bool da, const T* g, const T* h, const T* s, T* dh, T* ds, double* partial,
+                 const std::vector<typename Acc<T>::type>& w, int64_t B, int64_t N) {
+  if (da) {
+    blend_backward_dense<T, DH, DS, true>(g, h, s, dh, ds, partial, w, B, N);
+  } else {
+    blend_backward_dense<T, DH, DS, false>(g, h, s, dh, ds, partial, w, B, N);
+  }
+}
+
+at::Tensor empty_unless(bool wanted, const at::Tensor& like) {
+  return wanted ? at::empty_like(like) : at::empty({0}, like.options());
+}
+
+// Scalar type used for the fallback's weight tensor: lerp wants self's dtype.
+at::Tensor clamped_alpha(const at::Tensor& alpha, const at::Tensor& host) {
+  return alpha.clamp(0, 1).to(host.scalar_type());
+}
+
+}  // namespace
+
+at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha) {
+  check_blend_args(host, seed, alpha, "kasmina::blend");
+  at::Tensor out = at::empty_like(host);
+  const bool per_sample = alpha.dim() > 0;
+  const cpu::Blocks blk = cpu::dense_blocks(host, per_sample, {&seed, &out});
+  if (!blk.dense) {
+    at::lerp_out(out, host, seed, clamped_alpha(alpha, host));
+    return out;
+  }
+  if (host.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, host.scalar_type(), "kasmina_blend_cpu", [&] {
+    using A = typename Acc<scalar_t>::type;
+    std::vector<A> w(blk.B);
+    cpu::read_alpha<A>(alpha, blk.B, w.data(), nullptr);
+    blend_forward_dense<scalar_t>(host.const_data_ptr<scalar_t>(), seed.const_data_ptr<scalar_t>(),
+                                  out.mutable_data_ptr<scalar_t>(), w, blk.B, blk.N);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tensor& grad, const at::Tensor& host,
+                                                                  const at::Tensor& seed, const at::Tensor& alpha,
+                                                                  std::array<bool, 3> mask) {
+  const char* op = "kasmina::blend_backward";
+  check_blend_args(host, seed, alpha, op);
+  TORCH_CHECK_VALUE(grad.sizes() == host.sizes() && grad.scalar_type() == host.scalar_type() &&
+                        grad.device() == host.device(),
+                    op, ": grad must match host in shape, dtype and device, got grad ", shape_str(grad.sizes()), " ",
+                    dtype_name(grad.scalar_type()), " and host ", shape_str(host.sizes()), " ",
+                    dtype_name(host.scalar_type()));
+  at::Tensor d_host = empty_unless(mask[0], host);
+  at::Tensor d_seed = empty_unless(mask[1], host);
+  at::Tensor d_alpha = mask[2] ? at::empty(alpha.sizes(), alpha.options()) : at::empty({0}, alpha.options());
+
+  const bool per_sample = alpha.dim() > 0;
+  // d_host/d_seed need only g; host and seed are read only for d_alpha.
+  std::vector<const at::Tensor*> same{&grad};
+  if (mask[0]) same.push_back(&d_host);
+  if (mask[1]) same.push_back(&d_seed);
+  cpu::Blocks blk = cpu::dense_blocks(host, per_sample, {});
+  if (blk.dense) {
+    for (const at::Tensor* t : same) blk.dense = blk.dense && (host.numel() == 0 || t->strides() == host.strides());
+    if (mask[2]) blk.dense = blk.dense && (host.numel() == 0 || seed.strides() == host.strides());
+  }
+
+  if (!blk.dense) {
+    const at::Tensor w = clamped_alpha(alpha, host);
+    if (mask[0]) at::mul_out(d_host, grad, 1 - w);
+    if (mask[1]) at::mul_out(d_seed, grad, w);
+    if (mask[2]) {
+      const at::ScalarType acc = host.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      at::Tensor prod = grad.to(acc) * (seed.to(acc) - host.to(acc));
+      at::Tensor inside = (alpha >= 0).logical_and_(alpha <= 1);
+      at::Tensor sum = per_sample ? prod.sum_to_size(alpha.sizes()) : prod.sum();
+      d_alpha.copy_(at::where(inside, sum, at::zeros({}, sum.options())));
+    }
+    return {d_host, d_seed, d_alpha};
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, host.scalar_type(), "kasmina_blend_backward_cpu", [&] {
+    using A = typename Acc<scalar_t>::type;
+    const int64_t B = blk.B, N = blk.N, per = ceil_div(N, kChunk);
+    std::vector<A> w(B), inside(B);
+    cpu::read_alpha<A>(alpha, B, w.data(), inside.data());
+    std::vector<double> partial(mask[2] ? B * per : 0);
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* h = mask[2] ? host.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* s = mask[2] ? seed.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* dh = mask[0] ? d_host.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* ds = mask[1] ? d_seed.mutable_data_ptr<scalar_t>() : nullptr;
+    if (host.numel() > 0) {
+      if (mask[0] && mask[1]) {
+        backward_da<scalar_t, true, true>(mask[2], g, h, s, dh, ds, partial.data(), w, B, N);
+      } else if (mask[0]) {
+        backward_da<scalar_t, true, false>(mask[2], g, h, s, dh, ds, partial.data(), w, B, N);
+      } else if (mask[1]) {
+        backward_da<scalar_t, false, true>(mask[2], g, h, s, dh, ds, partial.data(), w, B, N);
+      } else if (mask[2]) {
+        backward_da<scalar_t, false, false>(true, g, h, s, dh, ds, partial.data(), w, B, N);
+      }
+    }
+    if (mask[2]) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, alpha.scalar_type(), "kasmina_blend_dalpha", [&] {
+        scalar_t* da = d_alpha.mutable_data_ptr<scalar_t>();
+        for (int64_t b = 0; b < B; ++b) {
+          double sum = 0;
+          for (int64_t c = 0; c < per; ++c) sum += partial[b * per + c];
+          // like clamp's backward: outside [0, 1] the gradient is 0, even a NaN one
+          da[b] = static_cast<scalar_t>(inside[b] != 0 ? sum : 0.0);
+        }
+      });
+    }
+  });
+  return {d_host, d_seed, d_alpha};
+}
+
+}  // namespace kasmina

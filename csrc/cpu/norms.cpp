@@ -1,0 +1,135 @@
+// kasmina::foreach_norm and kasmina::gradient_stats on the CPU.
+//
+// Math: per tensor t_i, sumsq_i = sum(t_i^2) in fp64; foreach_norm returns
+// sqrt(sumsq_i) as fp32 [N]. gradient_stats returns fp32 [4]:
+//   host = sqrt(sum over host_grads), seed = sqrt(sum over seed_grads),
+//   ratio = 0 if host < 1e-8, else min(10, seed / host * sqrt(host_params / seed_params))
+//           (the raw seed / host when either count is 0; NaN stays NaN),
+//   nonfinite = 1 if host or seed sum of squares is not finite, else 0.
+// Memory traffic: one read of every element; the work is split into
+// fixed-size chunks over all tensors (parallel over tensors and chunks) and
+// the chunk partials are added in a fixed order: bitwise deterministic.
+// Dense tensors of any layout are read in place; other strided views go
+// through at::linalg_vector_norm (correct, no copy, slower).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+#include "dense.h"
+
+namespace kasmina {
+namespace {
+
+constexpr int64_t kNormChunk = 4 * cpu::kChunk;
+
+struct Task {
+  int64_t tensor;
+  int64_t lo, hi;
+};
+
+template <typename T>
+double sumsq_range(const T* p, int64_t lo, int64_t hi) {
+  double acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = lo; i < hi; ++i) {
+    const double v = static_cast<double>(p[i]);
+    acc += v * v;
+  }
+  return acc;
+}
+
+// Sum of squares of every tensor, in fp64.
+std::vector<double> sums_of_squares(const std::vector<at::Tensor>& ts) {
+  const int64_t n = static_cast<int64_t>(ts.size());
+  std::vector<double> out(n, 0.0);
+  std::vector<Task> tasks;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& t = ts[i];
+    if (t.numel() == 0) continue;
+    if (!t.is_non_overlapping_and_dense()) {
+      const double norm = at::linalg_vector_norm(t, 2, c10::nullopt, false, at::kDouble).item<double>();
+      out[i] = norm * norm;
+      continue;
+    }
+    for (int64_t lo = 0; lo < t.numel(); lo += kNormChunk) {
+      tasks.push_back({i, lo, std::min(lo + kNormChunk, t.numel())});
+    }
+  }
+  std::vector<double> partial(tasks.size(), 0.0);
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const Task& tk = tasks[k];
+      const at::Tensor& t = ts[tk.tensor];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "kasmina_sumsq_cpu", [&] {
+        partial[k] = sumsq_range(t.const_data_ptr<scalar_t>(), tk.lo, tk.hi);
+      });
+    }
+  });
+  for (size_t k = 0; k < tasks.size(); ++k) out[tasks[k].tensor] += partial[k];
+  return out;
+}
+
+c10::optional<at::Device> first_device(at::TensorList a, at::TensorList b) {
+  if (!a.empty()) return a[0].device();
+  if (!b.empty()) return b[0].device();
+  return c10::nullopt;
+}
+
+}  // namespace
+
+at::Tensor foreach_norm_cpu(at::TensorList tensors) {
+  const char* op = "kasmina::foreach_norm";
+  check_list(tensors, op, "tensors", first_device(tensors, {}), "tensors[0]");
+  const std::vector<double> ss = sums_of_squares(tensors.vec());
+  at::Tensor out = at::empty({static_cast<int64_t>(ss.size())}, at::TensorOptions().dtype(at::kFloat));
+  float* o = out.mutable_data_ptr<float>();
+  for (size_t i = 0; i < ss.size(); ++i) o[i] = static_cast<float>(std::sqrt(ss[i]));
+  return out;
+}
+
+// The four numbers of gradient_stats from the two sums of squares.
+void gradient_stats_finalize(double host_ss, double seed_ss, int64_t host_params, int64_t seed_params, float* out) {
+  const double host = std::sqrt(host_ss);
+  const double seed = std::sqrt(seed_ss);
+  double ratio = 0.0;
+  if (!(host < 1e-8)) {
+    ratio = seed / host;
+    if (host_params > 0 && seed_params > 0) {
+      ratio *= std::sqrt(static_cast<double>(host_params) / static_cast<double>(seed_params));
+    }
+    if (!std::isnan(ratio)) ratio = std::min(ratio, 10.0);
+  }
+  out[0] = static_cast<float>(host);
+  out[1] = static_cast<float>(seed);
+  out[2] = static_cast<float>(ratio);
+  out[3] = std::isfinite(host_ss + seed_ss) ? 0.0f : 1.0f;
+}
+
+void check_gradient_stats_args(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
+                               int64_t seed_params) {
+  const char* op = "kasmina::gradient_stats";
+  TORCH_CHECK_VALUE(host_params >= 0, op, ": host_params must be >= 0, got ", host_params);
+  TORCH_CHECK_VALUE(seed_params >= 0, op, ": seed_params must be >= 0, got ", seed_params);
+  const auto dev = first_device(host_grads, seed_grads);
+  const std::string first = host_grads.empty() ? "seed_grads[0]" : "host_grads[0]";
+  check_list(host_grads, op, "host_grads", dev, first);
+  check_list(seed_grads, op, "seed_grads", dev, first);
+}
+
+at::Tensor gradient_stats_cpu(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
+                              int64_t seed_params) {
+  check_gradient_stats_args(host_grads, seed_grads, host_params, seed_params);
+  std::vector<at::Tensor> all = host_grads.vec();
+  all.insert(all.end(), seed_grads.begin(), seed_grads.end());
+  const std::vector<double> ss = sums_of_squares(all);
+  double host_ss = 0, seed_ss = 0;
+  for (size_t i = 0; i < ss.size(); ++i) (i < host_grads.size() ? host_ss : seed_ss) += ss[i];
+  at::Tensor out = at::empty({4}, at::TensorOptions().dtype(at::kFloat));
+  gradient_stats_finalize(host_ss, seed_ss, host_params, seed_params, out.mutable_data_ptr<float>());
+  return out;
+}
+
+}  // namespace kasmina

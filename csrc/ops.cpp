@@ -1,0 +1,148 @@
+// The `kasmina` op library: schemas, CPU kernels and C++ autograd.
+//
+// Registration and autograd live in C++ so that an eager call costs about
+// what a native op costs (no Python on the call path, no Python autograd
+// Function). Fake (meta) kernels are Python (kasmina_fast/ops/registration.py,
+// named below with set_python_module) and so are the Triton kernels.
+// The schemas here and in kasmina_fast/ops/schemas.py must stay identical;
+// tests/ops/test_registration.py compares them.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "checks.h"
+
+namespace kasmina {
+
+at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tensor& grad, const at::Tensor& host,
+                                                                  const at::Tensor& seed, const at::Tensor& alpha,
+                                                                  std::array<bool, 3> output_mask);
+at::Tensor ste_cpu(const at::Tensor& host, const at::Tensor& seed);
+at::Tensor foreach_norm_cpu(at::TensorList tensors);
+at::Tensor gradient_stats_cpu(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
+                              int64_t seed_params);
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>& blend_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("kasmina::blend", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op;
+}
+
+using BlendBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                        const at::Tensor&, const at::Tensor&,
+                                                                        std::array<bool, 3>);
+const c10::TypedOperatorHandle<BlendBackwardSig>& blend_backward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("kasmina::blend_backward", "").typed<BlendBackwardSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&)>& ste_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("kasmina::ste", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  return op;
+}
+
+// blend: saves alpha always, host and seed only when d_alpha may be needed
+// (d_host and d_seed need only g and alpha).
+class BlendFunction : public torch::autograd::Function<BlendFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& host, const at::Tensor& seed,
+                            const at::Tensor& alpha) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor out = blend_op().call(host, seed, alpha);
+    if (alpha.requires_grad()) {
+      ctx->save_for_backward({host, seed, alpha});
+    } else {
+      ctx->save_for_backward({at::Tensor(), at::Tensor(), alpha});
+    }
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
+    const at::Tensor& g = grads[0];
+    // When d_alpha is not wanted the kernel never reads host or seed; g stands
+    // in for them (same shape, dtype and device) to satisfy the checks.
+    const at::Tensor& host = saved[0].defined() ? saved[0] : g;
+    const at::Tensor& seed = saved[1].defined() ? saved[1] : g;
+    auto [d_host, d_seed, d_alpha] = blend_backward_op().call(g, host, seed, saved[2], mask);
+    return {mask[0] ? d_host : at::Tensor(), mask[1] ? d_seed : at::Tensor(), mask[2] ? d_alpha : at::Tensor()};
+  }
+};
+
+// ste: value = host, both inputs receive g unchanged (no kernel in backward).
+class SteFunction : public torch::autograd::Function<SteFunction> {
+ public:
+  static at::Tensor forward(AutogradContext*, const at::Tensor& host, const at::Tensor& seed) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ste_op().call(host, seed);
+  }
+
+  static variable_list backward(AutogradContext*, variable_list grads) { return {grads[0], grads[0]}; }
+};
+
+// The list ops with empty lists have no tensor to dispatch on: this kernel
+// (CompositeExplicitAutograd, reached for the Undefined key and for devices
+// with no kernel of their own) answers the empty case and refuses the rest.
+void refuse_device(const char* op, at::TensorList a, at::TensorList b) {
+  const at::Tensor& t = a.empty() ? b[0] : a[0];
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": no kernel for ", t.device().str(), " tensors in this build");
+}
+
+at::Tensor foreach_norm_empty(at::TensorList tensors) {
+  if (!tensors.empty()) refuse_device("kasmina::foreach_norm", tensors, {});
+  return foreach_norm_cpu(tensors);
+}
+
+at::Tensor gradient_stats_empty(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
+                                int64_t seed_params) {
+  if (!host_grads.empty() || !seed_grads.empty()) refuse_device("kasmina::gradient_stats", host_grads, seed_grads);
+  return gradient_stats_cpu(host_grads, seed_grads, host_params, seed_params);
+}
+
+at::Tensor blend_autograd(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha) {
+  return BlendFunction::apply(host, seed, alpha);
+}
+
+at::Tensor ste_autograd(const at::Tensor& host, const at::Tensor& seed) { return SteFunction::apply(host, seed); }
+
+}  // namespace
+}  // namespace kasmina
+
+TORCH_LIBRARY(kasmina, m) {
+  m.set_python_module("kasmina_fast.ops.registration");
+  m.def("blend(Tensor host, Tensor seed, Tensor alpha) -> Tensor");
+  m.def(
+      "blend_backward(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("ste(Tensor host, Tensor seed) -> Tensor");
+  m.def("foreach_norm(Tensor[] tensors) -> Tensor");
+  m.def("gradient_stats(Tensor[] host_grads, Tensor[] seed_grads, int host_params, int seed_params) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(kasmina, CPU, m) {
+  m.impl("blend", &kasmina::blend_cpu);
+  m.impl("blend_backward", &kasmina::blend_backward_cpu);
+  m.impl("ste", &kasmina::ste_cpu);
+  m.impl("foreach_norm", &kasmina::foreach_norm_cpu);
+  m.impl("gradient_stats", &kasmina::gradient_stats_cpu);
+}
+
+TORCH_LIBRARY_IMPL(kasmina, CompositeExplicitAutograd, m) {
+  m.impl("foreach_norm", &kasmina::foreach_norm_empty);
+  m.impl("gradient_stats", &kasmina::gradient_stats_empty);
+}
+
+TORCH_LIBRARY_IMPL(kasmina, Autograd, m) {
+  m.impl("blend", &kasmina::blend_autograd);
+  m.impl("ste", &kasmina::ste_autograd);
+}

@@ -1,0 +1,28 @@
+"""kasmina-fast: grow neural networks while they train.
+
+The fast ops (``blend``, ``ste``, ``foreach_norm``, ``gradient_stats``) are
+``torch.library`` custom ops in the ``kasmina`` namespace with fused C++,
+CUDA and Triton kernels, checked against one eager reference
+(:mod:`kasmina_fast.reference`). :mod:`kasmina_fast.backends` says which
+kernels run here and lets you force one.
+"""
+
+from kasmina_fast import backends
+from kasmina_fast.backends import available, use_backend
+from kasmina_fast.ops import blend, blend_with_isolation, foreach_norm, gradient_stats, ste, ste_forward
+
+__version__ = "0.1.0"
+
+backends.set_backend(backends._env_choice)
+
+__all__ = [
+    "available",
+    "backends",
+    "blend",
+    "blend_with_isolation",
+    "foreach_norm",
+    "gradient_stats",
+    "ste",
+    "ste_forward",
+    "use_backend",
+]

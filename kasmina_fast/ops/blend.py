@@ -1,0 +1,56 @@
+"""``kasmina_fast.blend``: alpha blending of a seed into its host.
+
+``out = lerp(host, seed, clamp(alpha, 0, 1))`` with alpha a 0-d tensor, a
+per-sample ``[B, 1, ..., 1]`` tensor, or a Python number (turned into a 0-d
+tensor on host's device, so that a changing value never recompiles a
+``torch.compile``-d caller). Gradients flow to host ``(1 - w) g``, seed
+``w g`` and, when alpha requires grad, alpha ``sum(g (seed - host))`` over the
+broadcast dims (0 where alpha was clamped).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+from kasmina_fast import backends, reference
+from kasmina_fast.ops import _checks
+
+
+def _reference(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
+    _checks.check_blend(host, seed, alpha)
+    return reference.blend(host, seed, alpha)
+
+
+_native = torch.ops.kasmina.blend.default
+
+backends.register("blend", {"reference": _reference, "cpp": _native, "cuda": _native})
+
+
+def blend(host: Tensor, seed: Tensor, alpha: Tensor | float) -> Tensor:
+    """Blend ``seed`` into ``host``: ``lerp(host, seed, clamp(alpha, 0, 1))``.
+
+    Args:
+        host: host features, any shape, float16/bfloat16/float32/float64.
+        seed: seed features, same shape, dtype and device as ``host``.
+        alpha: a 0-d tensor, a per-sample ``[B, 1, ..., 1]`` tensor (any
+            float dtype, on host's device) or a Python number.
+
+    Returns:
+        A new tensor with host's shape, dtype and layout.
+
+    Raises:
+        ValueError: naming the op and the argument, on any mismatch.
+    """
+    if not isinstance(alpha, Tensor):
+        if not isinstance(alpha, numbers.Real):
+            raise ValueError(f"kasmina::blend: alpha must be a Tensor or a real number, got {type(alpha).__name__}")
+        dtype = torch.float64 if host.dtype == torch.float64 else torch.float32
+        alpha = torch.full((), alpha, dtype=dtype, device=host.device)
+    return backends.ROUTES.blend[host.is_cuda](host, seed, alpha)
+
+
+#: The specification's name for :func:`blend`.
+blend_with_isolation = blend

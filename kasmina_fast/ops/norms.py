@@ -1,0 +1,67 @@
+"""Batched gradient norms: ``foreach_norm`` and ``gradient_stats``.
+
+Both read every element once and keep their result on the tensors' device:
+nothing here synchronises with the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from kasmina_fast import backends, reference
+from kasmina_fast.ops import _checks
+
+
+def _foreach_norm_reference(tensors: Sequence[Tensor]) -> Tensor:
+    _checks.check_foreach_norm(tensors)
+    return reference.foreach_norm(tensors)
+
+
+def _gradient_stats_reference(host_grads, seed_grads, host_params: int, seed_params: int) -> Tensor:
+    _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
+    return reference.gradient_stats(host_grads, seed_grads, host_params, seed_params)
+
+
+_foreach_native = torch.ops.kasmina.foreach_norm.default
+_stats_native = torch.ops.kasmina.gradient_stats.default
+
+backends.register(
+    "foreach_norm", {"reference": _foreach_norm_reference, "cpp": _foreach_native, "cuda": _foreach_native}
+)
+backends.register(
+    "gradient_stats", {"reference": _gradient_stats_reference, "cpp": _stats_native, "cuda": _stats_native}
+)
+
+
+def _on_cuda(*lists: Sequence[Tensor]) -> bool:
+    for ts in lists:
+        if len(ts):
+            return ts[0].is_cuda
+    return False
+
+
+def foreach_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """L2 norm of every tensor, as one fp32 ``[N]`` tensor on their device.
+
+    Mixed float dtypes are fine (accumulation in at least fp32); empty tensors
+    give 0; an empty list gives an empty CPU tensor.
+    """
+    tensors = list(tensors)
+    return backends.ROUTES.foreach_norm[_on_cuda(tensors)](tensors)
+
+
+def gradient_stats(
+    host_grads: Sequence[Tensor], seed_grads: Sequence[Tensor], host_params: int = 0, seed_params: int = 0
+) -> Tensor:
+    """The G2 gate's gradient summary as fp32 ``[4]`` on the gradients' device:
+    ``[host_norm, seed_norm, ratio, nonfinite]`` with
+    ``ratio = min(10, seed_norm / host_norm * sqrt(host_params / seed_params))``
+    (0 when ``host_norm < 1e-8``; un-normalised when a count is 0) and
+    ``nonfinite = 1.0`` when any gradient holds NaN or inf.
+    """
+    host_grads, seed_grads = list(host_grads), list(seed_grads)
+    route = backends.ROUTES.gradient_stats[_on_cuda(host_grads, seed_grads)]
+    return route(host_grads, seed_grads, int(host_params), int(seed_params))

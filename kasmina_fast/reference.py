@@ -1,0 +1,88 @@
+"""The eager reference of every ``kasmina`` op: the oracle for all tests and
+the fallback wherever no faster backend exists.
+
+These are plain PyTorch expressions, differentiated by autograd. They do not
+validate their arguments; the public functions in ``kasmina_fast.ops`` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+#: Host gradient norm below which the gradient ratio is defined as 0.
+HOST_NORM_EPS = 1e-8
+#: Upper bound of the parameter-normalised gradient ratio.
+RATIO_CAP = 10.0
+
+
+def blend(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
+    """``lerp(host, seed, clamp(alpha, 0, 1))``; alpha 0-d or ``[B, 1, ..., 1]``."""
+    return torch.lerp(host, seed, alpha.clamp(0, 1).to(host.dtype))
+
+
+def blend_backward(
+    grad: Tensor, host: Tensor, seed: Tensor, alpha: Tensor, output_mask: Sequence[bool]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Explicit gradients of :func:`blend` (what autograd computes through it).
+
+    ``d_host = (1 - w) g``, ``d_seed = w g`` with ``w = clamp(alpha, 0, 1)``,
+    ``d_alpha = [0 <= alpha <= 1] * sum(g * (seed - host))`` over the broadcast
+    dims. Outputs not asked for in ``output_mask`` are empty ``[0]`` tensors.
+    """
+    w = alpha.clamp(0, 1).to(host.dtype)
+    empty = host.new_empty(0)
+    d_host = torch.empty_like(host).copy_(grad * (1 - w)) if output_mask[0] else empty
+    d_seed = torch.empty_like(host).copy_(grad * w) if output_mask[1] else empty
+    if output_mask[2]:
+        acc = torch.float64 if host.dtype == torch.float64 else torch.float32
+        prod = grad.to(acc) * (seed.to(acc) - host.to(acc))
+        total = prod.sum_to_size(alpha.shape) if alpha.dim() else prod.sum()
+        inside = (alpha >= 0) & (alpha <= 1)
+        d_alpha = torch.where(inside, total, torch.zeros_like(total)).to(alpha.dtype).contiguous()
+    else:
+        d_alpha = alpha.new_empty(0)
+    return d_host, d_seed, d_alpha
+
+
+def ste(host: Tensor, seed: Tensor) -> Tensor:
+    """Straight-through estimator: value ``host``, gradient ``g`` to both inputs."""
+    return host + (seed - seed.detach())
+
+
+def foreach_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """Per-tensor L2 norms as fp32 ``[N]`` (accumulated in fp64; empty tensors give 0)."""
+    if len(tensors) == 0:
+        return torch.zeros(0, dtype=torch.float32)
+    norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
+    return torch.stack(norms).to(torch.float32)
+
+
+def gradient_stats(
+    host_grads: Sequence[Tensor], seed_grads: Sequence[Tensor], host_params: int, seed_params: int
+) -> Tensor:
+    """fp32 ``[4]``: host norm, seed norm, parameter-normalised ratio, non-finite flag.
+
+    ``ratio = min(10, seed / host * sqrt(host_params / seed_params))``; 0 when
+    the host norm is below 1e-8; the un-normalised ``seed / host`` (still
+    capped) when either parameter count is 0; NaN stays NaN. The flag is 1 when
+    any gradient holds a NaN or an infinity.
+    """
+    device = next((t.device for t in (*host_grads, *seed_grads)), torch.device("cpu"))
+
+    def total_sumsq(ts: Sequence[Tensor]) -> Tensor:
+        acc = torch.zeros((), dtype=torch.float64, device=device)
+        for t in ts:
+            acc = acc + torch.linalg.vector_norm(t.detach(), dtype=torch.float64) ** 2
+        return acc
+
+    host_ss, seed_ss = total_sumsq(host_grads), total_sumsq(seed_grads)
+    host, seed = host_ss.sqrt(), seed_ss.sqrt()
+    ratio = seed / host
+    if host_params > 0 and seed_params > 0:
+        ratio = ratio * (host_params / seed_params) ** 0.5
+    ratio = torch.where(host < HOST_NORM_EPS, torch.zeros_like(ratio), ratio.clamp(max=RATIO_CAP))
+    nonfinite = (~torch.isfinite(host_ss + seed_ss)).to(torch.float64)
+    return torch.stack([host, seed, ratio, nonfinite]).to(torch.float32)

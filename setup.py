@@ -1,0 +1,51 @@
+"""Build of kasmina-fast's C++ (and, where possible, CUDA) extension.
+
+The extension ``kasmina_fast._C`` is a plain shared library of ``torch.library``
+registrations: it is loaded with ``torch.ops.load_library``, never imported.
+CUDA sources in ``csrc/cuda`` are compiled only when the installed torch is a
+CUDA build and a CUDA toolkit is found; ``KASMINA_FAST_NO_EXTENSION=1`` skips
+the extension altogether (the package then runs on the reference backend).
+
+Build against the torch that will run it:
+``pip install --no-build-isolation -e .``
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from setuptools import setup
+
+PACKAGES = ["kasmina_fast", "kasmina_fast.ops", "kasmina_fast.cli", "kasmina_fast.triton_kernels"]
+PACKAGE_DIR = {"kasmina_fast.triton_kernels": "triton_kernels"}
+
+
+def extensions() -> tuple[list, dict]:
+    if os.environ.get("KASMINA_FAST_NO_EXTENSION") == "1":
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    link = ["-fopenmp"]
+    with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    if with_cuda and cuda_sources:
+        ext = cpp_extension.CUDAExtension(
+            "kasmina_fast._C",
+            sources + cuda_sources,
+            define_macros=[("KASMINA_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+            extra_link_args=link,
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "kasmina_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)
