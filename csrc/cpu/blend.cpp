@@ -95,9 +95,10 @@ at::Tensor empty_unless(bool wanted, const at::Tensor& like) {
   return wanted ? at::empty_like(like) : at::empty({0}, like.options());
 }
 
-// Scalar type used for the fallback's weight tensor: lerp wants self's dtype.
-at::Tensor clamped_alpha(const at::Tensor& alpha, const at::Tensor& host) {
-  return alpha.clamp(0, 1).to(host.scalar_type());
+// The strided fallback computes in the accumulation type (fp32, fp64 for fp64)
+// like the dense kernels; upcasts copy only 16-bit inputs.
+at::ScalarType acc_type(const at::Tensor& host) {
+  return host.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 }  // namespace
@@ -108,7 +109,8 @@ at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::T
   const bool per_sample = alpha.dim() > 0;
   const cpu::Blocks blk = cpu::dense_blocks(host, per_sample, {&seed, &out});
   if (!blk.dense) {
-    at::lerp_out(out, host, seed, clamped_alpha(alpha, host));
+    const at::ScalarType acc = acc_type(host);
+    out.copy_(at::lerp(host.to(acc), seed.to(acc), alpha.clamp(0, 1).to(acc)));
     return out;
   }
   if (host.numel() == 0) return out;
@@ -148,12 +150,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tens
   }
 
   if (!blk.dense) {
-    const at::Tensor w = clamped_alpha(alpha, host);
-    if (mask[0]) at::mul_out(d_host, grad, 1 - w);
-    if (mask[1]) at::mul_out(d_seed, grad, w);
+    const at::ScalarType acc = acc_type(host);
+    const at::Tensor w = alpha.clamp(0, 1).to(acc);
+    const at::Tensor g = grad.to(acc);
+    if (mask[0]) d_host.copy_(g * (1 - w));
+    if (mask[1]) d_seed.copy_(g * w);
     if (mask[2]) {
-      const at::ScalarType acc = host.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-      at::Tensor prod = grad.to(acc) * (seed.to(acc) - host.to(acc));
+      at::Tensor prod = g * (seed.to(acc) - host.to(acc));
       at::Tensor inside = (alpha >= 0).logical_and_(alpha <= 1);
       at::Tensor sum = per_sample ? prod.sum_to_size(alpha.sizes()) : prod.sum();
       d_alpha.copy_(at::where(inside, sum, at::zeros({}, sum.options())));

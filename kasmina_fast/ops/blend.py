@@ -2,8 +2,9 @@
 
 ``out = lerp(host, seed, clamp(alpha, 0, 1))`` with alpha a 0-d tensor, a
 per-sample ``[B, 1, ..., 1]`` tensor, or a Python number (turned into a 0-d
-tensor on host's device, so that a changing value never recompiles a
-``torch.compile``-d caller). Gradients flow to host ``(1 - w) g``, seed
+tensor on host's device). Under ``torch.compile`` a 0-d tensor alpha never
+recompiles when its value changes; a Python float recompiles once, on its
+second distinct value, and is dynamic after that. Gradients flow to host ``(1 - w) g``, seed
 ``w g`` and, when alpha requires grad, alpha ``sum(g (seed - host))`` over the
 broadcast dims (0 where alpha was clamped).
 """
@@ -48,7 +49,12 @@ def blend(host: Tensor, seed: Tensor, alpha: Tensor | float) -> Tensor:
         if not isinstance(alpha, numbers.Real):
             raise ValueError(f"kasmina::blend: alpha must be a Tensor or a real number, got {type(alpha).__name__}")
         dtype = torch.float64 if host.dtype == torch.float64 else torch.float32
-        alpha = torch.full((), alpha, dtype=dtype, device=host.device)
+        if torch.compiler.is_compiling():
+            # traced as a graph input (one recompile, then dynamic); full() would
+            # bake the value in and recompile for every new alpha
+            alpha = torch.zeros((), dtype=dtype, device=host.device) + alpha
+        else:
+            alpha = torch.full((), alpha, dtype=dtype, device=host.device)
     return backends.ROUTES.blend[host.is_cuda](host, seed, alpha)
 
 

@@ -1,0 +1,155 @@
+"""kasmina_fast.blend on every CPU backend against the fp64 reference:
+values and all three gradients over dtypes x layouts x alpha kinds x shapes."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+
+import kasmina_fast
+from tests.utils import DTYPES, RTOL, assert_close_rel, cpu_backends, make, oracle_blend, run_blend, with_backend
+
+SHAPES = [(), (0,), (1,), (7,), (3, 5), (2, 0, 3), (2, 3, 5), (1, 1, 1, 1), (4, 3, 5, 7), (3, 8, 6, 6)]
+LAYOUTS = ["contiguous", "channels_last", "view"]
+ALPHAS = ["scalar", "scalar_learnable", "per_sample", "per_sample_learnable", "outside_learnable", "python"]
+PER_SAMPLE = ("per_sample", "per_sample_learnable", "outside_learnable")
+# every meaningful (shape, layout, alpha) case: channels_last is 4-D only, a 0-d host has no batch
+CASES = [
+    pytest.param(shape, layout, kind, id=f"{list(shape)}-{layout}-{kind}")
+    for shape in SHAPES
+    for layout in LAYOUTS
+    for kind in ALPHAS
+    if (layout != "channels_last" or len(shape) == 4) and (len(shape) > 0 or kind not in PER_SAMPLE)
+]
+
+
+def make_alpha(kind: str, shape, gen):
+    if kind == "python":
+        return 0.37
+    per_sample = kind in PER_SAMPLE
+    ashape = (shape[0], *([1] * (len(shape) - 1))) if per_sample else ()
+    a = torch.rand(ashape, dtype=torch.float64, generator=gen)
+    if kind == "outside_learnable":
+        # values below 0, inside, above 1, and exactly on both edges
+        a = torch.linspace(-0.5, 1.5, a.numel(), dtype=torch.float64).reshape(ashape)
+        if a.numel() >= 3:
+            a.view(-1)[1], a.view(-1)[-2] = 0.0, 1.0
+    return a.to(torch.float32).requires_grad_(kind.endswith("learnable"))
+
+
+def check(backend, host, seed, alpha, dtype):
+    gen = torch.Generator().manual_seed(7)
+    gout = make(host.shape, dtype, "contiguous", gen)
+    if host.dim() == 4 and host.is_contiguous(memory_format=torch.channels_last):
+        gout = gout.contiguous(memory_format=torch.channels_last)
+    a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=torch.float64)
+    want = oracle_blend(host, seed, a, gout)
+    with with_backend(backend):
+        got = run_blend(kasmina_fast.blend, host, seed, alpha, gout) if isinstance(alpha, torch.Tensor) else (
+            run_blend(lambda h, s, _a: kasmina_fast.blend(h, s, alpha), host, seed, a, gout)
+        )
+    rtol = RTOL[dtype]
+    # The reference rounds alpha to host's dtype (torch.lerp needs one dtype); in
+    # 16 bits that error is relative to the inputs, not to the (possibly tiny) result.
+    loose = backend == "reference" and dtype in (torch.float16, torch.bfloat16) and host.numel() > 0
+    scales = [max(host.abs().max().item(), seed.abs().max().item()), gout.abs().max().item()] if loose else [0, 0]
+    for name, g, w, sc in zip(("out", "d_host", "d_seed"), got[:3], want[:3], (scales[0], scales[1], scales[1])):
+        assert g.dtype == dtype, name
+        assert_close_rel(g, w, rtol, f"{backend} {name}", sc)
+    if backend != "reference":  # the op's contract: out = empty_like(host), layout kept
+        assert got[0].stride() == torch.empty_like(host).stride(), "output layout must follow host's"
+    if isinstance(alpha, torch.Tensor) and alpha.requires_grad:
+        assert got[3].dtype == alpha.dtype
+        # d_alpha is a sum of N products: scale the tolerance with the rounding of its inputs
+        sc = (gout.double() * (seed.double() - host.double())).abs().sum().item() if loose else 0.0
+        assert_close_rel(got[3], want[3], max(rtol, RTOL[torch.float32]) * 4, f"{backend} d_alpha", sc)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("shape", "layout", "alpha_kind"), CASES)
+def test_blend_matches_reference(backend, dtype, shape, layout, alpha_kind):
+    gen = torch.Generator().manual_seed(hash((str(dtype), layout, alpha_kind, shape)) % 2**31)
+    host, seed = make(shape, dtype, layout, gen), make(shape, dtype, layout, gen)
+    check(backend, host, seed, make_alpha(alpha_kind, shape, gen), dtype)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_mixed_layouts_and_large_blocks(backend):
+    """host channels_last, seed contiguous, several chunks per sample (strided fallback + dense path)."""
+    gen = torch.Generator().manual_seed(3)
+    shape = (3, 16, 33, 35)  # 18480 elements per sample: more than one 16384 chunk
+    host = make(shape, torch.float32, "channels_last", gen)
+    for seed in (make(shape, torch.float32, "contiguous", gen), make(shape, torch.float32, "channels_last", gen)):
+        alpha = torch.rand(3, 1, 1, 1, generator=gen).requires_grad_()
+        check(backend, host, seed, alpha, torch.float32)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.lists(st.integers(0, 9), min_size=1, max_size=4).map(tuple),
+    dtype=st.sampled_from(DTYPES),
+    per_sample=st.booleans(),
+    learnable=st.booleans(),
+    seed_=st.integers(0, 2**31 - 1),
+)
+def test_blend_property(backend, shape, dtype, per_sample, learnable, seed_):
+    gen = torch.Generator().manual_seed(seed_)
+    host, seed = make(shape, dtype, "contiguous", gen), make(shape, dtype, "contiguous", gen)
+    ashape = (shape[0], *([1] * (len(shape) - 1))) if per_sample else ()
+    alpha = (torch.rand(ashape, generator=gen) * 1.4 - 0.2).requires_grad_(learnable)
+    check(backend, host, seed, alpha, dtype)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_nan_propagates(backend):
+    host = torch.randn(2, 3, 4, 4)
+    seed = torch.randn(2, 3, 4, 4)
+    host[0, 1, 2, 3] = float("nan")
+    seed[1, 0, 0, 0] = float("nan")
+    alpha = torch.tensor([[[[0.25]]], [[[float("nan")]]]], requires_grad=True)
+    gout = torch.randn(2, 3, 4, 4)
+    with with_backend(backend):
+        got = run_blend(kasmina_fast.blend, host, seed, alpha, gout)
+    want = oracle_blend(host, seed, alpha, gout)
+    for g, w, name in zip(got, want, ("out", "d_host", "d_seed", "d_alpha")):
+        assert_close_rel(g, w, 1e-6, name)
+    assert torch.isnan(got[0][0, 1, 2, 3]) and torch.isnan(got[0][1]).all()
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_backward_is_deterministic(backend):
+    gen = torch.Generator().manual_seed(11)
+    host, seed = make((8, 32, 24, 24), torch.float32, "channels_last", gen), make((8, 32, 24, 24), torch.float32)
+    seed = seed.contiguous(memory_format=torch.channels_last)
+    alpha = torch.rand(8, 1, 1, 1, generator=gen).requires_grad_()
+    gout = torch.randn(host.shape, generator=gen).contiguous(memory_format=torch.channels_last)
+    with with_backend(backend):
+        first = run_blend(kasmina_fast.blend, host, seed, alpha, gout)
+        second = run_blend(kasmina_fast.blend, host, seed, alpha, gout)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_only_requested_gradients(backend):
+    """Host frozen, alpha fixed: only the seed receives a gradient, and it is right."""
+    host = torch.randn(4, 5)
+    seed = torch.randn(4, 5, requires_grad=True)
+    with with_backend(backend):
+        out = kasmina_fast.blend(host, seed, torch.tensor(0.25))
+    out.backward(torch.ones_like(out))
+    assert host.grad is None
+    torch.testing.assert_close(seed.grad, torch.full_like(seed, 0.25))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_spec_alias(backend):
+    assert kasmina_fast.blend_with_isolation is kasmina_fast.blend
+    host, seed = torch.randn(3, 4), torch.randn(3, 4)
+    with with_backend(backend):
+        torch.testing.assert_close(kasmina_fast.blend_with_isolation(host, seed, 1.0), seed)
+        torch.testing.assert_close(kasmina_fast.blend(host, seed, 0.0), host)

@@ -1,0 +1,97 @@
+"""torch.compile(fullgraph=True) of modules using blend and ste: no graph break,
+results equal eager, and a changing alpha does not recompile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import kasmina_fast
+from tests.utils import cpu_backends, with_backend
+
+
+class Slot(torch.nn.Module):
+    """A host conv, an isolated seed, an STE (TRAINING) and two blends (BLENDING)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.host = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.seed = torch.nn.Conv2d(4, 4, 1)
+        self.register_buffer("alpha", torch.tensor(0.0))
+        self.gate = torch.nn.Parameter(torch.full((2, 1, 1, 1), 0.6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.host(x)
+        s = self.seed(h.detach())
+        y = kasmina_fast.ste(h, s)
+        y = kasmina_fast.blend(y, s, self.alpha)
+        return kasmina_fast.blend(y, s, self.gate)
+
+
+def step(model, x):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    (out * out).sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compile_fullgraph_matches_eager_without_recompiles(backend, compiler):
+    torch._dynamo.reset()
+    model = Slot().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last)
+    counter = CompileCounterWithBackend(compiler)
+    with with_backend(backend):
+        compiled = torch.compile(model, backend=counter, fullgraph=True)
+        for i in range(20):
+            model.alpha.fill_(i / 19)  # the alpha ramp of BLENDING
+            want = step(model, x)
+            got = step(compiled, x)
+            torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+            for g, w in zip(got[1], want[1]):
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    assert counter.frame_count == 1, f"{counter.frame_count} compiles for 20 alpha values"
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_compile_ops_appear_in_graph(backend):
+    """The fast backends reach the graph as kasmina ops (not decomposed, not a graph break)."""
+    torch._dynamo.reset()
+    seen = []
+
+    def spy(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    with with_backend(backend):
+        fn = torch.compile(lambda h, s, a: kasmina_fast.ste(kasmina_fast.blend(h, s, a), s), backend=spy, fullgraph=True)
+        fn(torch.randn(3, 4), torch.randn(3, 4), torch.tensor(0.3))
+    if backend == "reference":
+        assert any("lerp" in t for t in seen)
+    else:
+        assert "kasmina.blend.default" in seen and "kasmina.ste.default" in seen
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_compile_python_float_alpha_recompiles_at_most_once(backend):
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    x = torch.randn(2, 4)
+    with with_backend(backend):
+        fn = torch.compile(lambda h, a: kasmina_fast.blend(h, 2 * h, a), backend=counter, fullgraph=True)
+        for i in range(20):
+            torch.testing.assert_close(fn(x, i / 19), torch.lerp(x, 2 * x, i / 19))
+    assert counter.frame_count <= 2
+
+
+def test_export_traces_the_ops():
+    class M(torch.nn.Module):
+        def forward(self, h, s, a):
+            return kasmina_fast.ste(kasmina_fast.blend(h, s, a), s)
+
+    args = (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(2, 1, 1, 1))
+    ep = torch.export.export(M(), args)
+    torch.testing.assert_close(ep.module()(*args), M()(*args))

@@ -1,0 +1,117 @@
+"""foreach_norm and gradient_stats on every CPU backend against fp64 torch.linalg.vector_norm."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kasmina_fast
+from tests.utils import assert_close_rel, cpu_backends, make, with_backend
+
+
+def want_norms(ts):
+    return torch.tensor([torch.linalg.vector_norm(t.double()).item() for t in ts], dtype=torch.float64)
+
+
+def lists():
+    gen = torch.Generator().manual_seed(1)
+    return {
+        "empty_list": [],
+        "empty_tensors": [torch.zeros(0), torch.zeros(3, 0), make((5,), torch.float32, generator=gen)],
+        "one_element": [torch.tensor([3.0])],
+        "zero_dim": [torch.tensor(-2.5)],
+        "many_tiny": [make((3,), torch.float32, generator=gen) for _ in range(2000)],
+        "one_large": [make((300_001,), torch.float32, generator=gen)],
+        "mixed_dtypes": [make((17, 3), d, generator=gen) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)],
+        "views": [
+            make((6, 10), torch.float32, "view", gen),
+            make((4, 6, 5, 5), torch.float32, generator=gen).contiguous(memory_format=torch.channels_last),
+            make((8, 9), torch.float64, generator=gen).t(),
+            make((70_000, 3), torch.float32, generator=gen)[::3],
+        ],
+        "large_values": [torch.full((10,), 1e30), torch.full((4,), 3e38)],
+    }
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("case", list(lists()))
+def test_foreach_norm(backend, case):
+    ts = lists()[case]
+    with with_backend(backend):
+        got = kasmina_fast.foreach_norm(ts)
+    assert got.dtype == torch.float32 and got.shape == (len(ts),)
+    want = want_norms(ts)
+    for i in range(len(ts)):
+        assert_close_rel(got[i : i + 1], want[i : i + 1].float().double(), 2e-6, f"{case}[{i}]")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_foreach_norm_non_finite(backend):
+    ts = [torch.tensor([1.0, float("nan")]), torch.tensor([float("inf"), 1.0]), torch.ones(4)]
+    with with_backend(backend):
+        got = kasmina_fast.foreach_norm(ts)
+    assert math.isnan(got[0]) and got[1] == float("inf") and got[2] == 2.0
+
+
+def stats_want(host, seed, hp, sp):
+    h = math.sqrt(sum(torch.linalg.vector_norm(t.double()).item() ** 2 for t in host))
+    s = math.sqrt(sum(torch.linalg.vector_norm(t.double()).item() ** 2 for t in seed))
+    if h < 1e-8:
+        r = 0.0
+    else:
+        r = s / h * (math.sqrt(hp / sp) if hp > 0 and sp > 0 else 1.0)
+        r = r if math.isnan(r) else min(r, 10.0)
+    flag = 0.0 if math.isfinite(h * h + s * s) else 1.0
+    return torch.tensor([h, s, r, flag], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize(
+    ("host_scale", "seed_scale", "hp", "sp"),
+    [
+        (1.0, 0.1, 1000, 10),  # normalised ratio 0.1 * 10 = 1, under the cap
+        (1.0, 1.0, 10_000, 1),  # 1 * 100 -> capped at 10
+        (1e-10, 1.0, 10, 10),  # host norm < 1e-8 -> 0
+        (1.0, 0.5, 0, 10),  # missing count -> raw ratio
+        (1.0, 0.5, 10, 0),
+        (0.0, 0.0, 5, 5),  # all zero
+    ],
+)
+def test_gradient_stats_formula(backend, host_scale, seed_scale, hp, sp):
+    gen = torch.Generator().manual_seed(2)
+    host = [make((30, 7), torch.float32, generator=gen) * host_scale, make((5,), torch.bfloat16, generator=gen) * host_scale]
+    seed = [make((9,), torch.float32, generator=gen) * seed_scale]
+    with with_backend(backend):
+        got = kasmina_fast.gradient_stats(host, seed, hp, sp)
+    assert got.dtype == torch.float32 and got.shape == (4,)
+    assert_close_rel(got, stats_want(host, seed, hp, sp).float().double(), 2e-6)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_gradient_stats_edges(backend):
+    with with_backend(backend):
+        empty = kasmina_fast.gradient_stats([], [], 0, 0)
+        only_seed = kasmina_fast.gradient_stats([], [torch.ones(4)], 3, 3)
+        nan = kasmina_fast.gradient_stats([torch.tensor([1.0, float("nan")])], [torch.ones(2)], 1, 1)
+        inf_seed = kasmina_fast.gradient_stats([torch.ones(2)], [torch.tensor([float("inf")])], 1, 1)
+        huge = kasmina_fast.gradient_stats([torch.full((4,), 1e30)], [torch.full((4,), 1e30)], 1, 1)
+    assert torch.equal(empty, torch.zeros(4))
+    assert torch.equal(only_seed, torch.tensor([0.0, 2.0, 0.0, 0.0]))
+    assert nan[3] == 1.0 and math.isnan(nan[0]) and math.isnan(nan[2])
+    assert inf_seed[3] == 1.0 and inf_seed[1] == float("inf") and inf_seed[2] == 10.0
+    # squares overflow fp32 but not the fp64 accumulator: finite, no false alarm
+    assert huge[3] == 0.0 and huge[2] == 1.0 and math.isclose(huge[0].item(), 2e30, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_norms_deterministic(backend):
+    gen = torch.Generator().manual_seed(4)
+    ts = [make((100_003,), torch.float32, generator=gen) for _ in range(5)]
+    with with_backend(backend):
+        a = kasmina_fast.foreach_norm(ts)
+        b = kasmina_fast.foreach_norm(ts)
+        c = kasmina_fast.gradient_stats(ts[:2], ts[2:], 7, 3)
+        d = kasmina_fast.gradient_stats(ts[:2], ts[2:], 7, 3)
+    assert torch.equal(a, b) and torch.equal(c, d)

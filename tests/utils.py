@@ -1,0 +1,94 @@
+"""Shared helpers for the tests: input builders, the backends to test, and the
+tolerance rule (error relative to the largest reference value; NaN never passes)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+import kasmina_fast
+from kasmina_fast import backends
+
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+#: max |got - want| / max |want| allowed, per dtype, against an fp64 oracle.
+RTOL = {torch.float64: 1e-10, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def cpu_backends() -> list[str]:
+    """Backends that can run CPU tensors in this process."""
+    names = ["reference"]
+    if "cpp" in kasmina_fast.available():
+        names.append("cpp")
+    if "triton" in kasmina_fast.available() and os.environ.get("TRITON_INTERPRET") == "1":
+        names.append("triton")
+    return names
+
+
+def fast_cpu_backends() -> list[str]:
+    return [b for b in cpu_backends() if b != "reference"]
+
+
+def assert_close_rel(got: torch.Tensor, want: torch.Tensor, rtol: float, what: str = "", scale: float = 0.0) -> None:
+    """``max|got - want| <= rtol * max(max|want|, scale)`` (absolute ``rtol`` when all is 0).
+
+    ``scale`` widens the yardstick to the inputs' magnitude; it is used only for
+    the reference backend in 16-bit dtypes, whose alpha is rounded to that dtype.
+
+    Positions where the oracle is NaN must be NaN in ``got`` too; any other NaN fails.
+    """
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    g, w = got.detach().to(torch.float64).cpu(), want.detach().to(torch.float64).cpu()
+    nan_w, nan_g = torch.isnan(w), torch.isnan(g)
+    assert torch.equal(nan_w, nan_g), f"{what}: NaN pattern differs ({int(nan_g.sum())} vs {int(nan_w.sum())})"
+    fin = ~nan_w
+    if not fin.any():
+        return
+    g, w = g[fin], w[fin]
+    inf_w = torch.isinf(w)
+    assert torch.equal(g[inf_w], w[inf_w]), f"{what}: infinities differ"
+    g, w = g[~inf_w], w[~inf_w]
+    if w.numel() == 0:
+        return
+    scale = max(w.abs().max().item(), scale)
+    scale = scale if scale > 0 else 1.0
+    err = (g - w).abs().max().item()
+    assert err <= rtol * scale, f"{what}: max error {err:.3e} > {rtol:.1e} * {scale:.3e}"
+
+
+def make(shape, dtype, layout: str = "contiguous", generator=None, scale: float = 1.0) -> torch.Tensor:
+    """A random leaf tensor of ``shape`` in ``layout``: contiguous, channels_last or view.
+
+    ``view`` is a non-contiguous strided view (every other element of a wider
+    last dim); for 0-d and empty shapes it is simply contiguous.
+    """
+    if layout == "view" and len(shape) >= 1:
+        wide = (*shape[:-1], shape[-1] * 2)
+        base = torch.randn(wide, dtype=torch.float64, generator=generator) * scale
+        return base.to(dtype)[..., ::2]
+    t = (torch.randn(shape, dtype=torch.float64, generator=generator) * scale).to(dtype)
+    if layout == "channels_last" and len(shape) == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def run_blend(fn, host, seed, alpha, gout):
+    """Forward + backward of ``fn(host, seed, alpha)`` on fresh leaves; returns out and the grads."""
+    h = host.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+    s = seed.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+    a = alpha.detach().clone().requires_grad_(alpha.requires_grad)
+    out = fn(h, s, a)
+    out.backward(gout)
+    return out.detach(), h.grad, s.grad, (a.grad if a.requires_grad else None)
+
+
+def oracle_blend(host, seed, alpha, gout):
+    """The reference run in fp64 on the same (already rounded) inputs."""
+    h, s, g = (t.detach().to(torch.float64) for t in (host, seed, gout))
+    a = alpha.detach().to(torch.float64).requires_grad_(alpha.requires_grad)
+    return run_blend(kasmina_fast.reference.blend, h, s, a, g)
+
+
+def with_backend(name: str):
+    return backends.use_backend(name)
