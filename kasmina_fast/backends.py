@@ -80,7 +80,9 @@ def status() -> dict[str, str]:
     if not _extension.LOADED:
         out["cuda"] = _extension.REASON
     elif not _extension.has_kernel("blend", "CUDA"):
-        out["cuda"] = "the extension was built without CUDA kernels (no CUDA torch or no CUDA toolkit at build time)"
+        out["cuda"] = (
+            "the extension was built without CUDA kernels (no CUDA torch or no CUDA toolkit at build time)"
+        )
     elif not cuda_ok:
         out["cuda"] = "no CUDA device is visible"
     else:
@@ -185,7 +187,9 @@ def refresh() -> None:
 def _from_env() -> str:
     name = os.environ.get("KASMINA_FAST_BACKEND", "auto").strip() or "auto"
     if name not in CHOICES:
-        raise ValueError(f"KASMINA_FAST_BACKEND={name!r} is not a backend; choose one of {', '.join(CHOICES)}")
+        raise ValueError(
+            f"KASMINA_FAST_BACKEND={name!r} is not a backend; choose one of {', '.join(CHOICES)}"
+        )
     return name
 
 

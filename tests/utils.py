@@ -30,7 +30,9 @@ def fast_cpu_backends() -> list[str]:
     return [b for b in cpu_backends() if b != "reference"]
 
 
-def assert_close_rel(got: torch.Tensor, want: torch.Tensor, rtol: float, what: str = "", scale: float = 0.0) -> None:
+def assert_close_rel(
+    got: torch.Tensor, want: torch.Tensor, rtol: float, what: str = "", scale: float = 0.0
+) -> None:
     """``max|got - want| <= rtol * max(max|want|, scale)`` (absolute ``rtol`` when all is 0).
 
     ``scale`` widens the yardstick to the inputs' magnitude; it is used only for
@@ -41,7 +43,9 @@ def assert_close_rel(got: torch.Tensor, want: torch.Tensor, rtol: float, what: s
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     g, w = got.detach().to(torch.float64).cpu(), want.detach().to(torch.float64).cpu()
     nan_w, nan_g = torch.isnan(w), torch.isnan(g)
-    assert torch.equal(nan_w, nan_g), f"{what}: NaN pattern differs ({int(nan_g.sum())} vs {int(nan_w.sum())})"
+    assert torch.equal(nan_w, nan_g), (
+        f"{what}: NaN pattern differs ({int(nan_g.sum())} vs {int(nan_w.sum())})"
+    )
     fin = ~nan_w
     if not fin.any():
         return

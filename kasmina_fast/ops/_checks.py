@@ -25,7 +25,9 @@ def _shape(t: torch.Tensor) -> str:
 
 def check_float(t: torch.Tensor, op: str, arg: str) -> None:
     if t.dtype not in _SUPPORTED:
-        raise ValueError(f"{op}: {arg} must be float16, bfloat16, float32 or float64, got {dtype_name(t.dtype)}")
+        raise ValueError(
+            f"{op}: {arg} must be float16, bfloat16, float32 or float64, got {dtype_name(t.dtype)}"
+        )
 
 
 def check_pair(host: torch.Tensor, seed: torch.Tensor, op: str) -> None:
@@ -36,9 +38,13 @@ def check_pair(host: torch.Tensor, seed: torch.Tensor, op: str) -> None:
             f"and host {dtype_name(host.dtype)}"
         )
     if seed.shape != host.shape:
-        raise ValueError(f"{op}: seed must have the shape of host, got seed {_shape(seed)} and host {_shape(host)}")
+        raise ValueError(
+            f"{op}: seed must have the shape of host, got seed {_shape(seed)} and host {_shape(host)}"
+        )
     if seed.device != host.device:
-        raise ValueError(f"{op}: seed must be on the device of host, got seed {seed.device} and host {host.device}")
+        raise ValueError(
+            f"{op}: seed must be on the device of host, got seed {seed.device} and host {host.device}"
+        )
 
 
 def check_alpha(host: torch.Tensor, alpha: torch.Tensor, op: str) -> None:
@@ -62,12 +68,16 @@ def check_alpha(host: torch.Tensor, alpha: torch.Tensor, op: str) -> None:
         )
 
 
-def check_blend(host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, op: str = "kasmina::blend") -> None:
+def check_blend(
+    host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, op: str = "kasmina::blend"
+) -> None:
     check_pair(host, seed, op)
     check_alpha(host, alpha, op)
 
 
-def check_blend_backward(grad: torch.Tensor, host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor) -> None:
+def check_blend_backward(
+    grad: torch.Tensor, host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor
+) -> None:
     op = "kasmina::blend_backward"
     check_blend(host, seed, alpha, op)
     if grad.shape != host.shape or grad.dtype != host.dtype or grad.device != host.device:

@@ -47,7 +47,9 @@ def blend(host: Tensor, seed: Tensor, alpha: Tensor | float) -> Tensor:
     """
     if not isinstance(alpha, Tensor):
         if not isinstance(alpha, numbers.Real):
-            raise ValueError(f"kasmina::blend: alpha must be a Tensor or a real number, got {type(alpha).__name__}")
+            raise ValueError(
+                f"kasmina::blend: alpha must be a Tensor or a real number, got {type(alpha).__name__}"
+            )
         dtype = torch.float64 if host.dtype == torch.float64 else torch.float32
         if torch.compiler.is_compiling():
             # traced as a graph input (one recompile, then dynamic); full() would

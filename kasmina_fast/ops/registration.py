@@ -124,7 +124,9 @@ def _define_in_python() -> None:
     # the list ops must also answer empty lists, which have no device to dispatch on
     for name, fn in {"foreach_norm": _foreach_norm_py, "gradient_stats": _gradient_stats_py}.items():
         _lib.impl(name, fn, "CompositeExplicitAutograd")
-    torch.library.register_autograd(_q("blend"), _blend_autograd, setup_context=_blend_setup_context, lib=_lib)
+    torch.library.register_autograd(
+        _q("blend"), _blend_autograd, setup_context=_blend_setup_context, lib=_lib
+    )
     torch.library.register_autograd(_q("ste"), _ste_autograd, lib=_lib)
 
 

@@ -12,35 +12,59 @@ from tests.utils import cpu_backends, with_backend
 H = torch.randn(4, 3, 5, 5)
 
 BLEND_CASES = {
-    "seed shape": ((H, torch.randn(4, 3, 5, 6), torch.tensor(0.5)), "kasmina::blend: seed must have the shape of host"),
+    "seed shape": (
+        (H, torch.randn(4, 3, 5, 6), torch.tensor(0.5)),
+        "kasmina::blend: seed must have the shape of host",
+    ),
     "seed dtype": ((H, H.double(), torch.tensor(0.5)), "kasmina::blend: seed must have the dtype of host"),
-    "int host": ((H.long(), H.long(), torch.tensor(0.5)), "kasmina::blend: host must be float16, bfloat16, float32"),
+    "int host": (
+        (H.long(), H.long(), torch.tensor(0.5)),
+        "kasmina::blend: host must be float16, bfloat16, float32",
+    ),
     "complex host": ((H.cfloat(), H.cfloat(), torch.tensor(0.5)), "kasmina::blend: host must be float16"),
-    "int alpha": ((H, H, torch.tensor(1)), "kasmina::blend: alpha must be float16, bfloat16, float32 or float64"),
+    "int alpha": (
+        (H, H, torch.tensor(1)),
+        "kasmina::blend: alpha must be float16, bfloat16, float32 or float64",
+    ),
     "alpha channels": ((H, H, torch.rand(4, 3, 1, 1)), "kasmina::blend: alpha must be 0-d or per-sample"),
     "alpha batch": ((H, H, torch.rand(2, 1, 1, 1)), "kasmina::blend: alpha must be 0-d or per-sample"),
     "alpha ndim": ((H, H, torch.rand(4, 1)), "kasmina::blend: alpha must be 0-d or per-sample"),
     "alpha 1-element": ((H, H, torch.rand(1)), "kasmina::blend: alpha must be 0-d or per-sample"),
-    "alpha meta device": ((H, H, torch.rand((), device="meta")), "kasmina::blend: alpha must be on the device of host"),
-    "seed meta device": ((H, H.to("meta"), torch.tensor(0.5)), "kasmina::blend: seed must be on the device of host"),
+    "alpha meta device": (
+        (H, H, torch.rand((), device="meta")),
+        "kasmina::blend: alpha must be on the device of host",
+    ),
+    "seed meta device": (
+        (H, H.to("meta"), torch.tensor(0.5)),
+        "kasmina::blend: seed must be on the device of host",
+    ),
 }
 
 STE_CASES = {
     "seed shape": ((H, H[:2]), "kasmina::ste: seed must have the shape of host"),
     "seed dtype": ((H, H.half()), "kasmina::ste: seed must have the dtype of host"),
-    "int": ((H.int(), H.int()), "kasmina::ste: host must be float16, bfloat16, float32 or float64, got int32"),
+    "int": (
+        (H.int(), H.int()),
+        "kasmina::ste: host must be float16, bfloat16, float32 or float64, got int32",
+    ),
     "device": ((H, H.to("meta")), "kasmina::ste: seed must be on the device of host"),
 }
 
 NORM_CASES = {
     "int tensor": (([H, H.long()],), "kasmina::foreach_norm: tensors[1] must be float16"),
-    "mixed devices": (([H, H, H.to("meta")],), "kasmina::foreach_norm: tensors[2] is on meta but tensors[0] is on cpu"),
+    "mixed devices": (
+        ([H, H, H.to("meta")],),
+        "kasmina::foreach_norm: tensors[2] is on meta but tensors[0] is on cpu",
+    ),
 }
 
 STATS_CASES = {
     "negative count": (([H], [H], -1, 3), "kasmina::gradient_stats: host_params must be >= 0, got -1"),
     "int seed grad": (([H], [H.long()], 1, 1), "kasmina::gradient_stats: seed_grads[0] must be float16"),
-    "mixed devices": (([H], [H, H.to("meta")], 1, 1), "kasmina::gradient_stats: seed_grads[1] is on meta but host_grads[0]"),
+    "mixed devices": (
+        ([H], [H, H.to("meta")], 1, 1),
+        "kasmina::gradient_stats: seed_grads[1] is on meta but host_grads[0]",
+    ),
 }
 
 
@@ -66,7 +90,9 @@ def test_same_error_on_every_backend(fn, args, expected):
 
 def test_error_names_shapes_and_dtypes():
     msg = message(kasmina_fast.blend, BLEND_CASES["seed shape"][0], "reference")
-    assert msg == "kasmina::blend: seed must have the shape of host, got seed [4, 3, 5, 6] and host [4, 3, 5, 5]"
+    assert (
+        msg == "kasmina::blend: seed must have the shape of host, got seed [4, 3, 5, 6] and host [4, 3, 5, 5]"
+    )
     msg = message(kasmina_fast.blend, BLEND_CASES["alpha channels"][0], "reference")
     assert msg.endswith("matching host [4, 3, 5, 5], got alpha [4, 3, 1, 1]")
 

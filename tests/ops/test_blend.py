@@ -3,13 +3,24 @@ values and all three gradients over dtypes x layouts x alpha kinds x shapes."""
 
 from __future__ import annotations
 
+import zlib
+
 import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given, settings
 
 import kasmina_fast
-from tests.utils import DTYPES, RTOL, assert_close_rel, cpu_backends, make, oracle_blend, run_blend, with_backend
+from tests.utils import (
+    DTYPES,
+    RTOL,
+    assert_close_rel,
+    cpu_backends,
+    make,
+    oracle_blend,
+    run_blend,
+    with_backend,
+)
 
 SHAPES = [(), (0,), (1,), (7,), (3, 5), (2, 0, 3), (2, 3, 5), (1, 1, 1, 1), (4, 3, 5, 7), (3, 8, 6, 6)]
 LAYOUTS = ["contiguous", "channels_last", "view"]
@@ -47,15 +58,21 @@ def check(backend, host, seed, alpha, dtype):
     a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=torch.float64)
     want = oracle_blend(host, seed, a, gout)
     with with_backend(backend):
-        got = run_blend(kasmina_fast.blend, host, seed, alpha, gout) if isinstance(alpha, torch.Tensor) else (
-            run_blend(lambda h, s, _a: kasmina_fast.blend(h, s, alpha), host, seed, a, gout)
+        got = (
+            run_blend(kasmina_fast.blend, host, seed, alpha, gout)
+            if isinstance(alpha, torch.Tensor)
+            else (run_blend(lambda h, s, _a: kasmina_fast.blend(h, s, alpha), host, seed, a, gout))
         )
     rtol = RTOL[dtype]
     # The reference rounds alpha to host's dtype (torch.lerp needs one dtype); in
     # 16 bits that error is relative to the inputs, not to the (possibly tiny) result.
     loose = backend == "reference" and dtype in (torch.float16, torch.bfloat16) and host.numel() > 0
-    scales = [max(host.abs().max().item(), seed.abs().max().item()), gout.abs().max().item()] if loose else [0, 0]
-    for name, g, w, sc in zip(("out", "d_host", "d_seed"), got[:3], want[:3], (scales[0], scales[1], scales[1])):
+    scales = (
+        [max(host.abs().max().item(), seed.abs().max().item()), gout.abs().max().item()] if loose else [0, 0]
+    )
+    for name, g, w, sc in zip(
+        ("out", "d_host", "d_seed"), got[:3], want[:3], (scales[0], scales[1], scales[1])
+    ):
         assert g.dtype == dtype, name
         assert_close_rel(g, w, rtol, f"{backend} {name}", sc)
     if backend != "reference":  # the op's contract: out = empty_like(host), layout kept
@@ -63,15 +80,18 @@ def check(backend, host, seed, alpha, dtype):
     if isinstance(alpha, torch.Tensor) and alpha.requires_grad:
         assert got[3].dtype == alpha.dtype
         # d_alpha is a sum of N products: scale the tolerance with the rounding of its inputs
-        sc = (gout.double() * (seed.double() - host.double())).abs().sum().item() if loose else 0.0
-        assert_close_rel(got[3], want[3], max(rtol, RTOL[torch.float32]) * 4, f"{backend} d_alpha", sc)
+        # a sum's rounding error scales with the sum of its terms' magnitudes, not
+        # with the (possibly cancelled) sum itself
+        terms = (gout.double() * (seed.double() - host.double())).abs()
+        sc = terms.sum_to_size(alpha.shape).max().item() if terms.numel() else 0.0
+        assert_close_rel(got[3], want[3], max(rtol, RTOL[torch.float32]), f"{backend} d_alpha", sc)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(("shape", "layout", "alpha_kind"), CASES)
 def test_blend_matches_reference(backend, dtype, shape, layout, alpha_kind):
-    gen = torch.Generator().manual_seed(hash((str(dtype), layout, alpha_kind, shape)) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((str(dtype), layout, alpha_kind, shape)).encode()))
     host, seed = make(shape, dtype, layout, gen), make(shape, dtype, layout, gen)
     check(backend, host, seed, make_alpha(alpha_kind, shape, gen), dtype)
 
@@ -82,7 +102,10 @@ def test_mixed_layouts_and_large_blocks(backend):
     gen = torch.Generator().manual_seed(3)
     shape = (3, 16, 33, 35)  # 18480 elements per sample: more than one 16384 chunk
     host = make(shape, torch.float32, "channels_last", gen)
-    for seed in (make(shape, torch.float32, "contiguous", gen), make(shape, torch.float32, "channels_last", gen)):
+    for seed in (
+        make(shape, torch.float32, "contiguous", gen),
+        make(shape, torch.float32, "channels_last", gen),
+    ):
         alpha = torch.rand(3, 1, 1, 1, generator=gen).requires_grad_()
         check(backend, host, seed, alpha, torch.float32)
 
@@ -123,7 +146,10 @@ def test_nan_propagates(backend):
 @pytest.mark.parametrize("backend", cpu_backends())
 def test_backward_is_deterministic(backend):
     gen = torch.Generator().manual_seed(11)
-    host, seed = make((8, 32, 24, 24), torch.float32, "channels_last", gen), make((8, 32, 24, 24), torch.float32)
+    host, seed = (
+        make((8, 32, 24, 24), torch.float32, "channels_last", gen),
+        make((8, 32, 24, 24), torch.float32),
+    )
     seed = seed.contiguous(memory_format=torch.channels_last)
     alpha = torch.rand(8, 1, 1, 1, generator=gen).requires_grad_()
     gout = torch.randn(host.shape, generator=gen).contiguous(memory_format=torch.channels_last)

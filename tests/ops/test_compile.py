@@ -67,7 +67,9 @@ def test_compile_ops_appear_in_graph(backend):
         return gm
 
     with with_backend(backend):
-        fn = torch.compile(lambda h, s, a: kasmina_fast.ste(kasmina_fast.blend(h, s, a), s), backend=spy, fullgraph=True)
+        fn = torch.compile(
+            lambda h, s, a: kasmina_fast.ste(kasmina_fast.blend(h, s, a), s), backend=spy, fullgraph=True
+        )
         fn(torch.randn(3, 4), torch.randn(3, 4), torch.tensor(0.3))
     if backend == "reference":
         assert any("lerp" in t for t in seen)

@@ -24,7 +24,10 @@ def lists():
         "zero_dim": [torch.tensor(-2.5)],
         "many_tiny": [make((3,), torch.float32, generator=gen) for _ in range(2000)],
         "one_large": [make((300_001,), torch.float32, generator=gen)],
-        "mixed_dtypes": [make((17, 3), d, generator=gen) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)],
+        "mixed_dtypes": [
+            make((17, 3), d, generator=gen)
+            for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        ],
         "views": [
             make((6, 10), torch.float32, "view", gen),
             make((4, 6, 5, 5), torch.float32, generator=gen).contiguous(memory_format=torch.channels_last),
@@ -81,7 +84,10 @@ def stats_want(host, seed, hp, sp):
 )
 def test_gradient_stats_formula(backend, host_scale, seed_scale, hp, sp):
     gen = torch.Generator().manual_seed(2)
-    host = [make((30, 7), torch.float32, generator=gen) * host_scale, make((5,), torch.bfloat16, generator=gen) * host_scale]
+    host = [
+        make((30, 7), torch.float32, generator=gen) * host_scale,
+        make((5,), torch.bfloat16, generator=gen) * host_scale,
+    ]
     seed = [make((9,), torch.float32, generator=gen) * seed_scale]
     with with_backend(backend):
         got = kasmina_fast.gradient_stats(host, seed, hp, sp)

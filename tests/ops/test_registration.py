@@ -31,9 +31,11 @@ def blend_samples():
         torch.randn(4, 3, 5, 5, requires_grad=True).to(memory_format=cl),
         torch.rand(4, 1, 1, 1, requires_grad=True),
     )
-    yield torch.randn(6, 7, dtype=torch.float64, requires_grad=True), torch.randn(
-        6, 7, dtype=torch.float64, requires_grad=True
-    ), torch.tensor(1.4, dtype=torch.float64, requires_grad=True)
+    yield (
+        torch.randn(6, 7, dtype=torch.float64, requires_grad=True),
+        torch.randn(6, 7, dtype=torch.float64, requires_grad=True),
+        torch.tensor(1.4, dtype=torch.float64, requires_grad=True),
+    )
     yield torch.randn(3, 2, dtype=torch.bfloat16), torch.randn(3, 2, dtype=torch.bfloat16), torch.rand(3, 1)
     yield torch.randn(0, 3), torch.randn(0, 3), torch.rand(0, 1, requires_grad=True)
 
@@ -44,10 +46,14 @@ def test_opcheck_blend(i):
     torch.library.opcheck(torch.ops.kasmina.blend.default, args)
 
 
-@pytest.mark.parametrize("mask", [(True, True, True), (True, True, False), (False, True, False), (False, False, True)])
+@pytest.mark.parametrize(
+    "mask", [(True, True, True), (True, True, False), (False, True, False), (False, False, True)]
+)
 def test_opcheck_blend_backward(mask):
     g, h, s = (torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last) for _ in range(3))
-    torch.library.opcheck(torch.ops.kasmina.blend_backward.default, (g, h, s, torch.rand(4, 1, 1, 1), list(mask)))
+    torch.library.opcheck(
+        torch.ops.kasmina.blend_backward.default, (g, h, s, torch.rand(4, 1, 1, 1), list(mask))
+    )
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])
@@ -58,7 +64,8 @@ def test_opcheck_ste(requires_grad):
 
 
 @pytest.mark.parametrize(
-    "tensors", [[], [torch.randn(3, 4), torch.randn(5, dtype=torch.bfloat16), torch.zeros(0)], [torch.randn(2, 3).t()]]
+    "tensors",
+    [[], [torch.randn(3, 4), torch.randn(5, dtype=torch.bfloat16), torch.zeros(0)], [torch.randn(2, 3).t()]],
 )
 def test_opcheck_foreach_norm(tensors):
     torch.library.opcheck(torch.ops.kasmina.foreach_norm.default, (tensors,))
@@ -77,7 +84,11 @@ def test_gradcheck_blend(backend, per_sample, layout):
     h = torch.randn(3, 2, 3, 4, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
     s = torch.randn(3, 2, 3, 4, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
     # keep alpha away from the clamp's kinks at 0 and 1, where the derivative jumps
-    a = (torch.tensor([0.2, 0.55, 0.8], dtype=torch.float64).view(3, 1, 1, 1) if per_sample else torch.tensor(0.4, dtype=torch.float64))
+    a = (
+        torch.tensor([0.2, 0.55, 0.8], dtype=torch.float64).view(3, 1, 1, 1)
+        if per_sample
+        else torch.tensor(0.4, dtype=torch.float64)
+    )
     a.requires_grad_()
     with with_backend(backend):
         assert torch.autograd.gradcheck(kasmina_fast.blend, (h, s, a))
@@ -102,7 +113,11 @@ def test_gradcheck_ste(backend):
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **env}
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, timeout=300
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
     )
 
 

@@ -1,0 +1,78 @@
+"""Benchmark cases shared by the pytest-benchmark suites: one fwd+bwd step per
+call, gradients reset each iteration, for a chosen backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+import kasmina_fast
+from kasmina_fast import reference
+
+CL = torch.channels_last
+
+
+def backends_here(device: str) -> list[str]:
+    """Backends to time on ``device``: the eager reference first, then every fast one."""
+    fast = [b for b in kasmina_fast.available() if b != "reference"]
+    fast = [b for b in fast if (b == "cpp") == (device == "cpu")]
+    return ["reference", *fast]
+
+
+def op_fn(op: str, backend: str, compiled: bool = False) -> Callable:
+    """The callable timed for ``op`` ('blend' or 'ste') under ``backend``."""
+    if compiled:  # torch.compile of the eager reference
+        return torch.compile(getattr(reference, op))
+    fn = getattr(kasmina_fast, op)
+    if backend == "reference":
+        return getattr(reference, op)
+    return fn
+
+
+def make_step(op: str, alpha_kind: str, shape, dtype, device, backend: str, compiled: bool = False):
+    """Returns ``step()`` doing forward + backward once, with grads reset.
+
+    Time it inside ``kasmina_fast.use_backend(backend)`` for a fast backend.
+    """
+    gen = torch.Generator(device=device).manual_seed(0)
+    fmt = CL if len(shape) == 4 else torch.contiguous_format
+
+    def leaf():
+        t = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+        return t.contiguous(memory_format=fmt).requires_grad_()
+
+    host, seed = leaf(), leaf()
+    grad = (
+        torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        .to(dtype)
+        .contiguous(memory_format=fmt)
+    )
+    fn = op_fn(op, backend, compiled)
+    if op == "ste":
+        leaves = (host, seed)
+
+        def call():
+            return fn(host, seed)
+    else:
+        if alpha_kind == "scalar":
+            alpha = torch.tensor(0.3, device=device)
+        else:
+            ashape = (shape[0],) + (1,) * (len(shape) - 1)
+            alpha = torch.rand(ashape, generator=gen, device=device).requires_grad_(alpha_kind == "learnable")
+        leaves = (host, seed, alpha)
+
+        def call():
+            return fn(host, seed, alpha)
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        call().backward(grad)
+
+    return step
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()

@@ -1,0 +1,54 @@
+"""Command line: ``python -m kasmina_fast <command>`` (also ``kasmina-fast``).
+
+Commands:
+  info    versions, devices and the status of every backend
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import kasmina_fast
+    from kasmina_fast import backends
+
+    print(f"kasmina-fast {kasmina_fast.__version__}")
+    print(f"python       {platform.python_version()} ({sys.executable})")
+    print(f"torch        {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
+    try:
+        import triton
+
+        print(f"triton       {triton.__version__}")
+    except ImportError:
+        print("triton       not installed")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            print(f"device       cuda:{i} {torch.cuda.get_device_name(i)}")
+    else:
+        print(f"device       cpu ({torch.get_num_threads()} threads), no CUDA device")
+    print(f"selected     {backends.get_backend()}")
+    print("backends:")
+    for name, why in backends.status().items():
+        print(f"  {name:<10} {why}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kasmina-fast", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, devices and backends").set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
