@@ -49,7 +49,7 @@ def test_fwd_bwd(benchmark, backend, op, kind, shape, dtype):
         sync(DEVICE)
 
     with kasmina_fast.use_backend(backend):
-        benchmark.pedantic(run, rounds=20 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=3)
+        benchmark.pedantic(run, rounds=50 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=3)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="torch.compile of the reference is timed on CUDA only")

@@ -9,6 +9,7 @@
 //   forward   reads host, seed; writes out                       (3 passes)
 //   backward  reads g (and host, seed only when d_alpha is wanted);
 //             writes d_host, d_seed                              (3 or 5 passes)
+// Outputs of 8 MB and more are written with streaming stores (stream.h).
 // bf16/fp16 compute in fp32; the d_alpha reduction is a fixed-order two-stage
 // sum (fp32 per chunk, fp64 across chunks): bitwise deterministic.
 // Other strided inputs take an ATen fallback (correct, several passes).
@@ -19,6 +20,7 @@
 
 #include "../checks.h"
 #include "dense.h"
+#include "stream.h"
 
 namespace kasmina {
 namespace {
@@ -27,9 +29,30 @@ using cpu::Acc;
 using cpu::ceil_div;
 using cpu::kChunk;
 
-template <typename T>
-void blend_forward_dense(const T* h, const T* s, T* o, const std::vector<typename Acc<T>::type>& w,
-                         int64_t B, int64_t N) {
+using cpu::kLine;
+
+// out[i] = f(i) over [lo, hi); with STREAM, whole cache lines go out as
+// streaming stores (out must be line-aligned at index 0).
+template <bool STREAM, typename T, typename F>
+inline void write_range(T* out, int64_t lo, int64_t hi, const F& f) {
+  if constexpr (STREAM) {
+    constexpr int64_t L = kLine / sizeof(T);
+    int64_t i = lo;
+    for (const int64_t head = std::min(hi, (lo + L - 1) / L * L); i < head; ++i) out[i] = f(i);
+    for (; i + L <= hi; i += L) {
+      alignas(64) T tmp[L];
+      for (int64_t j = 0; j < L; ++j) tmp[j] = f(i + j);
+      cpu::stream_line(out + i, tmp);
+    }
+    for (; i < hi; ++i) out[i] = f(i);
+  } else {
+    for (int64_t i = lo; i < hi; ++i) out[i] = f(i);
+  }
+}
+
+template <typename T, bool STREAM>
+void blend_forward_dense(const T* h, const T* s, T* o, const std::vector<typename Acc<T>::type>& w, int64_t B,
+                         int64_t N) {
   using A = typename Acc<T>::type;
   const int64_t per = ceil_div(N, kChunk);
   at::parallel_for(0, B * per, 1, [&](int64_t t0, int64_t t1) {
@@ -39,27 +62,29 @@ void blend_forward_dense(const T* h, const T* s, T* o, const std::vector<typenam
       const int64_t hi = std::min(lo + kChunk, b * N + N);
       const A wb = w[b];
       if (wb < A(0.5)) {
-        for (int64_t i = lo; i < hi; ++i) {
+        write_range<STREAM>(o, lo, hi, [&](int64_t i) {
           const A hv = static_cast<A>(h[i]);
-          o[i] = static_cast<T>(hv + wb * (static_cast<A>(s[i]) - hv));
-        }
+          return static_cast<T>(hv + wb * (static_cast<A>(s[i]) - hv));
+        });
       } else {
         const A omw = A(1) - wb;
-        for (int64_t i = lo; i < hi; ++i) {
+        write_range<STREAM>(o, lo, hi, [&](int64_t i) {
           const A sv = static_cast<A>(s[i]);
-          o[i] = static_cast<T>(sv - (sv - static_cast<A>(h[i])) * omw);
-        }
+          return static_cast<T>(sv - (sv - static_cast<A>(h[i])) * omw);
+        });
       }
     }
+    if constexpr (STREAM) cpu::stream_fence();
   });
 }
 
 // One pass over g (and host, seed when DA): writes d_host, d_seed and one
 // partial d_alpha sum per task.
-template <typename T, bool DH, bool DS, bool DA>
+template <typename T, bool DH, bool DS, bool DA, bool STREAM>
 void blend_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, double* partial,
                           const std::vector<typename Acc<T>::type>& w, int64_t B, int64_t N) {
   using A = typename Acc<T>::type;
+  constexpr int64_t L = kLine / sizeof(T);
   const int64_t per = ceil_div(N, kChunk);
   at::parallel_for(0, B * per, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -68,26 +93,51 @@ void blend_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, doub
       const int64_t hi = std::min(lo + kChunk, b * N + N);
       const A wb = w[b];
       const A omw = A(1) - wb;
+      // plain stores over [i0, i1) into dh/ds (or into line buffers when
+      // streaming); returns the partial d_alpha sum of the range
+      auto run = [&](int64_t i0, int64_t i1, T* odh, T* ods, int64_t shift) -> A {
+        A sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = i0; i < i1; ++i) {
+          const A gv = static_cast<A>(g[i]);
+          if constexpr (DH) odh[i - shift] = static_cast<T>(gv * omw);
+          if constexpr (DS) ods[i - shift] = static_cast<T>(gv * wb);
+          if constexpr (DA) sum += gv * (static_cast<A>(s[i]) - static_cast<A>(h[i]));
+        }
+        return sum;
+      };
       A acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t i = lo; i < hi; ++i) {
-        const A gv = static_cast<A>(g[i]);
-        if constexpr (DH) dh[i] = static_cast<T>(gv * omw);
-        if constexpr (DS) ds[i] = static_cast<T>(gv * wb);
-        if constexpr (DA) acc += gv * (static_cast<A>(s[i]) - static_cast<A>(h[i]));
+      if constexpr (STREAM) {
+        int64_t i = std::min(hi, (lo + L - 1) / L * L);
+        acc += run(lo, i, dh, ds, 0);
+        for (; i + L <= hi; i += L) {
+          alignas(64) T bh[L];
+          alignas(64) T bs[L];
+          acc += run(i, i + L, bh, bs, i);
+          if constexpr (DH) cpu::stream_line(dh + i, bh);
+          if constexpr (DS) cpu::stream_line(ds + i, bs);
+        }
+        acc += run(i, hi, dh, ds, 0);
+      } else {
+        acc = run(lo, hi, dh, ds, 0);
       }
       if constexpr (DA) partial[t] = static_cast<double>(acc);
     }
+    if constexpr (STREAM) cpu::stream_fence();
   });
 }
 
 template <typename T, bool DH, bool DS>
-void backward_da(bool da, const T* g, const T* h, const T* s, T* dh, T* ds, double* partial,
+void backward_da(bool da, bool stream, const T* g, const T* h, const T* s, T* dh, T* ds, double* partial,
                  const std::vector<typename Acc<T>::type>& w, int64_t B, int64_t N) {
-  if (da) {
-    blend_backward_dense<T, DH, DS, true>(g, h, s, dh, ds, partial, w, B, N);
+  if (da && stream) {
+    blend_backward_dense<T, DH, DS, true, true>(g, h, s, dh, ds, partial, w, B, N);
+  } else if (da) {
+    blend_backward_dense<T, DH, DS, true, false>(g, h, s, dh, ds, partial, w, B, N);
+  } else if (stream) {
+    blend_backward_dense<T, DH, DS, false, true>(g, h, s, dh, ds, partial, w, B, N);
   } else {
-    blend_backward_dense<T, DH, DS, false>(g, h, s, dh, ds, partial, w, B, N);
+    blend_backward_dense<T, DH, DS, false, false>(g, h, s, dh, ds, partial, w, B, N);
   }
 }
 
@@ -118,8 +168,14 @@ at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::T
     using A = typename Acc<scalar_t>::type;
     std::vector<A> w(blk.B);
     cpu::read_alpha<A>(alpha, blk.B, w.data(), nullptr);
-    blend_forward_dense<scalar_t>(host.const_data_ptr<scalar_t>(), seed.const_data_ptr<scalar_t>(),
-                                  out.mutable_data_ptr<scalar_t>(), w, blk.B, blk.N);
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* h = host.const_data_ptr<scalar_t>();
+    const scalar_t* s = seed.const_data_ptr<scalar_t>();
+    if (cpu::use_stream(out.nbytes(), {o})) {
+      blend_forward_dense<scalar_t, true>(h, s, o, w, blk.B, blk.N);
+    } else {
+      blend_forward_dense<scalar_t, false>(h, s, o, w, blk.B, blk.N);
+    }
   });
   return out;
 }
@@ -175,15 +231,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tens
     const scalar_t* s = mask[2] ? seed.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* dh = mask[0] ? d_host.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* ds = mask[1] ? d_seed.mutable_data_ptr<scalar_t>() : nullptr;
+    const bool stream = cpu::use_stream(grad.nbytes(), {dh, ds});
     if (host.numel() > 0) {
       if (mask[0] && mask[1]) {
-        backward_da<scalar_t, true, true>(mask[2], g, h, s, dh, ds, partial.data(), w, B, N);
+        backward_da<scalar_t, true, true>(mask[2], stream, g, h, s, dh, ds, partial.data(), w, B, N);
       } else if (mask[0]) {
-        backward_da<scalar_t, true, false>(mask[2], g, h, s, dh, ds, partial.data(), w, B, N);
+        backward_da<scalar_t, true, false>(mask[2], stream, g, h, s, dh, ds, partial.data(), w, B, N);
       } else if (mask[1]) {
-        backward_da<scalar_t, false, true>(mask[2], g, h, s, dh, ds, partial.data(), w, B, N);
+        backward_da<scalar_t, false, true>(mask[2], stream, g, h, s, dh, ds, partial.data(), w, B, N);
       } else if (mask[2]) {
-        backward_da<scalar_t, false, false>(true, g, h, s, dh, ds, partial.data(), w, B, N);
+        backward_da<scalar_t, false, false>(true, stream, g, h, s, dh, ds, partial.data(), w, B, N);
       }
     }
     if (mask[2]) {

@@ -1,0 +1,57 @@
+// Non-temporal ("streaming") stores for the CPU kernels.
+//
+// A regular store to a line that is not in cache first reads the line (read
+// for ownership), so every output pass of a large tensor costs two passes of
+// memory traffic. Streaming stores write whole cache lines without reading
+// them. They pay only when the output does not fit in cache anyway, so the
+// kernels use them above kStreamBytes and keep regular stores below (a small
+// output is better left in cache for the next op).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define KASMINA_HAVE_STREAM 1
+#else
+#define KASMINA_HAVE_STREAM 0
+#endif
+
+namespace kasmina::cpu {
+
+constexpr int64_t kLine = 64;                     // bytes per cache line
+constexpr int64_t kStreamBytes = 8 * 1024 * 1024;  // outputs at least this large stream
+
+// True when every pointer is cache-line aligned (fresh allocations are) and the
+// output is large enough for streaming to pay.
+inline bool use_stream(int64_t bytes, std::initializer_list<const void*> outs) {
+  if (!KASMINA_HAVE_STREAM || bytes < kStreamBytes) return false;
+  for (const void* p : outs) {
+    if (p != nullptr && (reinterpret_cast<std::uintptr_t>(p) % kLine) != 0) return false;
+  }
+  return true;
+}
+
+// Writes one cache line (kLine bytes) from `src` to the line-aligned `dst`.
+inline void stream_line(void* dst, const void* src) {
+#if KASMINA_HAVE_STREAM
+  auto* d = reinterpret_cast<__m128i*>(dst);
+  const auto* s = reinterpret_cast<const __m128i*>(src);
+  _mm_stream_si128(d + 0, _mm_loadu_si128(s + 0));
+  _mm_stream_si128(d + 1, _mm_loadu_si128(s + 1));
+  _mm_stream_si128(d + 2, _mm_loadu_si128(s + 2));
+  _mm_stream_si128(d + 3, _mm_loadu_si128(s + 3));
+#else
+  std::memcpy(dst, src, kLine);
+#endif
+}
+
+// Orders this thread's streaming stores before anything that follows.
+inline void stream_fence() {
+#if KASMINA_HAVE_STREAM
+  _mm_sfence();
+#endif
+}
+
+}  // namespace kasmina::cpu

@@ -1,0 +1,18 @@
+"""The README's usage example runs as written (docs that match the code)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_usage_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "the README has no python example"
+    scope: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), scope)
+    stats = scope["stats"]
+    assert stats.shape == (4,) and stats[3] == 0.0  # finite gradients
+    assert 0.0 < stats[2] <= 10.0  # the seed's gradient ratio
