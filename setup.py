@@ -28,7 +28,7 @@ def extensions() -> tuple[list, dict]:
     from torch.utils import cpp_extension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    cxx = ["-O3", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     link = ["-fopenmp"]
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
@@ -37,7 +37,7 @@ def extensions() -> tuple[list, dict]:
             "kasmina_fast._C",
             sources + cuda_sources,
             define_macros=[("KASMINA_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]},
             extra_link_args=link,
         )
     else:

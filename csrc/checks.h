@@ -82,6 +82,17 @@ inline void check_blend_args(const at::Tensor& host, const at::Tensor& seed, con
   check_alpha(host, alpha, op);
 }
 
+inline void check_blend_backward_args(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
+                                      const at::Tensor& alpha) {
+  const char* op = "kasmina::blend_backward";
+  check_blend_args(host, seed, alpha, op);
+  TORCH_CHECK_VALUE(grad.sizes() == host.sizes() && grad.scalar_type() == host.scalar_type() &&
+                        grad.device() == host.device(),
+                    op, ": grad must match host in shape, dtype and device, got grad ", shape_str(grad.sizes()), " ",
+                    dtype_name(grad.scalar_type()), " and host ", shape_str(host.sizes()), " ",
+                    dtype_name(host.scalar_type()));
+}
+
 // A list of gradient-like tensors: supported floats, all on `device`.
 // `first` names the tensor whose device the others must share.
 inline void check_list(at::TensorList ts, const char* op, const char* name,

@@ -17,7 +17,7 @@ at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tensor& grad, const at::Tensor& host,
                                                                   const at::Tensor& seed, const at::Tensor& alpha,
                                                                   std::array<bool, 3> output_mask);
-at::Tensor ste_cpu(const at::Tensor& host, const at::Tensor& seed);
+at::Tensor ste_kernel(const at::Tensor& host, const at::Tensor& seed);
 at::Tensor foreach_norm_cpu(at::TensorList tensors);
 at::Tensor gradient_stats_cpu(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
                               int64_t seed_params);
@@ -132,10 +132,15 @@ TORCH_LIBRARY(kasmina, m) {
 TORCH_LIBRARY_IMPL(kasmina, CPU, m) {
   m.impl("blend", &kasmina::blend_cpu);
   m.impl("blend_backward", &kasmina::blend_backward_cpu);
-  m.impl("ste", &kasmina::ste_cpu);
+  m.impl("ste", &kasmina::ste_kernel);
   m.impl("foreach_norm", &kasmina::foreach_norm_cpu);
   m.impl("gradient_stats", &kasmina::gradient_stats_cpu);
 }
+
+#ifdef KASMINA_WITH_CUDA
+// blend and blend_backward register their CUDA kernels in csrc/cuda/blend.cu.
+TORCH_LIBRARY_IMPL(kasmina, CUDA, m) { m.impl("ste", &kasmina::ste_kernel); }
+#endif
 
 TORCH_LIBRARY_IMPL(kasmina, CompositeExplicitAutograd, m) {
   m.impl("foreach_norm", &kasmina::foreach_norm_empty);

@@ -142,9 +142,21 @@ def _rebuild() -> None:
         setattr(ROUTES, op, route)
 
 
+# dispatch key whose C++ kernel a backend's callable relies on
+_NATIVE_KEY = {"cpp": "CPU", "cuda": "CUDA"}
+
+
 def register(op: str, impls: dict[str, Callable]) -> None:
-    """Called by each op module: the callables of ``op`` per backend."""
-    _IMPLS[op] = impls
+    """Called by each op module: the callables of ``op`` per backend.
+
+    ``cpp`` and ``cuda`` entries are kept only when the extension has a kernel
+    for ``op`` at that dispatch key, so a backend never claims an op it lacks.
+    """
+    _IMPLS[op] = {
+        name: fn
+        for name, fn in impls.items()
+        if name not in _NATIVE_KEY or _extension.has_kernel(op, _NATIVE_KEY[name])
+    }
     _rebuild()
 
 

@@ -26,7 +26,6 @@ namespace kasmina {
 namespace {
 
 using cpu::Acc;
-using cpu::ceil_div;
 using cpu::kChunk;
 
 using cpu::kLine;
@@ -141,28 +140,14 @@ void backward_da(bool da, bool stream, const T* g, const T* h, const T* s, T* dh
   }
 }
 
-at::Tensor empty_unless(bool wanted, const at::Tensor& like) {
-  return wanted ? at::empty_like(like) : at::empty({0}, like.options());
-}
-
-// The strided fallback computes in the accumulation type (fp32, fp64 for fp64)
-// like the dense kernels; upcasts copy only 16-bit inputs.
-at::ScalarType acc_type(const at::Tensor& host) {
-  return host.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace
 
 at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha) {
   check_blend_args(host, seed, alpha, "kasmina::blend");
   at::Tensor out = at::empty_like(host);
   const bool per_sample = alpha.dim() > 0;
-  const cpu::Blocks blk = cpu::dense_blocks(host, per_sample, {&seed, &out});
-  if (!blk.dense) {
-    const at::ScalarType acc = acc_type(host);
-    out.copy_(at::lerp(host.to(acc), seed.to(acc), alpha.clamp(0, 1).to(acc)));
-    return out;
-  }
+  const Blocks blk = dense_blocks(host, per_sample, {&seed, &out});
+  if (!blk.dense) return blend_fallback(host, seed, alpha, out);
   if (host.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, host.scalar_type(), "kasmina_blend_cpu", [&] {
     using A = typename Acc<scalar_t>::type;
@@ -183,40 +168,13 @@ at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tensor& grad, const at::Tensor& host,
                                                                   const at::Tensor& seed, const at::Tensor& alpha,
                                                                   std::array<bool, 3> mask) {
-  const char* op = "kasmina::blend_backward";
-  check_blend_args(host, seed, alpha, op);
-  TORCH_CHECK_VALUE(grad.sizes() == host.sizes() && grad.scalar_type() == host.scalar_type() &&
-                        grad.device() == host.device(),
-                    op, ": grad must match host in shape, dtype and device, got grad ", shape_str(grad.sizes()), " ",
-                    dtype_name(grad.scalar_type()), " and host ", shape_str(host.sizes()), " ",
-                    dtype_name(host.scalar_type()));
-  at::Tensor d_host = empty_unless(mask[0], host);
-  at::Tensor d_seed = empty_unless(mask[1], host);
-  at::Tensor d_alpha = mask[2] ? at::empty(alpha.sizes(), alpha.options()) : at::empty({0}, alpha.options());
-
+  check_blend_backward_args(grad, host, seed, alpha);
+  at::Tensor d_host, d_seed, d_alpha;
+  std::tie(d_host, d_seed, d_alpha) = blend_backward_outputs(host, alpha, mask);
   const bool per_sample = alpha.dim() > 0;
-  // d_host/d_seed need only g; host and seed are read only for d_alpha.
-  std::vector<const at::Tensor*> same{&grad};
-  if (mask[0]) same.push_back(&d_host);
-  if (mask[1]) same.push_back(&d_seed);
-  cpu::Blocks blk = cpu::dense_blocks(host, per_sample, {});
-  if (blk.dense) {
-    for (const at::Tensor* t : same) blk.dense = blk.dense && (host.numel() == 0 || t->strides() == host.strides());
-    if (mask[2]) blk.dense = blk.dense && (host.numel() == 0 || seed.strides() == host.strides());
-  }
-
+  const Blocks blk = backward_blocks(grad, host, seed, d_host, d_seed, per_sample, mask);
   if (!blk.dense) {
-    const at::ScalarType acc = acc_type(host);
-    const at::Tensor w = alpha.clamp(0, 1).to(acc);
-    const at::Tensor g = grad.to(acc);
-    if (mask[0]) d_host.copy_(g * (1 - w));
-    if (mask[1]) d_seed.copy_(g * w);
-    if (mask[2]) {
-      at::Tensor prod = g * (seed.to(acc) - host.to(acc));
-      at::Tensor inside = (alpha >= 0).logical_and_(alpha <= 1);
-      at::Tensor sum = per_sample ? prod.sum_to_size(alpha.sizes()) : prod.sum();
-      d_alpha.copy_(at::where(inside, sum, at::zeros({}, sum.options())));
-    }
+    blend_backward_fallback(grad, host, seed, alpha, mask, d_host, d_seed, d_alpha);
     return {d_host, d_seed, d_alpha};
   }
 

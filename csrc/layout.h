@@ -1,0 +1,74 @@
+// The "dense blocks" view of a tensor, shared by the CPU and CUDA kernels.
+//
+// A tensor that is non-overlapping and dense (contiguous, channels_last, or
+// any other permutation of a packed layout) occupies numel consecutive
+// elements starting at data_ptr(). When its batch dimension is outermost in
+// memory (true for contiguous and channels_last), every sample is one packed
+// block of numel / B elements. The kernels walk that storage linearly, so
+// neither layout is ever copied; anything else takes the strided fallback.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <initializer_list>
+
+namespace kasmina {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct Blocks {
+  bool dense = false;  // false: use the strided fallback
+  int64_t B = 1;       // number of blocks (1 for a 0-d alpha)
+  int64_t N = 0;       // elements per block
+};
+
+// `ref` decides the layout; each of `others` must share its strides exactly.
+// per_sample: blocks are samples along dim 0, which must be outermost in memory.
+inline Blocks dense_blocks(const at::Tensor& ref, bool per_sample, std::initializer_list<const at::Tensor*> others) {
+  Blocks b;
+  const int64_t n = ref.numel();
+  b.B = per_sample ? ref.size(0) : 1;
+  b.N = b.B > 0 ? n / b.B : 0;
+  if (n == 0) {
+    b.dense = true;
+    return b;
+  }
+  if (!ref.is_non_overlapping_and_dense()) return b;
+  for (const at::Tensor* t : others) {
+    if (t->strides() != ref.strides()) return b;
+  }
+  if (per_sample && b.B > 1 && ref.stride(0) != b.N) return b;
+  b.dense = true;
+  return b;
+}
+
+// The backward's dense view: d_host/d_seed need only g (and share its
+// layout); host and seed are read only for d_alpha.
+inline Blocks backward_blocks(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
+                              const at::Tensor& d_host, const at::Tensor& d_seed, bool per_sample,
+                              std::array<bool, 3> mask) {
+  Blocks blk = dense_blocks(host, per_sample, {&grad});
+  if (!blk.dense || host.numel() == 0) return blk;
+  if (mask[0] && d_host.strides() != host.strides()) blk.dense = false;
+  if (mask[1] && d_seed.strides() != host.strides()) blk.dense = false;
+  if (mask[2] && seed.strides() != host.strides()) blk.dense = false;
+  return blk;
+}
+
+// Strided fallback of blend and its backward (ATen ops, correct for any
+// layout, several passes), in fp32 (fp64 for fp64) like the dense kernels.
+at::Tensor blend_fallback(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha, at::Tensor out);
+void blend_backward_fallback(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
+                             const at::Tensor& alpha, std::array<bool, 3> mask, at::Tensor& d_host, at::Tensor& d_seed,
+                             at::Tensor& d_alpha);
+
+// Outputs of blend_backward; the ones not asked for are empty [0] tensors.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_outputs(const at::Tensor& host,
+                                                                              const at::Tensor& alpha,
+                                                                              std::array<bool, 3> mask) {
+  auto none = [](const at::Tensor& like) { return at::empty({0}, like.options()); };
+  return {mask[0] ? at::empty_like(host) : none(host), mask[1] ? at::empty_like(host) : none(host),
+          mask[2] ? at::empty(alpha.sizes(), alpha.options()) : none(alpha)};
+}
+
+}  // namespace kasmina
