@@ -71,6 +71,11 @@ def _triton_status() -> str:
     return tk.status()
 
 
+def triton_usable() -> bool:
+    """True when the Triton kernels can run here (decided once, at import)."""
+    return _triton_status() == "available"
+
+
 def status() -> dict[str, str]:
     """Every backend with ``"available"`` or the reason it is not usable here."""
     cuda_ok = torch.cuda.is_available()

@@ -30,21 +30,31 @@ def blend_backward(
 
     ``d_host = (1 - w) g``, ``d_seed = w g`` with ``w = clamp(alpha, 0, 1)``,
     ``d_alpha = [0 <= alpha <= 1] * sum(g * (seed - host))`` over the broadcast
-    dims. Outputs not asked for in ``output_mask`` are empty ``[0]`` tensors.
+    dims, computed in fp32 (fp64 for fp64). Outputs not asked for in
+    ``output_mask`` are empty ``[0]`` tensors.
     """
-    w = alpha.clamp(0, 1).to(host.dtype)
+    acc = torch.float64 if host.dtype == torch.float64 else torch.float32
+    w = alpha.clamp(0, 1).to(acc)
+    g = grad.to(acc)
     empty = host.new_empty(0)
-    d_host = torch.empty_like(host).copy_(grad * (1 - w)) if output_mask[0] else empty
-    d_seed = torch.empty_like(host).copy_(grad * w) if output_mask[1] else empty
+    d_host = torch.empty_like(host).copy_(g * (1 - w)) if output_mask[0] else empty
+    d_seed = torch.empty_like(host).copy_(g * w) if output_mask[1] else empty
     if output_mask[2]:
-        acc = torch.float64 if host.dtype == torch.float64 else torch.float32
-        prod = grad.to(acc) * (seed.to(acc) - host.to(acc))
+        prod = g * (seed.to(acc) - host.to(acc))
         total = prod.sum_to_size(alpha.shape) if alpha.dim() else prod.sum()
         inside = (alpha >= 0) & (alpha <= 1)
         d_alpha = torch.where(inside, total, torch.zeros_like(total)).to(alpha.dtype).contiguous()
     else:
         d_alpha = alpha.new_empty(0)
     return d_host, d_seed, d_alpha
+
+
+def blend_precise(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
+    """:func:`blend` computed in fp32 (fp64 for fp64) into a tensor laid out like
+    host: the kernels' fallback for layouts they do not walk."""
+    acc = torch.float64 if host.dtype == torch.float64 else torch.float32
+    out = torch.lerp(host.to(acc), seed.to(acc), alpha.clamp(0, 1).to(acc))
+    return torch.empty_like(host).copy_(out)
 
 
 def ste(host: Tensor, seed: Tensor) -> Tensor:

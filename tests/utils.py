@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 import kasmina_fast
@@ -16,18 +17,26 @@ DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 RTOL = {torch.float64: 1e-10, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 
-def cpu_backends() -> list[str]:
-    """Backends that can run CPU tensors in this process."""
+def cpu_backends(op: str = "blend") -> list[str]:
+    """Backends that can run ``op`` on CPU tensors in this process."""
     names = ["reference"]
-    if "cpp" in kasmina_fast.available():
+    has = backends._IMPLS[op]
+    if "cpp" in kasmina_fast.available() and "cpp" in has:
         names.append("cpp")
-    if "triton" in kasmina_fast.available() and os.environ.get("TRITON_INTERPRET") == "1":
+    if "triton" in kasmina_fast.available() and "triton" in has and os.environ.get("TRITON_INTERPRET") == "1":
         names.append("triton")
     return names
 
 
-def fast_cpu_backends() -> list[str]:
-    return [b for b in cpu_backends() if b != "reference"]
+def targets(op: str = "blend") -> list:
+    """(device, backend) pairs that can run ``op`` here: every CPU backend and,
+    with a GPU, the reference and every CUDA backend."""
+    out = [pytest.param("cpu", b, id=f"cpu-{b}") for b in cpu_backends(op)]
+    if torch.cuda.is_available():
+        has = backends._IMPLS[op]
+        cuda = ["reference"] + [b for b in ("cuda", "triton") if b in kasmina_fast.available() and b in has]
+        out += [pytest.param("cuda", b, id=f"cuda-{b}") for b in cuda]
+    return out
 
 
 def assert_close_rel(
@@ -61,17 +70,20 @@ def assert_close_rel(
     assert err <= rtol * scale, f"{what}: max error {err:.3e} > {rtol:.1e} * {scale:.3e}"
 
 
-def make(shape, dtype, layout: str = "contiguous", generator=None, scale: float = 1.0) -> torch.Tensor:
-    """A random leaf tensor of ``shape`` in ``layout``: contiguous, channels_last or view.
+def make(
+    shape, dtype, layout: str = "contiguous", generator=None, scale: float = 1.0, device="cpu"
+) -> torch.Tensor:
+    """A random tensor of ``shape`` on ``device`` in ``layout``: contiguous, channels_last or view.
 
     ``view`` is a non-contiguous strided view (every other element of a wider
-    last dim); for 0-d and empty shapes it is simply contiguous.
+    last dim); for 0-d and empty shapes it is simply contiguous. Values are
+    drawn on the CPU, so a seed gives the same numbers on every device.
     """
     if layout == "view" and len(shape) >= 1:
         wide = (*shape[:-1], shape[-1] * 2)
         base = torch.randn(wide, dtype=torch.float64, generator=generator) * scale
-        return base.to(dtype)[..., ::2]
-    t = (torch.randn(shape, dtype=torch.float64, generator=generator) * scale).to(dtype)
+        return base.to(dtype).to(device)[..., ::2]
+    t = (torch.randn(shape, dtype=torch.float64, generator=generator) * scale).to(dtype).to(device)
     if layout == "channels_last" and len(shape) == 4:
         t = t.contiguous(memory_format=torch.channels_last)
     return t

@@ -1,22 +1,22 @@
 """Triton kernels of kasmina-fast, installed as ``kasmina_fast.triton_kernels``.
 
-Only ``@triton.jit`` kernels and their launchers live here; the ops that call
-them are registered in ``kasmina_fast.ops``.
+Only ``@triton.jit`` kernels and their launchers live here (``blend.py``); the
+ops that call them are registered in ``kasmina_fast.ops.triton_ops``. This
+package imports triton only when its kernels are loaded.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 
 def status() -> str:
     """``"available"`` or why the Triton backend cannot run here."""
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        return f"triton is not installed ({exc})"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
     import torch
 
     if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
         return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors)"
-    return "no Triton kernels in this version yet"
+    return "available"

@@ -33,8 +33,9 @@ def main(src: str, arch: str) -> int:
             continue
         m = re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?(?:,|$)", line)
         if m and kernel:
-            smem = re.search(r"(\d+) bytes smem", line)
-            print(f"{src:<14} {arch:<6} regs {m.group(1):>3}  spills {spills:<7} smem {smem.group(1) if smem else 0:>5}  {kernel}")
+            smem_m = re.search(r"(\d+) bytes smem", line)
+            smem = smem_m.group(1) if smem_m else "0"
+            print(f"{src:<14} {arch:<6} regs {m.group(1):>3}  spills {spills:<7} smem {smem:>5}  {kernel}")
             kernel = None
             continue
         if line and not line.startswith("ptxas info") and "bytes stack frame" not in line:

@@ -27,7 +27,12 @@ def _reference(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
 
 _native = torch.ops.kasmina.blend.default
 
-backends.register("blend", {"reference": _reference, "cpp": _native, "cuda": _native})
+_impls = {"reference": _reference, "cpp": _native, "cuda": _native}
+if backends.triton_usable():
+    from kasmina_fast.ops import triton_ops
+
+    _impls["triton"] = triton_ops.triton_blend._opoverload
+backends.register("blend", _impls)
 
 
 def blend(host: Tensor, seed: Tensor, alpha: Tensor | float) -> Tensor:

@@ -21,7 +21,12 @@ def _reference(host: Tensor, seed: Tensor) -> Tensor:
 
 _native = torch.ops.kasmina.ste.default
 
-backends.register("ste", {"reference": _reference, "cpp": _native, "cuda": _native})
+_impls = {"reference": _reference, "cpp": _native, "cuda": _native}
+if backends.triton_usable():
+    from kasmina_fast.ops import triton_ops
+
+    _impls["triton"] = triton_ops.triton_ste._opoverload
+backends.register("ste", _impls)
 
 
 def ste(host: Tensor, seed: Tensor) -> Tensor:

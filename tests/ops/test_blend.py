@@ -1,4 +1,4 @@
-"""kasmina_fast.blend on every CPU backend against the fp64 reference:
+"""kasmina_fast.blend on every backend and device against the fp64 reference:
 values and all three gradients over dtypes x layouts x alpha kinds x shapes."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tests.utils import (
     make,
     oracle_blend,
     run_blend,
+    targets,
     with_backend,
 )
 
@@ -36,7 +37,7 @@ CASES = [
 ]
 
 
-def make_alpha(kind: str, shape, gen):
+def make_alpha(kind: str, shape, gen, device="cpu"):
     if kind == "python":
         return 0.37
     per_sample = kind in PER_SAMPLE
@@ -47,12 +48,12 @@ def make_alpha(kind: str, shape, gen):
         a = torch.linspace(-0.5, 1.5, a.numel(), dtype=torch.float64).reshape(ashape)
         if a.numel() >= 3:
             a.view(-1)[1], a.view(-1)[-2] = 0.0, 1.0
-    return a.to(torch.float32).requires_grad_(kind.endswith("learnable"))
+    return a.to(torch.float32).to(device).requires_grad_(kind.endswith("learnable"))
 
 
 def check(backend, host, seed, alpha, dtype):
     gen = torch.Generator().manual_seed(7)
-    gout = make(host.shape, dtype, "contiguous", gen)
+    gout = make(host.shape, dtype, "contiguous", gen, device=host.device)
     if host.dim() == 4 and host.is_contiguous(memory_format=torch.channels_last):
         gout = gout.contiguous(memory_format=torch.channels_last)
     a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=torch.float64)
@@ -87,13 +88,16 @@ def check(backend, host, seed, alpha, dtype):
         assert_close_rel(got[3], want[3], max(rtol, RTOL[torch.float32]), f"{backend} d_alpha", sc)
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize(("device", "backend"), targets())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(("shape", "layout", "alpha_kind"), CASES)
-def test_blend_matches_reference(backend, dtype, shape, layout, alpha_kind):
+def test_blend_matches_reference(device, backend, dtype, shape, layout, alpha_kind):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((str(dtype), layout, alpha_kind, shape)).encode()))
-    host, seed = make(shape, dtype, layout, gen), make(shape, dtype, layout, gen)
-    check(backend, host, seed, make_alpha(alpha_kind, shape, gen), dtype)
+    host, seed = (
+        make(shape, dtype, layout, gen, device=device),
+        make(shape, dtype, layout, gen, device=device),
+    )
+    check(backend, host, seed, make_alpha(alpha_kind, shape, gen, device), dtype)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

@@ -74,7 +74,8 @@ def test_compile_ops_appear_in_graph(backend):
     if backend == "reference":
         assert any("lerp" in t for t in seen)
     else:
-        assert "kasmina.blend.default" in seen and "kasmina.ste.default" in seen
+        prefix = "kasmina.triton_" if backend == "triton" else "kasmina."
+        assert f"{prefix}blend.default" in seen and f"{prefix}ste.default" in seen, seen
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

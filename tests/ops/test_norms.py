@@ -38,7 +38,7 @@ def lists():
     }
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", cpu_backends("foreach_norm"))
 @pytest.mark.parametrize("case", list(lists()))
 def test_foreach_norm(backend, case):
     ts = lists()[case]
@@ -50,7 +50,7 @@ def test_foreach_norm(backend, case):
         assert_close_rel(got[i : i + 1], want[i : i + 1].float().double(), 2e-6, f"{case}[{i}]")
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", cpu_backends("foreach_norm"))
 def test_foreach_norm_non_finite(backend):
     ts = [torch.tensor([1.0, float("nan")]), torch.tensor([float("inf"), 1.0]), torch.ones(4)]
     with with_backend(backend):
@@ -70,7 +70,7 @@ def stats_want(host, seed, hp, sp):
     return torch.tensor([h, s, r, flag], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
 @pytest.mark.parametrize(
     ("host_scale", "seed_scale", "hp", "sp"),
     [
@@ -95,7 +95,7 @@ def test_gradient_stats_formula(backend, host_scale, seed_scale, hp, sp):
     assert_close_rel(got, stats_want(host, seed, hp, sp).float().double(), 2e-6)
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
 def test_gradient_stats_edges(backend):
     with with_backend(backend):
         empty = kasmina_fast.gradient_stats([], [], 0, 0)
@@ -111,7 +111,7 @@ def test_gradient_stats_edges(backend):
     assert huge[3] == 0.0 and huge[2] == 1.0 and math.isclose(huge[0].item(), 2e30, rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
 def test_norms_deterministic(backend):
     gen = torch.Generator().manual_seed(4)
     ts = [make((100_003,), torch.float32, generator=gen) for _ in range(5)]

@@ -126,7 +126,8 @@ def test_without_extension_falls_back_to_reference():
     proc = run_python(
         """
         import torch, kasmina_fast
-        assert kasmina_fast.available() == ["reference"], kasmina_fast.available()
+        av = kasmina_fast.available()
+        assert av[0] == "reference" and "cpp" not in av and "cuda" not in av, av
         st = kasmina_fast.backends.status()
         assert "KASMINA_FAST_NO_EXTENSION" in st["cpp"], st
         h = torch.randn(4, 3, 5, 5, requires_grad=True)

@@ -11,7 +11,7 @@ from tests.utils import DTYPES, cpu_backends, make, with_backend
 SHAPES = [(), (0,), (1,), (7,), (2, 3, 5), (4, 3, 5, 7)]
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", cpu_backends("ste"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "view"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -33,7 +33,7 @@ def test_ste_matches_reference(backend, dtype, layout, shape):
         assert out.stride() == torch.empty_like(host).stride()
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", cpu_backends("ste"))
 def test_ste_non_finite(backend):
     host = torch.tensor([1.0, float("nan"), float("inf")])
     seed = torch.tensor([float("nan"), 2.0, 3.0])
@@ -48,7 +48,7 @@ def test_ste_non_finite(backend):
         assert out[0] == 1.0
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", cpu_backends("ste"))
 def test_ste_alias_and_seed_only(backend):
     assert kasmina_fast.ste_forward is kasmina_fast.ste
     host = torch.randn(3, 4)

@@ -1,0 +1,221 @@
+"""Triton kernels for ``kasmina::blend`` (forward and fused backward) and the
+STE copy, with their launchers.
+
+Math (``w = clamp(alpha, 0, 1)`` per sample, or one ``w`` for a 0-d alpha):
+    forward   out     = lerp(host, seed, w)      (torch.lerp's two-sided formula)
+    backward  d_host  = (1 - w) g,  d_seed = w g,
+              d_alpha = [0 <= alpha <= 1] * sum_sample g (seed - host)
+Memory traffic (dense layouts): forward reads host, seed and writes out (3
+passes); backward reads g (+ host, seed for d_alpha) and writes d_host, d_seed
+(3 or 5 passes), plus one fp32 partial per program and a tiny finalize.
+
+Grid: axis 1 is the sample, axis 0 the BLOCK-sized pieces of the sample's
+packed block, so no per-element division finds the sample; offsets are
+int64. Math is fp32 (fp64 for fp64 inputs). d_alpha is deterministic: each
+program's ``tl.sum`` is a fixed tree and the finalize adds the partials in a
+fixed order (no atomics).
+
+The launchers take tensors whose samples are packed blocks (contiguous or
+channels_last with the same strides); the op layer routes other layouts to
+the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 4096
+NUM_WARPS = 8
+FINAL_BLOCK = 1024
+MAX_GRID_Y = 65535
+
+
+@triton.jit
+def _weight(a_ptr, b, a_stride, ACC: tl.constexpr):
+    a = tl.load(a_ptr + b * a_stride).to(ACC)
+    w = tl.minimum(tl.maximum(a, 0.0), 1.0)
+    return tl.where(a != a, a, w), a
+
+
+@triton.jit
+def blend_forward_kernel(h_ptr, s_ptr, o_ptr, a_ptr, a_stride, N, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    w, _ = _weight(a_ptr, b, a_stride, ACC)
+    base = b.to(tl.int64) * N
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    h = tl.load(h_ptr + base + offs, mask=mask).to(ACC)
+    s = tl.load(s_ptr + base + offs, mask=mask).to(ACC)
+    low = h + w * (s - h)
+    high = s - (s - h) * (1.0 - w)
+    out = tl.where(w < 0.5, low, high)
+    tl.store(o_ptr + base + offs, out.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def blend_backward_kernel(
+    g_ptr,
+    h_ptr,
+    s_ptr,
+    dh_ptr,
+    ds_ptr,
+    a_ptr,
+    a_stride,
+    part_ptr,
+    N,
+    BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
+    DH: tl.constexpr,
+    DS: tl.constexpr,
+    DA: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    w, _ = _weight(a_ptr, b, a_stride, ACC)
+    base = b.to(tl.int64) * N
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    g = tl.load(g_ptr + base + offs, mask=mask).to(ACC)
+    if DH:
+        tl.store(dh_ptr + base + offs, (g * (1.0 - w)).to(dh_ptr.dtype.element_ty), mask=mask)
+    if DS:
+        tl.store(ds_ptr + base + offs, (g * w).to(ds_ptr.dtype.element_ty), mask=mask)
+    if DA:
+        h = tl.load(h_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+        s = tl.load(s_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+        part = tl.sum(g * (s - h), axis=0)
+        tl.store(part_ptr + b.to(tl.int64) * tl.num_programs(0) + pid, part)
+
+
+@triton.jit
+def d_alpha_finalize_kernel(part_ptr, parts, a_ptr, a_stride, da_ptr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    b = tl.program_id(0)
+    acc = tl.zeros((BLOCK,), dtype=ACC)
+    for start in range(0, parts, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(part_ptr + b.to(tl.int64) * parts + offs, mask=offs < parts, other=0.0)
+    total = tl.sum(acc, axis=0)
+    _, a = _weight(a_ptr, b, a_stride, ACC)
+    inside = (a >= 0.0) & (a <= 1.0)
+    total = tl.where(inside, total, 0.0)
+    tl.store(da_ptr + b, total.to(da_ptr.dtype.element_ty))
+
+
+@triton.jit
+def copy_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(dst_ptr + offs, tl.load(src_ptr + offs, mask=mask), mask=mask)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _alpha_acc(alpha: torch.Tensor, host: torch.Tensor) -> tuple[torch.Tensor, int]:
+    a = alpha.to(torch.float64 if host.dtype == torch.float64 else torch.float32)
+    return a, (a.stride(0) if a.dim() else 0)
+
+
+def _alpha_from(a: torch.Tensor, a_stride: int, lo: int) -> torch.Tensor:
+    """alpha from sample ``lo`` on (a view; the kernels index it with ``a_stride``)."""
+    if a.dim() == 0 or lo == 0:
+        return a
+    return a.as_strided((a.shape[0] - lo,), (a_stride,), a.storage_offset() + lo * a_stride)
+
+
+def _sample_slices(B: int):
+    for start in range(0, B, MAX_GRID_Y):
+        yield start, min(B, start + MAX_GRID_Y)
+
+
+def blend_forward(
+    host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, B: int, N: int
+) -> torch.Tensor:
+    """``out`` for ``B`` packed samples of ``N`` elements (B = 1 for a 0-d alpha)."""
+    out = torch.empty_like(host)
+    if host.numel() == 0:
+        return out
+    a, a_stride = _alpha_acc(alpha, host)
+    for lo, hi in _sample_slices(B):
+        off = lo * N
+        grid = (triton.cdiv(N, BLOCK), hi - lo)
+        blend_forward_kernel[grid](
+            _flat(host, off),
+            _flat(seed, off),
+            _flat(out, off),
+            _alpha_from(a, a_stride, lo),
+            a_stride,
+            N,
+            BLOCK=BLOCK,
+            ACC=_acc(host.dtype),
+            num_warps=NUM_WARPS,
+        )
+    return out
+
+
+def _flat(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """The packed storage of ``t`` from element ``offset`` on, as a 1-D view (no copy)."""
+    return t.as_strided((t.numel() - offset,), (1,), t.storage_offset() + offset)
+
+
+def blend_backward(
+    grad: torch.Tensor,
+    host: torch.Tensor,
+    seed: torch.Tensor,
+    alpha: torch.Tensor,
+    mask: tuple[bool, bool, bool],
+    B: int,
+    N: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d_host, d_seed, d_alpha)``; outputs not in ``mask`` are empty ``[0]`` tensors."""
+    d_host = torch.empty_like(host) if mask[0] else host.new_empty(0)
+    d_seed = torch.empty_like(host) if mask[1] else host.new_empty(0)
+    d_alpha = alpha.new_empty(alpha.shape) if mask[2] else alpha.new_empty(0)
+    if host.numel() == 0:
+        if mask[2]:
+            d_alpha.zero_()
+        return d_host, d_seed, d_alpha
+    a, a_stride = _alpha_acc(alpha, host)
+    acc = _acc(host.dtype)
+    progs = triton.cdiv(N, BLOCK)
+    parts = torch.empty(B * progs if mask[2] else 1, dtype=a.dtype, device=host.device)
+    for lo, hi in _sample_slices(B):
+        off = lo * N
+        blend_backward_kernel[(progs, hi - lo)](
+            _flat(grad, off),
+            _flat(host, off),
+            _flat(seed, off),
+            _flat(d_host, off) if mask[0] else grad,
+            _flat(d_seed, off) if mask[1] else grad,
+            _alpha_from(a, a_stride, lo),
+            a_stride,
+            parts[lo * progs :] if mask[2] else parts,
+            N,
+            BLOCK=BLOCK,
+            ACC=acc,
+            DH=mask[0],
+            DS=mask[1],
+            DA=mask[2],
+            num_warps=NUM_WARPS,
+        )
+    if mask[2]:
+        da = d_alpha if d_alpha.dtype == a.dtype else torch.empty(alpha.shape, dtype=a.dtype, device=a.device)
+        d_alpha_finalize_kernel[(B,)](parts, progs, a, a_stride, da, BLOCK=FINAL_BLOCK, ACC=acc, num_warps=4)
+        if da is not d_alpha:
+            d_alpha.copy_(da)
+    return d_host, d_seed, d_alpha
+
+
+def copy(src: torch.Tensor) -> torch.Tensor:
+    """A copy of a dense tensor in the same layout (the STE's forward)."""
+    out = torch.empty_like(src)
+    n = src.numel()
+    if n:
+        copy_kernel[(triton.cdiv(n, BLOCK),)](
+            _flat(src, 0), _flat(out, 0), n, BLOCK=BLOCK, num_warps=NUM_WARPS
+        )
+    return out
