@@ -76,3 +76,38 @@ def make_step(op: str, alpha_kind: str, shape, dtype, device, backend: str, comp
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def passes(op: str, alpha_kind: str) -> int:
+    """Tensor-sized passes over memory the fused fwd+bwd must make (the floor):
+    blend reads host, seed, writes out; its backward reads g, writes d_host,
+    d_seed, and reads host and seed again only for a learnable alpha. The STE
+    is one copy (a read and a write) and no backward kernel."""
+    if op == "ste":
+        return 2
+    return 3 + (5 if alpha_kind == "learnable" else 3)
+
+
+def make_chain(length: int, shape, device, backend: str):
+    """``step()``: a chain of ``length`` blends (a host-bound slot's pattern),
+    fwd + bwd; the slope over lengths is the per-op cost inside one backward."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    host = torch.randn(shape, generator=gen, device=device).contiguous(memory_format=CL).requires_grad_()
+    seeds = [
+        torch.randn(shape, generator=gen, device=device).contiguous(memory_format=CL).requires_grad_()
+        for _ in range(length)
+    ]
+    alpha = torch.rand((shape[0], 1, 1, 1), generator=gen, device=device).requires_grad_()
+    fn = reference.blend if backend == "reference" else kasmina_fast.blend
+    grad = torch.ones(shape, device=device).contiguous(memory_format=CL)
+
+    def step():
+        host.grad = alpha.grad = None
+        for s in seeds:
+            s.grad = None
+        y = host
+        for s in seeds:
+            y = fn(y, s, alpha)
+        y.backward(grad)
+
+    return step

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import backends_here, make_step, sync
+from cases import backends_here, make_chain, make_step, passes, sync
 
 import kasmina_fast
 
@@ -42,7 +42,8 @@ CASES = [
 def test_fwd_bwd(benchmark, backend, op, kind, shape, dtype):
     step = make_step(op, kind, shape, dtype, DEVICE, backend)
     benchmark.group = f"{op}-{kind}-{'x'.join(map(str, shape))}-{str(dtype)[6:]}-{DEVICE}"
-    benchmark.extra_info.update(backend=backend, device=DEVICE)
+    nbytes = passes(op, kind) * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    benchmark.extra_info.update(backend=backend, device=DEVICE, bytes=nbytes)
 
     def run():
         step()
@@ -57,13 +58,33 @@ def test_fwd_bwd(benchmark, backend, op, kind, shape, dtype):
 def test_fwd_bwd_compiled_reference(benchmark, op, kind, shape, dtype):
     step = make_step(op, kind, shape, dtype, DEVICE, "reference", compiled=True)
     benchmark.group = f"{op}-{kind}-{'x'.join(map(str, shape))}-{str(dtype)[6:]}-{DEVICE}"
-    benchmark.extra_info.update(backend="reference+compile", device=DEVICE)
+    nbytes = passes(op, kind) * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    benchmark.extra_info.update(backend="reference+compile", device=DEVICE, bytes=nbytes)
 
     def run():
         step()
         sync(DEVICE)
 
     benchmark.pedantic(run, rounds=100, iterations=1, warmup_rounds=5)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the small-slot regime is measured on CUDA")
+@pytest.mark.parametrize("backend", backends_here(DEVICE))
+@pytest.mark.parametrize("length", [1, 9])
+@pytest.mark.parametrize("shape", [(32, 64, 16, 16), (128, 64, 16, 16)], ids=lambda s: "x".join(map(str, s)))
+def test_small_slot_chain(benchmark, backend, length, shape):
+    """Chains of 1 and 9 per-sample learnable blends, fwd + bwd: per-op cost =
+    (t9 - t1) / 8, compared across backends by bench/summarize.py."""
+    step = make_chain(length, shape, DEVICE, backend)
+    benchmark.group = f"chain-{'x'.join(map(str, shape))}-{DEVICE}"
+    benchmark.extra_info.update(backend=f"{backend}@{length}", device=DEVICE, chain=length, base=backend)
+
+    def run():
+        step()
+        sync(DEVICE)
+
+    with kasmina_fast.use_backend(backend):
+        benchmark.pedantic(run, rounds=200, iterations=1, warmup_rounds=10)
 
 
 @pytest.mark.parametrize("impl", ["native", *backends_here("cpu")])

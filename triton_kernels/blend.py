@@ -39,7 +39,8 @@ def _weight(a_ptr, b, a_stride, ACC: tl.constexpr):
     return tl.where(a != a, a, w), a
 
 
-@triton.jit
+# a_stride is not specialised (it is 1 or 0 or anything): fewer compiles
+@triton.jit(do_not_specialize=["a_stride"])
 def blend_forward_kernel(h_ptr, s_ptr, o_ptr, a_ptr, a_stride, N, BLOCK: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
@@ -55,7 +56,7 @@ def blend_forward_kernel(h_ptr, s_ptr, o_ptr, a_ptr, a_stride, N, BLOCK: tl.cons
     tl.store(o_ptr + base + offs, out.to(o_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["a_stride"])
 def blend_backward_kernel(
     g_ptr,
     h_ptr,
@@ -90,7 +91,7 @@ def blend_backward_kernel(
         tl.store(part_ptr + b.to(tl.int64) * tl.num_programs(0) + pid, part)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["a_stride", "parts"])
 def d_alpha_finalize_kernel(part_ptr, parts, a_ptr, a_stride, da_ptr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     b = tl.program_id(0)
     acc = tl.zeros((BLOCK,), dtype=ACC)

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# GPU check: build the extension with its CUDA kernels, run the GPU tests,
+# then print the benchmark tables. Meant for a fresh CUDA machine with torch,
+# triton, nvcc, ninja, pytest, hypothesis and pytest-benchmark installed and
+# no network; finishes in about 6 minutes; logs go to RESULTS_DIR.
+#   bash bench/gpu_check.sh RESULTS_DIR
+set -uo pipefail
+out=${1:?usage: bench/gpu_check.sh RESULTS_DIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+start=$(date +%s)
+step() { echo; echo "=== $* ($(( $(date +%s) - start )) s)"; }
+status=0
+
+step "environment"
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  "$PY" -c 'import sys, torch, triton; print(sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
+  nvcc --version | tail -1
+} 2>&1 | tee "$out/env.txt"
+
+step "build (pip install --no-build-isolation -e .)"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+if ! "$PY" -m pip install -q --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1; then
+  tail -40 "$out/build.log"; echo "BUILD FAILED"; exit 1
+fi
+"$PY" -m kasmina_fast info | tee "$out/info.txt"
+
+step "copy bandwidth (the floor's yardstick)"
+bw=$("$PY" - <<'PY'
+import torch
+x = torch.empty(2**28, dtype=torch.float32, device="cuda")  # 1 GiB
+y = torch.empty_like(x)
+for _ in range(3):
+    y.copy_(x)
+torch.cuda.synchronize()
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+times = []
+for _ in range(20):
+    s.record(); y.copy_(x); e.record(); e.synchronize(); times.append(s.elapsed_time(e) / 1e3)
+times.sort()
+print(f"{2 * x.numel() * 4 / times[len(times) // 2] / 1e9:.0f}")
+PY
+)
+echo "device-to-device copy: $bw GB/s (read + write)" | tee "$out/bandwidth.txt"
+
+step "GPU tests"
+timeout 200 "$PY" -m pytest tests/ops tests/test_backends.py -q -x -p no:cacheprovider -k "cuda or triton" \
+  2>&1 | tee "$out/tests.log" | tail -15
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU TESTS FAILED (see $out/tests.log)"; status=1; }
+
+step "benchmarks: fused backends vs eager reference, small-slot chains"
+timeout 120 "$PY" -m pytest bench -q -p no:cacheprovider -k "not compiled and not overhead" \
+  --benchmark-json="$out/bench.json" >"$out/bench.log" 2>&1 || { tail -20 "$out/bench.log"; status=1; }
+
+step "benchmarks: torch.compile of the reference"
+timeout 100 "$PY" -m pytest bench -q -p no:cacheprovider -k "compiled" \
+  --benchmark-json="$out/bench_compiled.json" >"$out/bench_compiled.log" 2>&1 || { tail -5 "$out/bench_compiled.log"; status=1; }
+
+step "tables"
+files=$(ls "$out"/bench.json "$out"/bench_compiled.json 2>/dev/null)
+[ -n "$files" ] && "$PY" bench/summarize.py $files --bw "$bw" | tee "$out/tables.md"
+step "done (status $status)"
+exit $status

@@ -1,0 +1,185 @@
+"""GPU-only properties of the CUDA and Triton backends (skipped without a GPU;
+bench/gpu_check.sh runs them): no host sync, CUDA-graph capture, compile
+with reduce-overhead, opcheck on CUDA, tensors over 2^31 elements, and the
+same errors as on the CPU. Equivalence and determinism over the full matrix
+run in test_blend.py / test_ste.py, which include the CUDA targets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import kasmina_fast
+from tests.utils import with_backend
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CUDA_BACKENDS = [b for b in ("cuda", "triton") if b in kasmina_fast.available()]
+CL = torch.channels_last
+
+
+def leaves(shape=(8, 16, 12, 12), dtype=torch.float32, per_sample=True):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h = (
+        torch.randn(shape, device="cuda", generator=g, dtype=dtype)
+        .contiguous(memory_format=CL)
+        .requires_grad_()
+    )
+    s = (
+        torch.randn(shape, device="cuda", generator=g, dtype=dtype)
+        .contiguous(memory_format=CL)
+        .requires_grad_()
+    )
+    ashape = (shape[0], 1, 1, 1) if per_sample else ()
+    a = torch.rand(ashape, device="cuda", generator=g).requires_grad_()
+    gout = torch.randn(shape, device="cuda", generator=g, dtype=dtype).contiguous(memory_format=CL)
+    return h, s, a, gout
+
+
+@pytest.mark.parametrize("backend", ["reference", *CUDA_BACKENDS])
+def test_no_host_sync(backend):
+    h, s, a, gout = leaves()
+    with with_backend(backend):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            kasmina_fast.blend(h, s, a).backward(gout)
+            kasmina_fast.blend(h, s, 0.3).backward(gout)
+            kasmina_fast.ste(h, s).backward(gout)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.parametrize("backend", ["reference", *CUDA_BACKENDS])
+def test_cuda_graph_capture_and_replay(backend):
+    h, s, a, gout = leaves()
+
+    def step():
+        out = kasmina_fast.ste(kasmina_fast.blend(h, s, a), s)
+        out.backward(gout)
+        return out
+
+    with with_backend(backend):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                for t in (h, s, a):
+                    t.grad = None
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        for t in (h, s, a):
+            t.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = step()
+        for trial in range(2):
+            with torch.no_grad():  # new inputs, same memory
+                for t in (h, s):
+                    t.copy_(torch.randn_like(t))
+                a.copy_(torch.rand_like(a) * 1.2 - 0.1)
+                gout.copy_(torch.randn_like(gout))
+            graph.replay()
+            torch.cuda.synchronize()
+            got = [static_out.detach().clone(), h.grad.clone(), s.grad.clone(), a.grad.clone()]
+            h2, s2, a2 = (t.detach().clone().requires_grad_() for t in (h, s, a))
+            ref = torch.lerp(h2, s2, a2.clamp(0, 1))
+            ref.backward(gout)
+            want = [ref.detach(), h2.grad, s2.grad + gout, a2.grad]  # the STE adds g to seed
+            for x, y, name in zip(got, want, ("out", "d_host", "d_seed", "d_alpha")):
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4, msg=f"replay {trial}: {name}")
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compile_fullgraph_on_cuda(backend, mode):
+    torch._dynamo.reset()
+    h, s, a, gout = leaves()
+    counter = CompileCounterWithBackend("inductor")
+
+    def f(h, s, a):
+        return kasmina_fast.ste(kasmina_fast.blend(h, s, a), s)
+
+    with with_backend(backend):
+        if mode == "default":
+            compiled = torch.compile(f, backend=counter, fullgraph=True)
+        else:
+            compiled = torch.compile(f, mode=mode, fullgraph=True)
+        for _ in range(3):
+            for t in (h, s, a):
+                t.grad = None
+            out = compiled(h, s, a)
+            out.backward(gout)
+        got = [out.detach(), h.grad, s.grad, a.grad]
+    h2, s2, a2 = (t.detach().clone().requires_grad_() for t in (h, s, a))
+    ref = torch.lerp(h2, s2, a2.clamp(0, 1))
+    ref.backward(gout)
+    want = [ref.detach(), h2.grad, s2.grad + gout, a2.grad]  # the STE adds g to seed
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4)
+    if mode == "default":
+        assert counter.frame_count == 1
+
+
+@pytest.mark.skipif("cuda" not in kasmina_fast.available(), reason="CUDA kernels not built")
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_opcheck_on_cuda(per_sample):
+    h, s, a, gout = leaves(per_sample=per_sample)
+    torch.library.opcheck(torch.ops.kasmina.blend.default, (h, s, a))
+    mask = [True, True, True]
+    torch.library.opcheck(
+        torch.ops.kasmina.blend_backward.default, (gout, h.detach(), s.detach(), a.detach(), mask)
+    )
+    torch.library.opcheck(torch.ops.kasmina.ste.default, (h, s))
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_opcheck_bf16_odd_sizes(backend):
+    """Not a multiple of the vector width: the scalar kernels run."""
+    h, s, a, _ = leaves(shape=(3, 5, 7, 9), dtype=torch.bfloat16)
+    op = torch.ops.kasmina.triton_blend.default if backend == "triton" else torch.ops.kasmina.blend.default
+    torch.library.opcheck(op, (h, s, a))
+
+
+@pytest.mark.parametrize("backend", ["reference", *CUDA_BACKENDS])
+def test_device_mismatch_is_refused(backend):
+    h = torch.randn(4, 3, device="cuda")
+    with with_backend(backend):
+        with pytest.raises(ValueError, match="kasmina::blend: seed must be on the device of host"):
+            kasmina_fast.blend(h, h.cpu(), torch.tensor(0.5, device="cuda"))
+        with pytest.raises(ValueError, match="kasmina::blend: alpha must be on the device of host"):
+            kasmina_fast.blend(h, h, torch.tensor(0.5))
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 60 * 2**30,
+    reason="needs a GPU with 60 GiB",
+)
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_more_than_2_31_elements(backend):
+    """bf16 [2, 2^30 + 2^19]: 2^31 + 2^20 elements (4.3 GB per tensor), per-sample alpha."""
+    B, N = 2, 2**30 + 2**19
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    h = torch.randn(B, N, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    s = torch.randn(B, N, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    a = torch.tensor([[0.25], [0.75]], device="cuda", requires_grad=True)
+    g = torch.randn(B, N, device="cuda", dtype=torch.bfloat16, generator=gen)
+    with with_backend(backend):
+        out = kasmina_fast.blend(h, s, a)
+        out.backward(g)
+    idx = torch.tensor([0, 1, 2**30, 2**31 - 2**19 - 1, N - 1], device="cuda")
+    for b in range(B):
+        w = a[b, 0].item()
+        hb, sb, gb = h[b, idx].float(), s[b, idx].float(), g[b, idx].float()
+        torch.testing.assert_close(out[b, idx].float(), torch.lerp(hb, sb, w), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(h.grad[b, idx].float(), gb * (1 - w), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(s.grad[b, idx].float(), gb * w, rtol=1e-2, atol=1e-2)
+        total, scale = 0.0, 0.0
+        for lo in range(0, N, 2**27):
+            t = g[b, lo : lo + 2**27].float() * (
+                s[b, lo : lo + 2**27].float() - h[b, lo : lo + 2**27].float()
+            )
+            total += t.double().sum().item()
+            scale += t.abs().double().sum().item()
+        assert abs(a.grad[b, 0].item() - total) <= 1e-5 * scale
