@@ -20,9 +20,9 @@ one backend inside a ``with`` block. The choice is process-wide (not
 per-thread). A forced backend that cannot run a tensor's device raises,
 it never falls back silently.
 
-The hot path is one tuple lookup: :data:`ROUTES` holds, per op, the callable
-for CPU tensors and the one for CUDA tensors, rebuilt whenever the selection
-changes.
+The hot path is one attribute lookup: :data:`CPU` and :data:`CUDA` hold, per
+op, the callable for tensors of that device type, rebuilt whenever the
+selection changes.
 """
 
 from __future__ import annotations
@@ -52,15 +52,19 @@ _IMPLS: dict[str, dict[str, Callable]] = {}
 
 
 class _Routes:
-    """Per op, ``(cpu_callable, cuda_callable)``; index it with ``tensor.is_cuda``."""
+    """The callable of every op for one device type (an attribute per op)."""
 
-    blend: tuple[Callable, Callable]
-    ste: tuple[Callable, Callable]
-    foreach_norm: tuple[Callable, Callable]
-    gradient_stats: tuple[Callable, Callable]
+    blend: Callable
+    ste: Callable
+    foreach_norm: Callable
+    gradient_stats: Callable
 
 
-ROUTES = _Routes()
+#: Routes for CPU tensors and for CUDA tensors. The ops pick one with
+#: ``CUDA if t.is_cuda else CPU`` (a conditional, not an index by bool, which
+#: some Dynamo versions refuse).
+CPU = _Routes()
+CUDA = _Routes()
 
 
 def _triton_status() -> str:
@@ -143,8 +147,8 @@ def _rebuild() -> None:
     if _status_cache is None:
         _status_cache = status()
     for op in _IMPLS:
-        route = tuple(_resolve(op, dev, _selected, _status_cache) for dev in ("cpu", "cuda"))
-        setattr(ROUTES, op, route)
+        setattr(CPU, op, _resolve(op, "cpu", _selected, _status_cache))
+        setattr(CUDA, op, _resolve(op, "cuda", _selected, _status_cache))
 
 
 # dispatch key whose C++ kernel a backend's callable relies on

@@ -28,7 +28,7 @@ def test_use_backend_restores_previous():
     assert backends.get_backend() == "auto"
     with kasmina_fast.use_backend("reference"):
         assert backends.get_backend() == "reference"
-        assert backends.ROUTES.blend[False].__module__ == "kasmina_fast.ops.blend"
+        assert backends.CPU.blend.__module__ == "kasmina_fast.ops.blend"
     assert backends.get_backend() == "auto"
 
 
@@ -48,7 +48,7 @@ def test_forced_backend_never_falls_back_silently():
     if "cpp" not in kasmina_fast.available():
         pytest.skip("needs the C++ extension")
     with kasmina_fast.use_backend("cpp"):
-        fail = backends.ROUTES.blend[True]  # CUDA tensors under a CPU-only backend
+        fail = backends.CUDA.blend  # CUDA tensors under a CPU-only backend
         with pytest.raises(RuntimeError, match="backend 'cpp' cannot run cuda tensors"):
             fail(None, None, None)
 

@@ -62,7 +62,7 @@ def blend(host: Tensor, seed: Tensor, alpha: Tensor | float) -> Tensor:
             alpha = torch.zeros((), dtype=dtype, device=host.device) + alpha
         else:
             alpha = torch.full((), alpha, dtype=dtype, device=host.device)
-    return backends.ROUTES.blend[host.is_cuda](host, seed, alpha)
+    return (backends.CUDA if host.is_cuda else backends.CPU).blend(host, seed, alpha)
 
 
 #: The specification's name for :func:`blend`.

@@ -50,7 +50,7 @@ def foreach_norm(tensors: Sequence[Tensor]) -> Tensor:
     give 0; an empty list gives an empty CPU tensor.
     """
     tensors = list(tensors)
-    return backends.ROUTES.foreach_norm[_on_cuda(tensors)](tensors)
+    return (backends.CUDA if _on_cuda(tensors) else backends.CPU).foreach_norm(tensors)
 
 
 def gradient_stats(
@@ -63,5 +63,5 @@ def gradient_stats(
     ``nonfinite = 1.0`` when any gradient holds NaN or inf.
     """
     host_grads, seed_grads = list(host_grads), list(seed_grads)
-    route = backends.ROUTES.gradient_stats[_on_cuda(host_grads, seed_grads)]
+    route = (backends.CUDA if _on_cuda(host_grads, seed_grads) else backends.CPU).gradient_stats
     return route(host_grads, seed_grads, int(host_params), int(seed_params))

@@ -35,7 +35,7 @@ def ste(host: Tensor, seed: Tensor) -> Tensor:
 
     ``seed`` must match ``host`` in shape, dtype and device (ValueError otherwise).
     """
-    return backends.ROUTES.ste[host.is_cuda](host, seed)
+    return (backends.CUDA if host.is_cuda else backends.CPU).ste(host, seed)
 
 
 #: The specification's name for :func:`ste`.

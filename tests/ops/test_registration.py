@@ -161,4 +161,4 @@ def test_extension_is_loaded_and_used():
     assert "cpp" in kasmina_fast.available()
     assert _extension.has_kernel("blend", "CPU") and _extension.has_kernel("blend", "Autograd")
     # auto routes CPU tensors to the C++ kernel, not to the reference expression
-    assert kasmina_fast.backends.ROUTES.blend[False] is torch.ops.kasmina.blend.default
+    assert kasmina_fast.backends.CPU.blend is torch.ops.kasmina.blend.default
