@@ -1,7 +1,9 @@
 """Command line: ``python -m kasmina_fast <command>`` (also ``kasmina-fast``).
 
 Commands:
-  info    versions, devices and the status of every backend
+  info     versions, devices and the status of every backend
+  kernels  compile every Triton kernel ahead of time for --arch sm_XX (no GPU
+           needed) and report registers, spills, shared memory, access widths
 """
 
 from __future__ import annotations
@@ -38,10 +40,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kernels(args: argparse.Namespace) -> int:
+    from kasmina_fast.cli import kernels
+
+    return kernels.main(args.arch, args.nvcc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kasmina-fast", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and backends").set_defaults(func=cmd_info)
+    k = sub.add_parser("kernels", help="ahead-of-time compile report of the Triton kernels")
+    k.add_argument("--arch", default="sm_90", help="target architecture, e.g. sm_80 or sm_90")
+    k.add_argument("--nvcc", action="store_true", help="also compile csrc/cuda with nvcc and report it")
+    k.set_defaults(func=cmd_kernels)
     return parser
 
 
