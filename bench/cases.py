@@ -20,17 +20,28 @@ def backends_here(device: str) -> list[str]:
     return ["reference", *fast]
 
 
-def op_fn(op: str, backend: str, compiled: bool = False) -> Callable:
+def op_fn(op: str, backend: str, compiled: bool = False, compiled_fast: bool = False) -> Callable:
     """The callable timed for ``op`` ('blend' or 'ste') under ``backend``."""
     if compiled:  # torch.compile of the eager reference
         return torch.compile(getattr(reference, op))
     fn = getattr(kasmina_fast, op)
+    if compiled_fast:  # torch.compile around the fast op (traced under the selected backend)
+        return torch.compile(fn, fullgraph=True)
     if backend == "reference":
         return getattr(reference, op)
     return fn
 
 
-def make_step(op: str, alpha_kind: str, shape, dtype, device, backend: str, compiled: bool = False):
+def make_step(
+    op: str,
+    alpha_kind: str,
+    shape,
+    dtype,
+    device,
+    backend: str,
+    compiled: bool = False,
+    compiled_fast: bool = False,
+):
     """Returns ``step()`` doing forward + backward once, with grads reset.
 
     Time it inside ``kasmina_fast.use_backend(backend)`` for a fast backend.
@@ -48,7 +59,7 @@ def make_step(op: str, alpha_kind: str, shape, dtype, device, backend: str, comp
         .to(dtype)
         .contiguous(memory_format=fmt)
     )
-    fn = op_fn(op, backend, compiled)
+    fn = op_fn(op, backend, compiled, compiled_fast)
     if op == "ste":
         leaves = (host, seed)
 

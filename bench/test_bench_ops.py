@@ -68,6 +68,24 @@ def test_fwd_bwd_compiled_reference(benchmark, op, kind, shape, dtype):
     benchmark.pedantic(run, rounds=100, iterations=1, warmup_rounds=5)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="timed on CUDA only")
+@pytest.mark.parametrize("backend", [b for b in backends_here(DEVICE) if b != "reference"])
+@pytest.mark.parametrize(("op", "kind", "shape", "dtype"), CASES[:6])
+def test_fwd_bwd_compiled_fast(benchmark, backend, op, kind, shape, dtype):
+    """torch.compile(fullgraph) around the fast op: the compiled path must not be slower than eager."""
+    step = make_step(op, kind, shape, dtype, DEVICE, backend, compiled_fast=True)
+    benchmark.group = f"{op}-{kind}-{'x'.join(map(str, shape))}-{str(dtype)[6:]}-{DEVICE}"
+    nbytes = passes(op, kind) * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    benchmark.extra_info.update(backend=f"{backend}+compile", device=DEVICE, bytes=nbytes)
+
+    def run():
+        step()
+        sync(DEVICE)
+
+    with kasmina_fast.use_backend(backend):
+        benchmark.pedantic(run, rounds=100, iterations=1, warmup_rounds=5)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the small-slot regime is measured on CUDA")
 @pytest.mark.parametrize("backend", backends_here(DEVICE))
 @pytest.mark.parametrize("length", [1, 9])
@@ -87,16 +105,24 @@ def test_small_slot_chain(benchmark, backend, length, shape):
         benchmark.pedantic(run, rounds=200, iterations=1, warmup_rounds=10)
 
 
-@pytest.mark.parametrize("impl", ["native", *backends_here("cpu")])
+OVERHEAD_CASES = [
+    pytest.param(dev, impl, id=f"{dev}-{impl}")
+    for dev in dict.fromkeys(["cpu", DEVICE])
+    for impl in ["native", *backends_here(dev)]
+]
+
+
+@pytest.mark.parametrize(("device", "impl"), OVERHEAD_CASES)
 @pytest.mark.parametrize("op", ["blend", "ste"])
-def test_per_call_overhead(benchmark, op, impl):
-    """Host cost of one tiny fwd+bwd (8x8 CPU): the fast path against the native expression."""
-    h = torch.randn(8, 8, requires_grad=True)
-    s = torch.randn(8, 8, requires_grad=True)
-    a = torch.tensor(0.3)
-    g = torch.ones(8, 8)
-    benchmark.group = f"overhead-{op}-8x8-cpu"
-    benchmark.extra_info.update(backend=impl, device="cpu")
+def test_per_call_overhead(benchmark, device, op, impl):
+    """Host cost of one tiny fwd+bwd (8x8): the fast path against the native expression.
+    On CUDA the step is issued without a synchronize: this is launch/dispatch cost."""
+    h = torch.randn(8, 8, device=device, requires_grad=True)
+    s = torch.randn(8, 8, device=device, requires_grad=True)
+    a = torch.tensor(0.3, device=device)
+    g = torch.ones(8, 8, device=device)
+    benchmark.group = f"overhead-{op}-8x8-{device}"
+    benchmark.extra_info.update(backend=impl, device=device)
     if impl == "native":
         fn = (lambda: torch.lerp(h, s, a)) if op == "blend" else (lambda: h + (s - s.detach()))
     else:
@@ -111,3 +137,4 @@ def test_per_call_overhead(benchmark, op, impl):
 
     with kasmina_fast.use_backend(impl if impl != "native" else "auto"):
         benchmark.pedantic(run, rounds=2000, iterations=1, warmup_rounds=100)
+    sync(device)
