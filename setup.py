@@ -17,7 +17,14 @@ import os
 
 from setuptools import setup
 
-PACKAGES = ["kasmina_fast", "kasmina_fast.ops", "kasmina_fast.cli", "kasmina_fast.triton_kernels"]
+PACKAGES = [
+    "kasmina_fast",
+    "kasmina_fast.ops",
+    "kasmina_fast.cli",
+    "kasmina_fast.lifecycle",
+    "kasmina_fast.blueprints",
+    "kasmina_fast.triton_kernels",
+]
 PACKAGE_DIR = {"kasmina_fast.triton_kernels": "triton_kernels"}
 
 

@@ -9,6 +9,9 @@ kernels run here and lets you force one.
 
 from kasmina_fast import backends
 from kasmina_fast.backends import available, use_backend
+from kasmina_fast.blueprints import BlueprintRegistry, BlueprintSpec
+from kasmina_fast.lifecycle import *  # noqa: F403
+from kasmina_fast.lifecycle import __all__ as _lifecycle_all
 from kasmina_fast.ops import blend, blend_with_isolation, foreach_norm, gradient_stats, ste, ste_forward
 
 __version__ = "0.1.0"
@@ -16,6 +19,9 @@ __version__ = "0.1.0"
 backends.set_backend(backends._env_choice)
 
 __all__ = [
+    *_lifecycle_all,
+    "BlueprintRegistry",
+    "BlueprintSpec",
     "available",
     "backends",
     "blend",

@@ -1,0 +1,72 @@
+"""Gradient telemetry for the G2 gate: ``GradientIsolationMonitor`` (spec 2.1).
+
+``check_isolation_async()`` launches the fused ``gradient_stats`` op and
+returns device tensors without any host sync; ``materialize_isolation_stats``
+performs the only device-to-host transfer (four numbers, non-blocking into
+pinned memory, then one event wait).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kasmina_fast.ops import gradient_stats
+
+
+def _params(module: nn.Module | None) -> list[nn.Parameter]:
+    return [] if module is None else [p for p in module.parameters() if p.requires_grad]
+
+
+class GradientIsolationMonitor:
+    """Host and seed gradient norms and their parameter-normalised ratio."""
+
+    def __init__(self) -> None:
+        self.host_params: list[nn.Parameter] = []
+        self.seed_params: list[nn.Parameter] = []
+        self.host_param_count = 0
+        self.seed_param_count = 0
+
+    def register(self, host_module: nn.Module | None, seed_module: nn.Module | None) -> None:
+        """Parameters (and counts for the normalisation) come from the modules themselves."""
+        self.host_params = _params(host_module)
+        self.seed_params = _params(seed_module)
+        self.host_param_count = sum(p.numel() for p in self.host_params)
+        self.seed_param_count = sum(p.numel() for p in self.seed_params)
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def check_isolation_async(self) -> dict[str, Tensor]:
+        """``{"stats": fp32 [4]}`` on the gradients' device; no host sync.
+        Parameters whose ``.grad`` is None are skipped; empty groups give zeros."""
+        host = [p.grad for p in self.host_params if p.grad is not None]
+        seed = [p.grad for p in self.seed_params if p.grad is not None]
+        stats = gradient_stats(host, seed, self.host_param_count, self.seed_param_count)
+        return {"stats": stats}
+
+    def materialize_isolation_stats(self, async_stats: dict[str, Tensor]) -> tuple[bool, dict[str, Any]]:
+        """The one sync: ``(ok, {host_grad_norm, seed_grad_norm, seed_gradient_norm_ratio, nonfinite})``.
+        ``ok`` is False when any gradient held NaN or inf."""
+        stats = async_stats["stats"]
+        if stats.is_cuda:
+            host = torch.empty(4, dtype=stats.dtype, pin_memory=True)
+            host.copy_(stats, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            event.synchronize()
+        else:
+            host = stats
+        h, s, ratio, nonfinite = host.tolist()
+        ok = nonfinite == 0.0
+        return ok, {
+            "host_grad_norm": h,
+            "seed_grad_norm": s,
+            "seed_gradient_norm_ratio": ratio,
+            "nonfinite": not ok,
+        }
+
+    def check_isolation(self) -> tuple[bool, dict[str, Any]]:
+        return self.materialize_isolation_stats(self.check_isolation_async())

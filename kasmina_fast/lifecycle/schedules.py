@@ -1,0 +1,101 @@
+"""Alpha schedules (spec: BlendAlgorithm, LinearBlend, SigmoidBlend, GatedBlend).
+
+A schedule maps the blending progress ``t = step / blending_steps`` in [0, 1]
+to the ramp value alpha(t), with alpha(0) = 0 and alpha(1) = 1. A
+``GatedBlend`` also learns a per-sample gate from pooled host features; the
+slot blends with ``alpha(t) * gate(x)`` through ``kasmina_fast.blend`` as a
+learnable ``[B, 1, 1, 1]`` (CNN) or ``[B, 1, 1]`` (transformer) alpha.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class BlendAlgorithm(nn.Module):
+    """Base class: ``ramp(t)`` gives alpha for progress ``t`` in [0, 1]."""
+
+    algorithm_id: str = ""
+
+    def ramp(self, t: float) -> float:
+        raise NotImplementedError
+
+    def per_sample(self, host_features: Tensor) -> Tensor | None:
+        """A learnable per-sample factor for alpha, or None (a plain ramp)."""
+        return None
+
+
+class LinearBlend(BlendAlgorithm):
+    algorithm_id = "linear"
+
+    def ramp(self, t: float) -> float:
+        return min(1.0, max(0.0, t))
+
+
+class SigmoidBlend(BlendAlgorithm):
+    """A logistic ramp of the given steepness, rescaled to hit 0 and 1 exactly."""
+
+    algorithm_id = "sigmoid"
+
+    def __init__(self, steepness: float = 10.0) -> None:
+        super().__init__()
+        if steepness <= 0:
+            raise ValueError(f"SigmoidBlend: steepness must be > 0, got {steepness}")
+        self.steepness = float(steepness)
+
+    def ramp(self, t: float) -> float:
+        t = min(1.0, max(0.0, t))
+        k = self.steepness
+        lo, hi = 1 / (1 + math.exp(k / 2)), 1 / (1 + math.exp(-k / 2))
+        return (1 / (1 + math.exp(-k * (t - 0.5))) - lo) / (hi - lo)
+
+
+class GatedBlend(LinearBlend):
+    """Linear ramp times a learned per-sample gate ``sigmoid(w . mean(x) + b)``.
+
+    The gate starts at 1 (bias 6: sigmoid(6) = 0.9975), so at the end of the
+    ramp the seed is blended in fully unless training closes the gate.
+    """
+
+    algorithm_id = "gated"
+
+    def __init__(self, channels: int, topology: str = "cnn") -> None:
+        super().__init__()
+        if topology not in ("cnn", "transformer"):
+            raise ValueError(f"GatedBlend: topology must be 'cnn' or 'transformer', got {topology!r}")
+        self.topology = topology
+        self.gate = nn.Linear(channels, 1)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, 6.0)
+
+    def per_sample(self, host_features: Tensor) -> Tensor:
+        if self.topology == "cnn":  # [B, C, H, W] -> [B, C] -> [B, 1, 1, 1]
+            pooled = host_features.mean(dim=(2, 3))
+            return torch.sigmoid(self.gate(pooled)).view(-1, 1, 1, 1)
+        pooled = host_features.mean(dim=1)  # [B, T, C] -> [B, C] -> [B, 1, 1]
+        return torch.sigmoid(self.gate(pooled)).view(-1, 1, 1)
+
+
+BLEND_ALGORITHMS: dict[str, type[BlendAlgorithm]] = {
+    "linear": LinearBlend,
+    "sigmoid": SigmoidBlend,
+    "gated": GatedBlend,
+}
+
+
+def check_blend_algorithm(algorithm_id: str) -> None:
+    if algorithm_id not in BLEND_ALGORITHMS:
+        raise ValueError(
+            f"unknown blend algorithm {algorithm_id!r}; available: {', '.join(sorted(BLEND_ALGORITHMS))}"
+        )
+
+
+def create_blend_algorithm(algorithm_id: str, channels: int, topology: str) -> BlendAlgorithm:
+    """A schedule by catalog id (ValueError listing the ids for an unknown one)."""
+    check_blend_algorithm(algorithm_id)
+    if algorithm_id == "gated":
+        return GatedBlend(channels, topology)
+    return BLEND_ALGORITHMS[algorithm_id]()

@@ -1,0 +1,482 @@
+"""``SeedSlot``: one seed location in a host network (spec 2.1, 4.1).
+
+The slot is thin: its forward is one fast op (``ste`` in TRAINING, ``blend``
+after it) with alpha held in a 0-d buffer, so alpha ramps and
+``override_alpha`` never recompile a compiled caller; every Python decision
+(stages, gates, schedules) happens in ``step_epoch`` / ``advance_stage`` /
+``cull``, outside the forward. Each decision that could differ between DDP
+ranks goes through one MIN all-reduce that every rank reaches in the same
+order (``consensus.agree``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kasmina_fast.blueprints import BlueprintRegistry
+from kasmina_fast.lifecycle.consensus import agree
+from kasmina_fast.lifecycle.gates import QualityGates
+from kasmina_fast.lifecycle.isolation import GradientIsolationMonitor
+from kasmina_fast.lifecycle.schedules import BlendAlgorithm, check_blend_algorithm, create_blend_algorithm
+from kasmina_fast.lifecycle.stages import (
+    GateResult,
+    SeedStage,
+    TaskConfig,
+    is_active_stage,
+    is_failure_stage,
+    is_valid_transition,
+)
+from kasmina_fast.lifecycle.state import SeedMetrics, SeedState
+from kasmina_fast.lifecycle.telemetry import TelemetryEvent, TelemetryEventType
+from kasmina_fast.ops import blend, ste
+
+S = SeedStage
+_SCHEDULED = (S.BLENDING, S.PROBATIONARY, S.FOSSILIZED)
+
+
+class SeedShapeError(AssertionError, ValueError):
+    """A seed changed the feature shape (an AssertionError per the spec, and a ValueError)."""
+
+
+class SeedSlot(nn.Module):
+    """Manages the seed at one injection point.
+
+    Args:
+        slot_id: unique name of the injection point.
+        channels: channels (CNN) or embedding width (transformer) at that point.
+        device: where the seed lives.
+        gates: quality gates (default ``QualityGates()``).
+        on_telemetry: called with every :class:`TelemetryEvent` (not in fast_mode).
+        fast_mode: no telemetry and no gradient monitoring (G2 then skips its
+            gradient-activity check, and says so in the result).
+        task_config: topology and dwell settings (default: CNN, 25 epochs).
+        embargo_epochs: epochs in EMBARGOED after a cull (then 1 in RESETTING).
+    """
+
+    def __init__(
+        self,
+        slot_id: str,
+        channels: int,
+        device: torch.device | str = "cpu",
+        gates: QualityGates | None = None,
+        on_telemetry: Callable[[TelemetryEvent], None] | None = None,
+        fast_mode: bool = False,
+        task_config: TaskConfig | None = None,
+        *,
+        embargo_epochs: int = 5,
+    ) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"SeedSlot: channels must be >= 1, got {channels}")
+        self.slot_id = slot_id
+        self.channels = int(channels)
+        self.gates = gates or QualityGates()
+        self.on_telemetry = on_telemetry
+        self.fast_mode = bool(fast_mode)
+        self.task_config = task_config or TaskConfig(topology="cnn")
+        self.embargo_epochs = int(embargo_epochs)
+        self.seed: nn.Module | None = None
+        self.alpha_schedule: BlendAlgorithm | None = None
+        self.state: SeedState | None = None
+        self.register_buffer("alpha", torch.zeros((), device=device))
+        self.isolation_monitor = GradientIsolationMonitor()
+        self._host_module: tuple[nn.Module, ...] = ()  # a tuple: not registered as a child
+        self._forced: list[Tensor] = []
+        self._probe_cache: dict[tuple[str, int, str], Tensor] = {}
+        self._germinations = 0
+
+    # ---- properties -----------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.alpha.device
+
+    @property
+    def stage(self) -> SeedStage:
+        return self.state.stage if self.state is not None else S.DORMANT
+
+    @property
+    def isolate_gradients(self) -> bool:
+        """Seed input detached from the host: in TRAINING; in BLENDING/PROBATIONARY for CNNs
+        (transformers co-adapt); never once FOSSILIZED."""
+        stage = self.stage
+        if stage == S.TRAINING:
+            return True
+        if stage in (S.BLENDING, S.PROBATIONARY):
+            return self.task_config.topology == "cnn"
+        return False
+
+    def seed_parameters(self) -> list[nn.Parameter]:
+        """The seed's parameters and its schedule's (a gated blend's gate): what an optimizer trains."""
+        params = [] if self.seed is None else list(self.seed.parameters())
+        if self.alpha_schedule is not None:
+            params += list(self.alpha_schedule.parameters())
+        return params
+
+    # ---- forward --------------------------------------------------------------------------
+
+    def forward(self, host_features: Tensor, override_alpha: float | Tensor | None = None) -> Tensor:
+        """Host features through the slot: unchanged without an active seed, the STE in
+        TRAINING, ``blend`` after it. ``override_alpha`` (thread-safe) or ``force_alpha``
+        fix alpha for this call (e.g. 0 for the counterfactual)."""
+        state = self.state
+        if state is None or self.seed is None or not is_active_stage(state.stage):
+            return host_features
+        seed_in = host_features.detach() if self.isolate_gradients else host_features
+        seed_out = self.seed(seed_in)
+        if state.stage == S.TRAINING and override_alpha is None and not self._forced:
+            return ste(host_features, seed_out)
+        return blend(host_features, seed_out, self._alpha_for(host_features, override_alpha))
+
+    def _alpha_for(self, host_features: Tensor, override_alpha: float | Tensor | None) -> Tensor | float:
+        if override_alpha is not None:
+            return override_alpha
+        if self._forced:
+            return self._forced[-1]
+        if self.alpha_schedule is not None and self.stage != S.FOSSILIZED:
+            factor = self.alpha_schedule.per_sample(host_features)
+            if factor is not None:
+                return self.alpha * factor
+        return self.alpha
+
+    @contextlib.contextmanager
+    def force_alpha(self, value: float) -> Iterator[None]:
+        """Fix alpha inside the block (nests; not thread-safe: use ``override_alpha`` with DDP/threads)."""
+        self._forced.append(torch.full((), float(value), device=self.device))
+        try:
+            yield
+        finally:
+            self._forced.pop()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def germinate(
+        self,
+        blueprint_id: str,
+        seed_id: str | None = None,
+        host_module: nn.Module | None = None,
+        blend_algorithm_id: str = "sigmoid",
+    ) -> SeedState:
+        """Create a seed from a blueprint, check it keeps the feature shape, and start TRAINING.
+
+        Raises:
+            RuntimeError: the slot holds a seed that is not failed, or is still cleaning up after a cull.
+            ValueError: unknown blueprint, topology or blend algorithm (listing what exists).
+            SeedShapeError: the seed changes the feature shape.
+        """
+        if self.state is not None:
+            st = self.state
+            if is_failure_stage(st.stage):
+                raise RuntimeError(
+                    f"SeedSlot {self.slot_id!r}: seed {st.seed_id!r} was culled and the slot is in "
+                    f"{st.stage.name}; it can germinate again once DORMANT"
+                )
+            raise RuntimeError(
+                f"SeedSlot {self.slot_id!r} already holds seed {st.seed_id!r} in {st.stage.name}; "
+                "cull it first"
+            )
+        check_blend_algorithm(blend_algorithm_id)
+        seed = BlueprintRegistry.create(self.task_config.topology, blueprint_id, self.channels).to(
+            self.device
+        )
+        self._check_shape(seed, blueprint_id)
+        self._germinations += 1
+        state = SeedState(
+            seed_id=seed_id or f"{self.slot_id}-{blueprint_id}-{self._germinations}",
+            blueprint_id=blueprint_id,
+            slot_id=self.slot_id,
+            stage=S.DORMANT,
+            blend_algorithm_id=blend_algorithm_id,
+        )
+        g0 = self.gates.check(S.GERMINATED, state)
+        if not g0.passed:
+            raise ValueError(f"SeedSlot {self.slot_id!r}: {g0.message}")
+        self.seed = seed
+        self.state = state
+        self.attach_host(host_module)
+        state.metrics.seed_param_count = sum(p.numel() for p in seed.parameters())
+        self._transition(S.GERMINATED)
+        self._emit(
+            TelemetryEventType.SEED_GERMINATED,
+            {
+                "blueprint_id": blueprint_id,
+                "seed_id": state.seed_id,
+                "params": state.metrics.seed_param_count,
+            },
+        )
+        self._transition(S.TRAINING)  # GERMINATED has no dwell (G1 holds by construction)
+        return state
+
+    def attach_host(self, host_module: nn.Module | None) -> None:
+        """The host whose gradients the G2 telemetry compares with the seed's
+        (call again after restoring a checkpoint)."""
+        self._host_module = () if host_module is None else (host_module,)
+        self.isolation_monitor.register(host_module, self.seed)
+        if self.state is not None:
+            self.state.metrics.host_param_count = self.isolation_monitor.host_param_count
+
+    def advance_stage(self, target_stage: SeedStage) -> GateResult:
+        """Try to move the seed to ``target_stage`` through its gate (agreed across ranks).
+
+        PROBATIONARY -> FOSSILIZED happens only here (G5), never automatically.
+        A failure stage is refused (use :meth:`cull`), as is any edge not in the diagram.
+        """
+        target = SeedStage(target_stage)
+        st = self.state
+        if st is None:
+            result = GateResult(None, False, 0.0, (), ("seed_present",), "no seed in the slot")
+        elif is_failure_stage(target):
+            result = GateResult(
+                None, False, 0.0, (), ("not_failure_stage",), f"use cull() to reach {target.name}"
+            )
+        elif not is_valid_transition(st.stage, target):
+            result = GateResult(
+                None, False, 0.0, (), ("valid_transition",), f"no transition {st.stage.name} -> {target.name}"
+            )
+        else:
+            result = self.gates.check(target, st, gradient_monitored=not self.fast_mode)
+        agreed = agree(result.passed, self.device)
+        if result.passed and not agreed:
+            result = dataclasses.replace(
+                result, passed=False, message=result.message + "; not unanimous across ranks"
+            )
+        if agreed:
+            if target == S.FOSSILIZED:
+                self._emit(TelemetryEventType.SEED_FOSSILIZED, self._outcome_payload())
+            self._transition(target)
+        return result
+
+    def cull(self, reason: str = "manual") -> bool:
+        """Remove the seed. False (nothing done) for FOSSILIZED seeds, an empty slot or
+        a seed already culled."""
+        st = self.state
+        if st is None or is_failure_stage(st.stage) or st.stage == S.FOSSILIZED:
+            return False
+        self._emit(TelemetryEventType.SEED_CULLED, {"reason": reason, **self._outcome_payload(params=False)})
+        st.cull_reason = reason
+        st.epochs_since_cull = 0
+        self._transition(S.CULLED)
+        self.seed = None
+        self.alpha_schedule = None
+        self.alpha.zero_()
+        st.alpha = 0.0
+        st.metrics.current_alpha = 0.0
+        self.isolation_monitor.reset()
+        return True
+
+    def step_epoch(self) -> None:
+        """Mechanical progression, once per epoch after ``metrics.record_accuracy``."""
+        st = self.state
+        if st is None:
+            return
+        stage = st.stage
+        if is_failure_stage(stage):
+            self._step_cleanup(st)
+        elif stage == S.GERMINATED:
+            self._transition(S.TRAINING)
+        elif stage == S.TRAINING:
+            ready = st.metrics.epochs_in_current_stage >= self.task_config.training_dwell
+            ok = ready and self.gates.check(S.BLENDING, st, gradient_monitored=not self.fast_mode).passed
+            if agree(ok, self.device):
+                self._transition(S.BLENDING)
+        elif stage == S.BLENDING:
+            st.blending_step += 1
+            self._set_alpha(self.alpha_schedule.ramp(st.blending_step / self.task_config.blending_steps))
+            if agree(self.gates.check(S.PROBATIONARY, st).passed, self.device):
+                self._transition(S.PROBATIONARY)
+        elif stage == S.PROBATIONARY:
+            cf = st.metrics.counterfactual_contribution
+            timeout = st.metrics.epochs_in_current_stage >= self.task_config.probation_timeout
+            negative = cf is not None and cf <= 0
+            if agree(timeout or negative, self.device):
+                self.cull("probation_timeout" if timeout else "negative_counterfactual")
+
+    def _step_cleanup(self, st: SeedState) -> None:
+        if st.stage == S.CULLED:
+            self._transition(S.EMBARGOED)
+            st.epochs_since_cull = 1
+        elif st.stage == S.EMBARGOED:
+            if st.epochs_since_cull >= self.embargo_epochs:
+                self._transition(S.RESETTING)
+            else:
+                st.epochs_since_cull += 1
+        elif st.stage == S.RESETTING:
+            self._transition(S.DORMANT)
+            self.state = None
+
+    # ---- gradient telemetry ---------------------------------------------------------------
+
+    def capture_gradient_telemetry(self) -> dict[str, Tensor] | None:
+        """Launch the fused gradient-norm op; device tensors, no sync (None in fast_mode
+        or without a seed). Call after ``loss.backward()``."""
+        if self.fast_mode or self.seed is None or self.state is None:
+            return None
+        return self.isolation_monitor.check_isolation_async()
+
+    def materialize_gradient_telemetry(self, async_stats: dict[str, Tensor] | None) -> None:
+        """The one host sync: store the parameter-normalised gradient ratio for G2 and
+        mark the seed unhealthy if any gradient was NaN or inf."""
+        if async_stats is None or self.state is None:
+            return
+        ok, stats = self.isolation_monitor.materialize_isolation_stats(async_stats)
+        self.state.metrics.seed_gradient_norm_ratio = stats["seed_gradient_norm_ratio"]
+        if not ok:
+            self.state.is_healthy = False
+
+    # ---- reports --------------------------------------------------------------------------
+
+    def get_state_report(self) -> dict[str, Any]:
+        st = self.state
+        report: dict[str, Any] = {
+            "slot_id": self.slot_id,
+            "stage": self.stage.name,
+            "alpha": float(self.alpha),
+            "isolate_gradients": self.isolate_gradients,
+        }
+        if st is not None:
+            report |= {
+                "seed_id": st.seed_id,
+                "blueprint_id": st.blueprint_id,
+                "blend_algorithm_id": st.blend_algorithm_id,
+                "is_healthy": st.is_healthy,
+                "cull_reason": st.cull_reason,
+                "metrics": dataclasses.asdict(st.metrics),
+            }
+        return report
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _transition(self, target: SeedStage) -> None:
+        st = self.state
+        old = st.stage
+        if not is_valid_transition(old, target):
+            raise RuntimeError(f"SeedSlot {self.slot_id!r}: invalid transition {old.name} -> {target.name}")
+        st.previous_stage = old
+        st.stage = target
+        st.stage_history.append((int(target), st.metrics.epochs_total))
+        st.metrics.start_stage()
+        if target == S.BLENDING:
+            self.alpha_schedule = create_blend_algorithm(
+                st.blend_algorithm_id, self.channels, self.task_config.topology
+            ).to(self.device)
+            self.isolation_monitor.register(self._host_module[0] if self._host_module else None, self.seed)
+            st.blending_step = 0
+            st.metrics.accuracy_at_blending_start = st.metrics.current_val_accuracy
+            self._set_alpha(0.0)
+        elif target == S.FOSSILIZED:
+            self._set_alpha(1.0)
+        self._emit(TelemetryEventType.SEED_STAGE_CHANGED, {"from": old.name, "to": target.name})
+
+    def _set_alpha(self, value: float) -> None:
+        self.alpha.fill_(value)
+        self.state.alpha = float(value)
+        self.state.metrics.current_alpha = float(value)
+
+    def _outcome_payload(self, params: bool = True) -> dict[str, Any]:
+        st = self.state
+        m = st.metrics
+        out = {
+            "blueprint_id": st.blueprint_id,
+            "seed_id": st.seed_id,
+            "improvement": m.total_improvement,
+            "blending_delta": m.blending_delta,
+            "counterfactual": m.counterfactual_contribution,
+            "epochs_total": m.epochs_total,
+            "epochs_in_stage": m.epochs_in_current_stage,
+        }
+        if params:
+            out["params_added"] = m.seed_param_count
+        return out
+
+    def _emit(self, kind: TelemetryEventType, data: dict[str, Any]) -> None:
+        if self.fast_mode or self.on_telemetry is None:
+            return
+        st = self.state
+        epoch = st.metrics.epochs_total if st is not None else 0
+        self.on_telemetry(TelemetryEvent(kind, self.slot_id, st.seed_id if st else None, epoch, data))
+
+    def _probe(self) -> Tensor:
+        topology = self.task_config.topology
+        key = (topology, self.channels, str(self.device))
+        if key not in self._probe_cache:
+            if topology == "cnn":
+                probe = torch.randn(1, self.channels, 32, 32, device=self.device)
+                probe = probe.contiguous(memory_format=torch.channels_last)
+            else:
+                probe = torch.randn(2, 8, self.channels, device=self.device)
+            self._probe_cache[key] = probe
+        return self._probe_cache[key]
+
+    def _check_shape(self, seed: nn.Module, blueprint_id: str) -> None:
+        probe = self._probe()
+        was_training = seed.training
+        seed.eval()
+        with torch.no_grad():
+            out = seed(probe)
+        seed.train(was_training)
+        if out.shape != probe.shape:
+            raise SeedShapeError(
+                f"SeedSlot {self.slot_id!r}: blueprint {blueprint_id!r} changes the feature shape: "
+                f"input {list(probe.shape)}, output {list(out.shape)}"
+            )
+
+    def _apply(self, fn, recurse=True):
+        self._probe_cache.clear()  # probes are per device: a move invalidates them
+        self._forced = [fn(t) for t in self._forced]
+        return super()._apply(fn, recurse)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Primitives only, so ``torch.load(weights_only=True)`` reads the checkpoint."""
+        st = self.state
+        state = None
+        if st is not None:
+            state = dataclasses.asdict(st)
+            state["stage"] = int(st.stage)
+            state["previous_stage"] = int(st.previous_stage)
+            state["stage_history"] = [list(x) for x in st.stage_history]
+        return {
+            "version": 1,
+            "state": state,
+            "germinations": self._germinations,
+            "has_schedule": self.alpha_schedule is not None,
+        }
+
+    def set_extra_state(self, extra: dict[str, Any]) -> None:
+        self._germinations = int(extra["germinations"])
+        raw = extra["state"]
+        if raw is None:
+            self.state = None
+            return
+        raw = dict(raw)
+        metrics = SeedMetrics(**raw.pop("metrics"))
+        raw["stage"] = SeedStage(raw["stage"])
+        raw["previous_stage"] = SeedStage(raw["previous_stage"])
+        raw["stage_history"] = [tuple(x) for x in raw["stage_history"]]
+        self.state = SeedState(metrics=metrics, **raw)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Rebuilds the seed module and schedule the checkpoint describes, then loads
+        their weights: a fresh slot resumes in any stage with the same next decisions."""
+        extra = state_dict.get("_extra_state")
+        if extra is not None:
+            raw = extra["state"]
+            self.seed = None
+            self.alpha_schedule = None
+            if raw is not None and not is_failure_stage(SeedStage(raw["stage"])):
+                seed = BlueprintRegistry.create(self.task_config.topology, raw["blueprint_id"], self.channels)
+                self.seed = seed.to(self.device)
+                if extra["has_schedule"]:
+                    self.alpha_schedule = create_blend_algorithm(
+                        raw["blend_algorithm_id"], self.channels, self.task_config.topology
+                    ).to(self.device)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.attach_host(self._host_module[0] if self._host_module else None)
+        return result
