@@ -14,15 +14,30 @@ class Identity(nn.Module):
 
 
 class NormSeed(nn.Module):
-    """``x + scale * GroupNorm(x)``, scale per channel, zero at birth."""
+    """``x + scale * GroupNorm(x)``, scale per channel, zero at birth.
 
-    def __init__(self, c: int) -> None:
+    The group norm is written out (a view into groups, mean, variance) rather
+    than ``nn.GroupNorm``: torch 2.13's CPU GroupNorm backward crashes
+    (segfault) on a channels_last input that does not require grad, which is
+    exactly what an isolated seed sees. The view keeps channels_last.
+    """
+
+    def __init__(self, c: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(_groups(c), c)
+        self.groups = _groups(c)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
         self.scale = nn.Parameter(torch.zeros(1, c, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.scale * self.norm(x)
+        B, C, H, W = x.shape
+        g = x.reshape(B, self.groups, C // self.groups, H, W)
+        mean = g.mean(dim=(2, 3, 4), keepdim=True)
+        var = g.var(dim=(2, 3, 4), unbiased=False, keepdim=True)
+        n = ((g - mean) * torch.rsqrt(var + self.eps)).reshape(B, C, H, W)
+        n = n * self.weight.view(1, C, 1, 1) + self.bias.view(1, C, 1, 1)
+        return x + self.scale * n
 
 
 class SqueezeExciteSeed(nn.Module):

@@ -287,8 +287,10 @@ class SeedSlot(nn.Module):
                 self._transition(S.BLENDING)
         elif stage == S.BLENDING:
             st.blending_step += 1
-            self._set_alpha(self.alpha_schedule.ramp(st.blending_step / self.task_config.blending_steps))
-            if agree(self.gates.check(S.PROBATIONARY, st).passed, self.device):
+            steps = self.task_config.blending_steps
+            self._set_alpha(self.alpha_schedule.ramp(min(1.0, st.blending_step / steps)))
+            ramp_done = st.blending_step >= steps  # the ramp completes, then G3 is asked
+            if agree(ramp_done and self.gates.check(S.PROBATIONARY, st).passed, self.device):
                 self._transition(S.PROBATIONARY)
         elif stage == S.PROBATIONARY:
             cf = st.metrics.counterfactual_contribution

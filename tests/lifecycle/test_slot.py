@@ -1,0 +1,344 @@
+"""SeedSlot: the full lifecycle, gates in context, isolation, alpha overrides,
+telemetry, errors, checkpoints and torch.compile."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import kasmina_fast
+from kasmina_fast import (
+    GatedBlend,
+    SeedShapeError,
+    SeedSlot,
+    SeedStage,
+    TaskConfig,
+    TelemetryEventType,
+)
+
+S = SeedStage
+CL = torch.channels_last
+
+
+def make_slot(topology="cnn", channels=8, events=None, **kw) -> SeedSlot:
+    tc = TaskConfig(
+        topology=topology, max_epochs=kw.pop("max_epochs", 20), blending_steps=kw.pop("blending_steps", 5)
+    )
+    return SeedSlot(
+        "mid", channels, on_telemetry=None if events is None else events.append, task_config=tc, **kw
+    )
+
+
+def features(topology="cnn", channels=8, batch=4, requires_grad=False):
+    x = (
+        torch.randn(batch, channels, 6, 6).contiguous(memory_format=CL)
+        if topology == "cnn"
+        else torch.randn(batch, 5, channels)
+    )
+    return x.requires_grad_(requires_grad)
+
+
+def epoch(slot: SeedSlot, acc: float, counterfactual: float | None = None, ratio: float = 0.2) -> None:
+    """One epoch of the caller's contract (gradient ratio set as the telemetry would)."""
+    m = slot.state.metrics
+    m.seed_gradient_norm_ratio = ratio
+    m.record_accuracy(acc)
+    if counterfactual is not None:
+        m.counterfactual_contribution = counterfactual
+    slot.step_epoch()
+
+
+def to_probation(slot: SeedSlot) -> None:
+    slot.germinate("norm", "s1")
+    acc = 50.0
+    epoch(slot, acc)
+    while slot.stage == S.TRAINING:
+        acc += 1.0
+        epoch(slot, acc)
+    while slot.stage == S.BLENDING:
+        acc += 0.5
+        epoch(slot, acc)
+    assert slot.stage == S.PROBATIONARY
+
+
+def test_lifecycle_germinate_to_fossilize_with_events():
+    events = []
+    slot = make_slot(events=events)
+    state = slot.germinate("norm", "s1")
+    assert state.stage == S.TRAINING  # GERMINATED -> TRAINING at once
+    epoch(slot, 50.0)
+    assert slot.stage == S.TRAINING
+    epoch(slot, 51.0)  # dwell 2 reached, but G2 wants 3 epochs in stage
+    assert slot.stage == S.TRAINING
+    epoch(slot, 52.0)
+    assert slot.stage == S.BLENDING and float(slot.alpha) == 0.0
+    alphas = []
+    while slot.stage == S.BLENDING:
+        epoch(slot, 54.0)
+        alphas.append(float(slot.alpha))
+    assert alphas == sorted(alphas) and alphas[-1] == 1.0 and len(alphas) == 5
+    assert slot.stage == S.PROBATIONARY
+    epoch(slot, 55.0, counterfactual=3.0)
+    assert slot.stage == S.PROBATIONARY, "probation never fossilizes by itself"
+    result = slot.advance_stage(S.FOSSILIZED)
+    assert result.passed and slot.stage == S.FOSSILIZED
+    assert not slot.cull("try") and slot.stage == S.FOSSILIZED
+    kinds = [(e.event_type, e.data.get("to")) for e in events]
+    assert kinds == [
+        (TelemetryEventType.SEED_STAGE_CHANGED, "GERMINATED"),
+        (TelemetryEventType.SEED_GERMINATED, None),
+        (TelemetryEventType.SEED_STAGE_CHANGED, "TRAINING"),
+        (TelemetryEventType.SEED_STAGE_CHANGED, "BLENDING"),
+        (TelemetryEventType.SEED_STAGE_CHANGED, "PROBATIONARY"),
+        (TelemetryEventType.SEED_FOSSILIZED, None),
+        (TelemetryEventType.SEED_STAGE_CHANGED, "FOSSILIZED"),
+    ]
+    germ = events[1].data
+    assert germ == {"blueprint_id": "norm", "seed_id": "s1", "params": 24}
+    fossil = events[5].data
+    assert fossil["counterfactual"] == 3.0 and fossil["params_added"] == 24 and fossil["improvement"] == 5.0
+    assert fossil["blending_delta"] == 3.0
+    assert set(fossil) == {
+        "blueprint_id", "seed_id", "improvement", "blending_delta", "counterfactual",
+        "params_added", "epochs_total", "epochs_in_stage",
+    }  # fmt: skip
+
+
+def test_cull_embargo_dormant_germinate_again():
+    events = []
+    slot = make_slot(events=events, embargo_epochs=2)
+    slot.germinate("conv_light", "s1")
+    epoch(slot, 50.0)
+    assert slot.cull("bad idea")
+    assert slot.stage == S.CULLED and slot.seed is None and slot.state.cull_reason == "bad idea"
+    with pytest.raises(RuntimeError, match=r"culled.*CULLED"):
+        slot.germinate("norm")
+    stages = []
+    for _ in range(5):
+        slot.state.metrics.record_accuracy(50.0)  # the state stays visible until DORMANT
+        slot.step_epoch()
+        stages.append(slot.stage)
+        if slot.state is None:
+            break
+    assert stages == [S.EMBARGOED, S.EMBARGOED, S.RESETTING, S.DORMANT]
+    assert slot.state is None
+    state = slot.germinate("norm")
+    assert state.seed_id == "mid-norm-2" and slot.stage == S.TRAINING
+    culled = [e for e in events if e.event_type == TelemetryEventType.SEED_CULLED]
+    assert (
+        len(culled) == 1 and culled[0].data["reason"] == "bad idea" and "params_added" not in culled[0].data
+    )
+
+
+def test_probation_auto_culls():
+    slot = make_slot()
+    to_probation(slot)
+    epoch(slot, 60.0, counterfactual=-0.5)
+    assert slot.stage == S.CULLED and slot.state.cull_reason == "negative_counterfactual"
+    slot2 = make_slot(max_epochs=20)
+    to_probation(slot2)
+    for _ in range(4):
+        epoch(slot2, 60.0, counterfactual=0.5)  # positive but below G5: wait
+    assert slot2.stage == S.PROBATIONARY
+    epoch(slot2, 60.0, counterfactual=0.5)  # max(5, int(0.1 * 20)) = 5 epochs
+    assert slot2.stage == S.CULLED and slot2.state.cull_reason == "probation_timeout"
+
+
+def test_advance_stage_refusals():
+    slot = make_slot()
+    assert not slot.advance_stage(S.TRAINING).passed  # empty slot
+    slot.germinate("norm")
+    r = slot.advance_stage(S.FOSSILIZED)
+    assert not r.passed and "TRAINING -> FOSSILIZED" in r.message
+    r = slot.advance_stage(S.CULLED)
+    assert not r.passed and "use cull()" in r.message
+    r = slot.advance_stage(S.BLENDING)  # no epochs, no improvement yet
+    assert not r.passed and "epochs_in_stage" in r.checks_failed and slot.stage == S.TRAINING
+
+
+def test_germinate_errors():
+    slot = make_slot()
+    with pytest.raises(ValueError, match="unknown blueprint 'lora' for cnn; available: attention"):
+        slot.germinate("lora")
+    with pytest.raises(ValueError, match="unknown blend algorithm"):
+        slot.germinate("norm", blend_algorithm_id="cosine")
+    assert slot.state is None
+    slot.germinate("norm")
+    with pytest.raises(RuntimeError, match="already holds seed"):
+        slot.germinate("norm")
+
+
+def test_shape_changing_seed_is_refused():
+    kasmina_fast.BlueprintRegistry.register(
+        kasmina_fast.BlueprintSpec("shrink", "cnn", lambda c: nn.Conv2d(c, c, 3), lambda c: 9 * c * c + c)
+    )
+    try:
+        slot = make_slot()
+        with pytest.raises(SeedShapeError, match=r"input \[1, 8, 32, 32\], output \[1, 8, 30, 30\]"):
+            slot.germinate("shrink")
+        assert slot.state is None
+    finally:
+        kasmina_fast.BlueprintRegistry.unregister("cnn", "shrink")
+
+
+@pytest.mark.parametrize("blueprint", ["norm", "attention", "conv_heavy"])
+def test_training_stage_is_the_ste(blueprint):
+    slot = make_slot()
+    slot.germinate(blueprint)
+    nn.init.normal_(
+        next(p for n, p in slot.seed.named_parameters() if "scale" in n or "fc2" in n or "conv2" in n)
+    )
+    x = features(requires_grad=True)
+    out = slot(x)
+    assert torch.equal(out, x), "TRAINING: value is host"
+    out.square().sum().backward()
+    assert torch.equal(x.grad, 2 * x.detach()), "host gets the task gradient, nothing through the seed"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in slot.seed.parameters()), "seed learns"
+
+
+@pytest.mark.parametrize(("topology", "isolated_in_blending"), [("cnn", True), ("transformer", False)])
+def test_isolation_per_stage_and_topology(topology, isolated_in_blending):
+    slot = make_slot(topology)
+    slot.germinate("norm")
+    assert slot.isolate_gradients
+    for acc in (50, 51, 52, 53):
+        epoch(slot, acc)
+    assert slot.stage == S.BLENDING and slot.isolate_gradients == isolated_in_blending
+    epoch(slot, 54)
+    x = features(topology, requires_grad=True)
+    nn.init.normal_(slot.seed.scale)
+    out = slot(x)
+    g = torch.randn_like(out)
+    out.backward(g)
+    w = float(slot.alpha)
+    direct = (1 - w) * g  # host's direct path
+    if isolated_in_blending:
+        torch.testing.assert_close(x.grad, direct)
+    else:
+        assert not torch.allclose(x.grad, direct), "transformer: the seed path reaches the host"
+
+
+def test_override_alpha_equals_force_alpha_and_nests():
+    slot = make_slot()
+    to_probation(slot)
+    nn.init.normal_(slot.seed.scale)
+    x = features()
+    with torch.no_grad():
+        at_zero = slot(x, override_alpha=0.0)
+        with slot.force_alpha(0.0):
+            forced = slot(x)
+            with slot.force_alpha(1.0):
+                inner = slot(x)
+            after_inner = slot(x)
+        full = slot(x)
+    assert torch.equal(at_zero, x) and torch.equal(forced, at_zero) and torch.equal(after_inner, at_zero)
+    assert torch.equal(inner, slot.seed(x)) and torch.equal(full, slot.seed(x))
+
+
+def test_gated_blend_trains_its_gate():
+    slot = make_slot()
+    slot.germinate("norm", blend_algorithm_id="gated")
+    for acc in (50, 51, 52, 53, 54, 55):
+        epoch(slot, acc)
+    assert slot.stage == S.BLENDING and isinstance(slot.alpha_schedule, GatedBlend)
+    params = slot.seed_parameters()
+    assert any(p is slot.alpha_schedule.gate.weight for p in params)
+    nn.init.normal_(slot.seed.scale)
+    slot(features()).square().sum().backward()
+    assert slot.alpha_schedule.gate.bias.grad is not None and slot.alpha_schedule.gate.bias.grad.abs() > 0
+
+
+def test_gradient_telemetry_feeds_g2_and_health():
+    host = nn.Conv2d(8, 8, 3, padding=1)
+    slot = make_slot()
+    slot.germinate("conv_light", host_module=host)
+    nn.init.normal_(slot.seed.conv2.weight)
+    x = torch.randn(4, 8, 6, 6)
+    slot(host(x)).square().sum().backward()
+    stats = slot.capture_gradient_telemetry()
+    assert isinstance(stats["stats"], torch.Tensor) and stats["stats"].shape == (4,)
+    slot.materialize_gradient_telemetry(stats)
+    m = slot.state.metrics
+    want = kasmina_fast.reference.gradient_stats(
+        [p.grad for p in host.parameters()], [p.grad for p in slot.seed.parameters()], 8 * 8 * 9 + 8, 170
+    )
+    assert m.seed_gradient_norm_ratio == pytest.approx(want[2].item(), rel=1e-5)
+    assert m.host_param_count == 584 and m.seed_param_count == 170
+    next(slot.seed.parameters()).grad[0] = float("nan")
+    slot.materialize_gradient_telemetry(slot.capture_gradient_telemetry())
+    assert not slot.state.is_healthy
+
+
+def test_fast_mode_emits_nothing_and_skips_gradient_check():
+    events = []
+    slot = make_slot(events=events, fast_mode=True)
+    slot.germinate("norm")
+    assert slot.capture_gradient_telemetry() is None
+    for acc in (50, 51, 52, 53):
+        epoch(slot, acc, ratio=0.0)  # no telemetry: G2 does not ask for gradient activity
+    assert slot.stage == S.BLENDING and events == []
+
+
+def roundtrip(slot: SeedSlot) -> SeedSlot:
+    buf = io.BytesIO()
+    torch.save(slot.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    fresh = make_slot()
+    fresh.load_state_dict(sd)
+    return fresh
+
+
+@pytest.mark.parametrize("algorithm", ["sigmoid", "gated"])
+def test_checkpoint_round_trip_in_every_stage(algorithm):
+    slot = make_slot()
+    slot.germinate("norm", "s1", blend_algorithm_id=algorithm)
+    accs = iter([50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64])
+    seen = set()
+    while slot.stage != S.PROBATIONARY:
+        seen.add(slot.stage)
+        nn.init.normal_(slot.seed.scale)
+        restored = roundtrip(slot)
+        assert restored.get_state_report() == slot.get_state_report()
+        x = features()
+        with torch.no_grad():
+            torch.testing.assert_close(restored(x), slot(x))
+        # the next decision is the same
+        acc = next(accs)
+        for s in (slot, restored):
+            epoch(s, float(acc))
+        assert restored.stage == slot.stage and float(restored.alpha) == float(slot.alpha)
+        slot = restored
+    assert {S.TRAINING, S.BLENDING} <= seen
+    restored = roundtrip(slot)
+    assert restored.stage == S.PROBATIONARY
+    assert restored.advance_stage(S.FOSSILIZED).passed is False  # no counterfactual yet, same as the original
+    epoch(restored, 70.0, counterfactual=2.0)
+    assert restored.advance_stage(S.FOSSILIZED).passed
+    fossil = roundtrip(restored)
+    assert fossil.stage == S.FOSSILIZED and float(fossil.alpha) == 1.0
+    restored.cull("x")
+    culled = roundtrip(restored)
+    assert culled.stage == S.FOSSILIZED  # fossilized seeds cannot be culled
+    empty = roundtrip(make_slot())
+    assert empty.state is None and empty.seed is None
+
+
+def test_checkpoint_of_a_culled_slot():
+    slot = make_slot()
+    slot.germinate("norm")
+    slot.cull("gone")
+    restored = roundtrip(slot)
+    assert restored.stage == S.CULLED and restored.seed is None and restored.state.cull_reason == "gone"
+
+
+def test_to_moves_and_clears_probe_cache():
+    slot = make_slot()
+    slot.germinate("norm")
+    assert slot._probe_cache
+    slot.to(torch.float64)
+    assert not slot._probe_cache and slot.alpha.dtype == torch.float64
+    assert next(slot.seed.parameters()).dtype == torch.float64
