@@ -19,6 +19,8 @@ class BlendAlgorithm(nn.Module):
     """Base class: ``ramp(t)`` gives alpha for progress ``t`` in [0, 1]."""
 
     algorithm_id: str = ""
+    #: True when :meth:`per_sample` returns a learnable factor (not None)
+    gated: bool = False
 
     def ramp(self, t: float) -> float:
         raise NotImplementedError
@@ -61,6 +63,7 @@ class GatedBlend(LinearBlend):
     """
 
     algorithm_id = "gated"
+    gated = True
 
     def __init__(self, channels: int, topology: str = "cnn") -> None:
         super().__init__()

@@ -87,7 +87,17 @@ class SeedSlot(nn.Module):
         self.register_buffer("alpha", torch.zeros((), device=device))
         self.isolation_monitor = GradientIsolationMonitor()
         self._host_module: tuple[nn.Module, ...] = ()  # a tuple: not registered as a child
-        self._forced: list[Tensor] = []
+        # What forward reads are plain module attributes (bools, a tensor or None),
+        # *reassigned* on every change (never mutated in place): torch.compile guards
+        # on those, while a stage tested with `in frozenset(...)` or read from a
+        # nested object was seen to escape its guards (a stale graph after a stage
+        # change, torch 2.13). tests/lifecycle/test_slot_compile.py checks this.
+        self._stage = S.DORMANT
+        self._active = False  # the seed takes part in forward
+        self._use_ste = False  # TRAINING: straight-through estimator
+        self._isolate = False  # seed input detached from the host
+        self._gated = False  # a per-sample gate scales alpha
+        self._forced_alpha: Tensor | None = None
         self._probe_cache: dict[tuple[str, int, str], Tensor] = {}
         self._germinations = 0
 
@@ -99,18 +109,27 @@ class SeedSlot(nn.Module):
 
     @property
     def stage(self) -> SeedStage:
-        return self.state.stage if self.state is not None else S.DORMANT
+        return self._stage
 
     @property
     def isolate_gradients(self) -> bool:
         """Seed input detached from the host: in TRAINING; in BLENDING/PROBATIONARY for CNNs
         (transformers co-adapt); never once FOSSILIZED."""
-        stage = self.stage
+        return self._isolate
+
+    def _set_stage(self, stage: SeedStage) -> None:
+        """Mirror the stage into the flags forward reads (see __init__)."""
+        self._stage = stage
+        self._active = is_active_stage(stage) and self.seed is not None
+        self._use_ste = stage == S.TRAINING
         if stage == S.TRAINING:
-            return True
-        if stage in (S.BLENDING, S.PROBATIONARY):
-            return self.task_config.topology == "cnn"
-        return False
+            self._isolate = True
+        elif stage in (S.BLENDING, S.PROBATIONARY):
+            self._isolate = self.task_config.topology == "cnn"
+        else:
+            self._isolate = False
+        schedule = self.alpha_schedule
+        self._gated = stage in (S.BLENDING, S.PROBATIONARY) and schedule is not None and schedule.gated
 
     def seed_parameters(self) -> list[nn.Parameter]:
         """The seed's parameters and its schedule's (a gated blend's gate): what an optimizer trains."""
@@ -125,34 +144,32 @@ class SeedSlot(nn.Module):
         """Host features through the slot: unchanged without an active seed, the STE in
         TRAINING, ``blend`` after it. ``override_alpha`` (thread-safe) or ``force_alpha``
         fix alpha for this call (e.g. 0 for the counterfactual)."""
-        state = self.state
-        if state is None or self.seed is None or not is_active_stage(state.stage):
+        if not self._active:
             return host_features
-        seed_in = host_features.detach() if self.isolate_gradients else host_features
+        seed_in = host_features.detach() if self._isolate else host_features
         seed_out = self.seed(seed_in)
-        if state.stage == S.TRAINING and override_alpha is None and not self._forced:
+        if self._use_ste and override_alpha is None and self._forced_alpha is None:
             return ste(host_features, seed_out)
         return blend(host_features, seed_out, self._alpha_for(host_features, override_alpha))
 
     def _alpha_for(self, host_features: Tensor, override_alpha: float | Tensor | None) -> Tensor | float:
         if override_alpha is not None:
             return override_alpha
-        if self._forced:
-            return self._forced[-1]
-        if self.alpha_schedule is not None and self.stage != S.FOSSILIZED:
-            factor = self.alpha_schedule.per_sample(host_features)
-            if factor is not None:
-                return self.alpha * factor
+        if self._forced_alpha is not None:
+            return self._forced_alpha
+        if self._gated:
+            return self.alpha * self.alpha_schedule.per_sample(host_features)
         return self.alpha
 
     @contextlib.contextmanager
     def force_alpha(self, value: float) -> Iterator[None]:
         """Fix alpha inside the block (nests; not thread-safe: use ``override_alpha`` with DDP/threads)."""
-        self._forced.append(torch.full((), float(value), device=self.device))
+        previous = self._forced_alpha
+        self._forced_alpha = torch.full((), float(value), device=self.device)
         try:
             yield
         finally:
-            self._forced.pop()
+            self._forced_alpha = previous
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -263,6 +280,7 @@ class SeedSlot(nn.Module):
         st.epochs_since_cull = 0
         self._transition(S.CULLED)
         self.seed = None
+        self._set_stage(S.CULLED)
         self.alpha_schedule = None
         self.alpha.zero_()
         st.alpha = 0.0
@@ -311,6 +329,7 @@ class SeedSlot(nn.Module):
         elif st.stage == S.RESETTING:
             self._transition(S.DORMANT)
             self.state = None
+            self._set_stage(S.DORMANT)
 
     # ---- gradient telemetry ---------------------------------------------------------------
 
@@ -373,6 +392,7 @@ class SeedSlot(nn.Module):
             self._set_alpha(0.0)
         elif target == S.FOSSILIZED:
             self._set_alpha(1.0)
+        self._set_stage(target)
         self._emit(TelemetryEventType.SEED_STAGE_CHANGED, {"from": old.name, "to": target.name})
 
     def _set_alpha(self, value: float) -> None:
@@ -430,7 +450,8 @@ class SeedSlot(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self._probe_cache.clear()  # probes are per device: a move invalidates them
-        self._forced = [fn(t) for t in self._forced]
+        if self._forced_alpha is not None:
+            self._forced_alpha = fn(self._forced_alpha)
         return super()._apply(fn, recurse)
 
     # ---- checkpoints ----------------------------------------------------------------------
@@ -456,6 +477,7 @@ class SeedSlot(nn.Module):
         raw = extra["state"]
         if raw is None:
             self.state = None
+            self._set_stage(S.DORMANT)
             return
         raw = dict(raw)
         metrics = SeedMetrics(**raw.pop("metrics"))
@@ -480,5 +502,6 @@ class SeedSlot(nn.Module):
                         raw["blend_algorithm_id"], self.channels, self.task_config.topology
                     ).to(self.device)
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._set_stage(self.state.stage if self.state is not None else S.DORMANT)
         self.attach_host(self._host_module[0] if self._host_module else None)
         return result
