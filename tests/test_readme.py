@@ -16,3 +16,13 @@ def test_readme_usage_example_runs():
     stats = scope["stats"]
     assert stats.shape == (4,) and stats[3] == 0.0  # finite gradients
     assert 0.0 < stats[2] <= 10.0  # the seed's gradient ratio
+
+
+def test_readme_lifecycle_example_runs(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2, "the README has no lifecycle example"
+    scope: dict = {}
+    exec(compile(blocks[1], str(README), "exec"), scope)
+    out = capsys.readouterr().out
+    assert "SEED_GERMINATED" in out and "TRAINING" in out
+    assert scope["slot"].state is None or scope["slot"].stage.name in out

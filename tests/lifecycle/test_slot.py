@@ -327,12 +327,24 @@ def test_checkpoint_round_trip_in_every_stage(algorithm):
     assert empty.state is None and empty.seed is None
 
 
-def test_checkpoint_of_a_culled_slot():
-    slot = make_slot()
+def test_checkpoint_through_cull_embargo_and_reset():
+    slot = make_slot(embargo_epochs=2)
     slot.germinate("norm")
     slot.cull("gone")
-    restored = roundtrip(slot)
-    assert restored.stage == S.CULLED and restored.seed is None and restored.state.cull_reason == "gone"
+    stages = []
+    while True:
+        restored = roundtrip(slot)
+        restored.embargo_epochs = 2
+        assert restored.get_state_report() == slot.get_state_report() and restored.seed is None
+        for s in (slot, restored):
+            s.step_epoch()
+        assert restored.stage == slot.stage
+        stages.append(slot.stage)
+        slot = restored
+        if slot.state is None:
+            break
+    assert stages == [S.EMBARGOED, S.EMBARGOED, S.RESETTING, S.DORMANT]
+    assert slot.germinate("norm").seed_id == "mid-norm-2"  # the germination counter survived
 
 
 def test_to_moves_and_clears_probe_cache():
