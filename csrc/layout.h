@@ -62,13 +62,27 @@ void blend_backward_fallback(const at::Tensor& grad, const at::Tensor& host, con
                              const at::Tensor& alpha, std::array<bool, 3> mask, at::Tensor& d_host, at::Tensor& d_seed,
                              at::Tensor& d_alpha);
 
-// Outputs of blend_backward; the ones not asked for are empty [0] tensors.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_outputs(const at::Tensor& host,
-                                                                              const at::Tensor& alpha,
-                                                                              std::array<bool, 3> mask) {
-  auto none = [](const at::Tensor& like) { return at::empty({0}, like.options()); };
-  return {mask[0] ? at::empty_like(host) : none(host), mask[1] ? at::empty_like(host) : none(host),
-          mask[2] ? at::empty(alpha.sizes(), alpha.options()) : none(alpha)};
-}
+// What every blend_backward kernel does first: check the arguments, allocate
+// the outputs (the ones not asked for are empty [0] tensors), and finish the
+// job right away when the dense kernels have nothing to do (strided layouts go
+// to the fallback, empty tensors give a zero d_alpha). `done` says so.
+struct BlendBackwardPlan {
+  at::Tensor d_host, d_seed, d_alpha;
+  Blocks blocks;
+  bool done = false;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> outputs() const { return {d_host, d_seed, d_alpha}; }
+};
+BlendBackwardPlan plan_blend_backward(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
+                                      const at::Tensor& alpha, std::array<bool, 3> mask);
+
+// Accumulation type of the kernels: fp32, fp64 for fp64.
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
 
 }  // namespace kasmina

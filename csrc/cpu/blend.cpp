@@ -168,15 +168,10 @@ at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tensor& grad, const at::Tensor& host,
                                                                   const at::Tensor& seed, const at::Tensor& alpha,
                                                                   std::array<bool, 3> mask) {
-  check_blend_backward_args(grad, host, seed, alpha);
-  at::Tensor d_host, d_seed, d_alpha;
-  std::tie(d_host, d_seed, d_alpha) = blend_backward_outputs(host, alpha, mask);
-  const bool per_sample = alpha.dim() > 0;
-  const Blocks blk = backward_blocks(grad, host, seed, d_host, d_seed, per_sample, mask);
-  if (!blk.dense) {
-    blend_backward_fallback(grad, host, seed, alpha, mask, d_host, d_seed, d_alpha);
-    return {d_host, d_seed, d_alpha};
-  }
+  const BlendBackwardPlan plan = plan_blend_backward(grad, host, seed, alpha, mask);
+  if (plan.done) return plan.outputs();
+  const Blocks& blk = plan.blocks;
+  const at::Tensor &d_host = plan.d_host, &d_seed = plan.d_seed, &d_alpha = plan.d_alpha;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, host.scalar_type(), "kasmina_blend_backward_cpu", [&] {
     using A = typename Acc<scalar_t>::type;
@@ -190,16 +185,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tens
     scalar_t* dh = mask[0] ? d_host.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* ds = mask[1] ? d_seed.mutable_data_ptr<scalar_t>() : nullptr;
     const bool stream = cpu::use_stream(grad.nbytes(), {dh, ds});
-    if (host.numel() > 0) {
-      if (mask[0] && mask[1]) {
-        backward_da<scalar_t, true, true>(mask[2], stream, g, h, s, dh, ds, partial.data(), w, B, N);
-      } else if (mask[0]) {
-        backward_da<scalar_t, true, false>(mask[2], stream, g, h, s, dh, ds, partial.data(), w, B, N);
-      } else if (mask[1]) {
-        backward_da<scalar_t, false, true>(mask[2], stream, g, h, s, dh, ds, partial.data(), w, B, N);
-      } else if (mask[2]) {
-        backward_da<scalar_t, false, false>(true, stream, g, h, s, dh, ds, partial.data(), w, B, N);
-      }
+    if (mask[0] && mask[1]) {
+      backward_da<scalar_t, true, true>(mask[2], stream, g, h, s, dh, ds, partial.data(), w, B, N);
+    } else if (mask[0]) {
+      backward_da<scalar_t, true, false>(mask[2], stream, g, h, s, dh, ds, partial.data(), w, B, N);
+    } else if (mask[1]) {
+      backward_da<scalar_t, false, true>(mask[2], stream, g, h, s, dh, ds, partial.data(), w, B, N);
+    } else {
+      backward_da<scalar_t, false, false>(true, stream, g, h, s, dh, ds, partial.data(), w, B, N);
     }
     if (mask[2]) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, alpha.scalar_type(), "kasmina_blend_dalpha", [&] {
@@ -213,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tens
       });
     }
   });
-  return {d_host, d_seed, d_alpha};
+  return plan.outputs();
 }
 
 }  // namespace kasmina

@@ -9,14 +9,7 @@
 
 namespace kasmina::cpu {
 
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
+using kasmina::Acc;
 
 // Elements per parallel task. Fixed (never derived from the thread count), so
 // reductions over tasks add the same partial sums in the same order on every

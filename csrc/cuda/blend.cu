@@ -37,14 +37,6 @@ struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
-template <typename T>
-struct AccT {
-  using type = float;
-};
-template <>
-struct AccT<double> {
-  using type = double;
-};
 
 template <typename A>
 __device__ __forceinline__ A clamp01(A a) {
@@ -53,9 +45,9 @@ __device__ __forceinline__ A clamp01(A a) {
 
 template <typename T, int V>
 __global__ void blend_forward_kernel(const T* __restrict__ host, const T* __restrict__ seed, T* __restrict__ out,
-                                     const typename AccT<T>::type* __restrict__ alpha, int64_t alpha_stride,
+                                     const typename Acc<T>::type* __restrict__ alpha, int64_t alpha_stride,
                                      int64_t B, int64_t N) {
-  using A = typename AccT<T>::type;
+  using A = typename Acc<T>::type;
   using VT = Vec<T, V>;
   const int64_t nvec = N / V;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -101,9 +93,9 @@ __device__ __forceinline__ A block_sum(A v, A* shared) {
 template <typename T, int V, bool DA>
 __global__ void blend_backward_kernel(const T* __restrict__ grad, const T* __restrict__ host,
                                       const T* __restrict__ seed, T* __restrict__ d_host, T* __restrict__ d_seed,
-                                      const typename AccT<T>::type* __restrict__ alpha, int64_t alpha_stride,
-                                      typename AccT<T>::type* __restrict__ partial, int64_t B, int64_t N) {
-  using A = typename AccT<T>::type;
+                                      const typename Acc<T>::type* __restrict__ alpha, int64_t alpha_stride,
+                                      typename Acc<T>::type* __restrict__ partial, int64_t B, int64_t N) {
+  using A = typename Acc<T>::type;
   using VT = Vec<T, V>;
   __shared__ A shared[32];
   const int64_t nvec = N / V;
@@ -206,7 +198,7 @@ at::Tensor blend_cuda(const at::Tensor& host, const at::Tensor& seed, const at::
   const int64_t astride = a.dim() == 0 ? 0 : a.stride(0);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, host.scalar_type(), "kasmina_blend_cuda", [&] {
-    using A = typename AccT<scalar_t>::type;
+    using A = typename Acc<scalar_t>::type;
     constexpr int V = 16 / sizeof(scalar_t);
     const scalar_t* h = host.const_data_ptr<scalar_t>();
     const scalar_t* s = seed.const_data_ptr<scalar_t>();
@@ -227,26 +219,16 @@ at::Tensor blend_cuda(const at::Tensor& host, const at::Tensor& seed, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cuda(const at::Tensor& grad, const at::Tensor& host,
                                                                    const at::Tensor& seed, const at::Tensor& alpha,
                                                                    std::array<bool, 3> mask) {
-  check_blend_backward_args(grad, host, seed, alpha);
   const c10::cuda::CUDAGuard guard(host.device());
-  at::Tensor d_host, d_seed, d_alpha;
-  std::tie(d_host, d_seed, d_alpha) = blend_backward_outputs(host, alpha, mask);
-  const bool per_sample = alpha.dim() > 0;
-  const Blocks blk = backward_blocks(grad, host, seed, d_host, d_seed, per_sample, mask);
-  if (!blk.dense) {
-    blend_backward_fallback(grad, host, seed, alpha, mask, d_host, d_seed, d_alpha);
-    return {d_host, d_seed, d_alpha};
-  }
-  if (host.numel() == 0) {
-    if (mask[2]) d_alpha.zero_();
-    return {d_host, d_seed, d_alpha};
-  }
-  if (!mask[0] && !mask[1] && !mask[2]) return {d_host, d_seed, d_alpha};
+  const BlendBackwardPlan plan = plan_blend_backward(grad, host, seed, alpha, mask);
+  if (plan.done) return plan.outputs();
+  const Blocks& blk = plan.blocks;
+  const at::Tensor &d_host = plan.d_host, &d_seed = plan.d_seed, &d_alpha = plan.d_alpha;
   const at::Tensor a = alpha_acc(alpha, host);
   const int64_t astride = a.dim() == 0 ? 0 : a.stride(0);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, host.scalar_type(), "kasmina_blend_backward_cuda", [&] {
-    using A = typename AccT<scalar_t>::type;
+    using A = typename Acc<scalar_t>::type;
     constexpr int V = 16 / sizeof(scalar_t);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t* h = mask[2] ? host.const_data_ptr<scalar_t>() : nullptr;
@@ -288,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cuda(const at::Ten
       if (!da.is_same(d_alpha)) d_alpha.copy_(da);
     }
   });
-  return {d_host, d_seed, d_alpha};
+  return plan.outputs();
 }
 
 }  // namespace kasmina

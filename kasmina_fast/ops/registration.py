@@ -19,6 +19,7 @@ from torch import Tensor
 
 from kasmina_fast import _extension, reference
 from kasmina_fast.ops import _checks
+from kasmina_fast.ops._autograd import blend_autograd, ste_backward
 from kasmina_fast.ops.schemas import NAMESPACE, SCHEMAS
 
 _lib: torch.library.Library | None = None
@@ -95,25 +96,6 @@ def _gradient_stats_py(host_grads, seed_grads, host_params, seed_params):
     return reference.gradient_stats(host_grads, seed_grads, host_params, seed_params)
 
 
-def _blend_setup_context(ctx, inputs, output) -> None:
-    host, seed, alpha = inputs
-    keep = alpha.requires_grad
-    ctx.save_for_backward(host if keep else None, seed if keep else None, alpha)
-
-
-def _blend_autograd(ctx, grad: Tensor):
-    host, seed, alpha = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad)
-    host = grad if host is None else host
-    seed = grad if seed is None else seed
-    d_host, d_seed, d_alpha = torch.ops.kasmina.blend_backward(grad, host, seed, alpha, mask)
-    return (d_host if mask[0] else None, d_seed if mask[1] else None, d_alpha if mask[2] else None)
-
-
-def _ste_autograd(ctx, grad: Tensor):
-    return grad, grad
-
-
 def _define_in_python() -> None:
     global _lib
     _lib = torch.library.Library(NAMESPACE, "DEF")
@@ -124,10 +106,9 @@ def _define_in_python() -> None:
     # the list ops must also answer empty lists, which have no device to dispatch on
     for name, fn in {"foreach_norm": _foreach_norm_py, "gradient_stats": _gradient_stats_py}.items():
         _lib.impl(name, fn, "CompositeExplicitAutograd")
-    torch.library.register_autograd(
-        _q("blend"), _blend_autograd, setup_context=_blend_setup_context, lib=_lib
-    )
-    torch.library.register_autograd(_q("ste"), _ste_autograd, lib=_lib)
+    backward, setup_context = blend_autograd(torch.ops.kasmina.blend_backward)
+    torch.library.register_autograd(_q("blend"), backward, setup_context=setup_context, lib=_lib)
+    torch.library.register_autograd(_q("ste"), ste_backward, lib=_lib)
 
 
 def _register_fakes() -> None:

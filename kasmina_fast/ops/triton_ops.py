@@ -19,6 +19,7 @@ from torch import Tensor
 
 from kasmina_fast import reference
 from kasmina_fast.ops import _checks
+from kasmina_fast.ops._autograd import blend_autograd, ste_backward
 from kasmina_fast.triton_kernels import blend as kernels
 
 
@@ -86,21 +87,7 @@ def _(grad, host, seed, alpha, output_mask):
     return d_host, d_seed, d_alpha
 
 
-def _setup(ctx, inputs, output) -> None:
-    host, seed, alpha = inputs
-    keep = alpha.requires_grad
-    ctx.save_for_backward(host if keep else None, seed if keep else None, alpha)
-
-
-def _backward(ctx, grad: Tensor):
-    host, seed, alpha = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad)
-    host = grad if host is None else host
-    seed = grad if seed is None else seed
-    d_host, d_seed, d_alpha = triton_blend_backward(grad, host, seed, alpha, mask)
-    return (d_host if mask[0] else None, d_seed if mask[1] else None, d_alpha if mask[2] else None)
-
-
+_backward, _setup = blend_autograd(triton_blend_backward)
 triton_blend.register_autograd(_backward, setup_context=_setup)
 
 
@@ -118,4 +105,4 @@ def _(host: Tensor, seed: Tensor) -> Tensor:
     return torch.empty_like(host)
 
 
-triton_ste.register_autograd(lambda ctx, grad: (grad, grad))
+triton_ste.register_autograd(ste_backward)
