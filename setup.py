@@ -23,6 +23,7 @@ PACKAGES = [
     "kasmina_fast.cli",
     "kasmina_fast.lifecycle",
     "kasmina_fast.blueprints",
+    "kasmina_fast.hosts",
     "kasmina_fast.triton_kernels",
 ]
 PACKAGE_DIR = {"kasmina_fast.triton_kernels": "triton_kernels"}

@@ -8,6 +8,7 @@ pinned memory, then one event wait).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -16,8 +17,11 @@ from torch import Tensor, nn
 from kasmina_fast.ops import gradient_stats
 
 
-def _params(module: nn.Module | None) -> list[nn.Parameter]:
-    return [] if module is None else [p for p in module.parameters() if p.requires_grad]
+def _params(source: nn.Module | Iterable[nn.Parameter] | None) -> list[nn.Parameter]:
+    if source is None:
+        return []
+    params = source.parameters() if isinstance(source, nn.Module) else source
+    return [p for p in params if p.requires_grad]
 
 
 class GradientIsolationMonitor:
@@ -29,8 +33,13 @@ class GradientIsolationMonitor:
         self.host_param_count = 0
         self.seed_param_count = 0
 
-    def register(self, host_module: nn.Module | None, seed_module: nn.Module | None) -> None:
-        """Parameters (and counts for the normalisation) come from the modules themselves."""
+    def register(
+        self,
+        host_module: nn.Module | Iterable[nn.Parameter] | None,
+        seed_module: nn.Module | Iterable[nn.Parameter] | None,
+    ) -> None:
+        """Parameters (and counts for the normalisation) come from the modules themselves
+        (or from explicit parameter lists, e.g. a host without its slots)."""
         self.host_params = _params(host_module)
         self.seed_params = _params(seed_module)
         self.host_param_count = sum(p.numel() for p in self.host_params)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -86,7 +86,7 @@ class SeedSlot(nn.Module):
         self.state: SeedState | None = None
         self.register_buffer("alpha", torch.zeros((), device=device))
         self.isolation_monitor = GradientIsolationMonitor()
-        self._host_module: tuple[nn.Module, ...] = ()  # a tuple: not registered as a child
+        self._host_module: tuple = ()  # a tuple: the host is not registered as a child
         # What forward reads are plain module attributes (bools, a tensor or None),
         # *reassigned* on every change (never mutated in place): torch.compile guards
         # on those, while a stage tested with `in frozenset(...)` or read from a
@@ -177,7 +177,7 @@ class SeedSlot(nn.Module):
         self,
         blueprint_id: str,
         seed_id: str | None = None,
-        host_module: nn.Module | None = None,
+        host_module: nn.Module | Iterable[nn.Parameter] | None = None,
         blend_algorithm_id: str = "sigmoid",
     ) -> SeedState:
         """Create a seed from a blueprint, check it keeps the feature shape, and start TRAINING.
@@ -230,9 +230,11 @@ class SeedSlot(nn.Module):
         self._transition(S.TRAINING)  # GERMINATED has no dwell (G1 holds by construction)
         return state
 
-    def attach_host(self, host_module: nn.Module | None) -> None:
+    def attach_host(self, host_module: nn.Module | Iterable[nn.Parameter] | None) -> None:
         """The host whose gradients the G2 telemetry compares with the seed's
         (call again after restoring a checkpoint)."""
+        if host_module is not None and not isinstance(host_module, nn.Module):
+            host_module = list(host_module)
         self._host_module = () if host_module is None else (host_module,)
         self.isolation_monitor.register(host_module, self.seed)
         if self.state is not None:

@@ -1,0 +1,154 @@
+"""``MorphogeneticModel``: a host with a ``SeedSlot`` at chosen injection points
+(spec 2.1; "plane" for the morphogenetic plane of slots)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from kasmina_fast.hosts.cnn import CNNHost
+from kasmina_fast.hosts.protocol import HostProtocol
+from kasmina_fast.hosts.transformer import TransformerHost
+from kasmina_fast.lifecycle import QualityGates, SeedSlot, SeedStage, SeedState, TaskConfig, TelemetryEvent
+from kasmina_fast.lifecycle.stages import is_active_stage
+
+
+def _topology(host: nn.Module) -> str | None:
+    if isinstance(host, CNNHost):
+        return "cnn"
+    if isinstance(host, TransformerHost):
+        return "transformer"
+    return None
+
+
+class MorphogeneticModel(nn.Module):
+    """A host plus one slot per chosen injection point, in host order.
+
+    ``max_seeds`` bounds the live seeds (TRAINING to FOSSILIZED) across slots;
+    ``max_seeds_per_slot`` bounds the germinations of each slot over its life.
+    ``architecture_version`` increases whenever parameters appear or disappear
+    (a germination, a cull, a gated blend's gate): rebuild DDP and the
+    optimizer's parameter list when it changes (see examples/ddp_training.py).
+    """
+
+    def __init__(
+        self,
+        host: nn.Module,
+        device: torch.device | str = "cpu",
+        *,
+        slots: Sequence[str],
+        task_config: TaskConfig | None = None,
+        fast_mode: bool = False,
+        max_seeds: int | None = None,
+        max_seeds_per_slot: int | None = None,
+        gates: QualityGates | None = None,
+        on_telemetry: Callable[[TelemetryEvent], None] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(host, HostProtocol):
+            raise TypeError(f"MorphogeneticModel: host must follow HostProtocol, got {type(host).__name__}")
+        topology = _topology(host)
+        if task_config is None:
+            if topology is None:
+                raise ValueError(
+                    "MorphogeneticModel: pass task_config for a host that is neither CNN nor transformer"
+                )
+            task_config = TaskConfig(topology=topology)
+        elif topology is not None and task_config.topology != topology:
+            raise ValueError(
+                f"MorphogeneticModel: task_config.topology is {task_config.topology!r} "
+                f"but the host is a {topology}"
+            )
+        points = host.injection_points
+        unknown = [s for s in slots if s not in points]
+        if unknown or len(set(slots)) != len(slots) or not slots:
+            raise ValueError(
+                f"MorphogeneticModel: slots must be distinct injection points of the host, "
+                f"got {list(slots)}; available: {', '.join(points)}"
+            )
+        self.host = host.to(device)
+        self.task_config = task_config
+        self.max_seeds = max_seeds
+        self.max_seeds_per_slot = max_seeds_per_slot
+        self.slot_ids = [s for s in host.segments if s in slots]  # host order
+        for slot_id in self.slot_ids:
+            slot = SeedSlot(slot_id, points[slot_id], device, gates, on_telemetry, fast_mode, task_config)
+            self.host.register_slot(slot_id, slot)
+        self.germinations = dict.fromkeys(self.slot_ids, 0)
+        self.architecture_version = 0
+
+    # ---- structure ------------------------------------------------------------------------
+
+    @property
+    def seed_slots(self) -> dict[str, SeedSlot]:
+        """The slots in host order (they live inside the host's forward)."""
+        return {slot_id: self.host.slots[slot_id] for slot_id in self.slot_ids}
+
+    def _slot(self, slot: str) -> SeedSlot:
+        if slot not in self.slot_ids:
+            raise ValueError(f"MorphogeneticModel: no slot {slot!r}; slots: {', '.join(self.slot_ids)}")
+        return self.host.slots[slot]
+
+    def host_parameters(self) -> list[nn.Parameter]:
+        """The host's own parameters: every parameter of the host that no slot owns (by identity)."""
+        owned = {id(p) for s in self.seed_slots.values() for p in s.parameters()}
+        return [p for p in self.host.parameters() if id(p) not in owned]
+
+    def seed_parameters(self) -> list[nn.Parameter]:
+        """Every slot's seed and schedule parameters."""
+        return [p for s in self.seed_slots.values() for p in s.seed_parameters()]
+
+    def count_active_seeds(self) -> int:
+        return sum(is_active_stage(s.stage) for s in self.seed_slots.values())
+
+    def count_fossilized_seeds(self) -> int:
+        return sum(s.stage == SeedStage.FOSSILIZED for s in self.seed_slots.values())
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def germinate_seed(
+        self, blueprint_id: str, seed_id: str | None = None, *, slot: str, blend_algorithm_id: str = "sigmoid"
+    ) -> SeedState:
+        """Germinate in ``slot`` (RuntimeError when a seed limit is reached)."""
+        target = self._slot(slot)
+        if self.max_seeds is not None and self.count_active_seeds() >= self.max_seeds:
+            raise RuntimeError(f"MorphogeneticModel: max_seeds={self.max_seeds} live seeds reached")
+        if self.max_seeds_per_slot is not None and self.germinations[slot] >= self.max_seeds_per_slot:
+            raise RuntimeError(
+                f"MorphogeneticModel: slot {slot!r} reached max_seeds_per_slot={self.max_seeds_per_slot}"
+            )
+        state = target.germinate(blueprint_id, seed_id, self.host_parameters(), blend_algorithm_id)
+        self.germinations[slot] += 1
+        self.architecture_version += 1
+        return state
+
+    def cull_seed(self, *, slot: str, reason: str = "manual") -> bool:
+        culled = self._slot(slot).cull(reason)
+        if culled:
+            self.architecture_version += 1
+        return culled
+
+    def advance_stage(self, target_stage: SeedStage, *, slot: str):
+        before = self._params_key()
+        result = self._slot(slot).advance_stage(target_stage)
+        self._bump_if_changed(before)
+        return result
+
+    def step_epoch(self) -> None:
+        """``step_epoch`` of every slot, in host order (the same order on every rank)."""
+        before = self._params_key()
+        for s in self.seed_slots.values():
+            s.step_epoch()
+        self._bump_if_changed(before)
+
+    def _params_key(self) -> tuple[int, ...]:
+        return tuple(id(p) for p in self.seed_parameters())
+
+    def _bump_if_changed(self, before: tuple[int, ...]) -> None:
+        if self._params_key() != before:
+            self.architecture_version += 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.host(x)

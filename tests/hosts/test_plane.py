@@ -1,0 +1,153 @@
+"""MorphogeneticModel: slots in host order, equivalence with the bare host,
+every blueprint in every slot, limits, parameter accessors, moves, compile."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from kasmina_fast import BlueprintRegistry, CNNHost, MorphogeneticModel, SeedStage, TransformerHost
+
+S = SeedStage
+
+
+def cnn_model(**kw):
+    torch.manual_seed(0)
+    return MorphogeneticModel(CNNHost(base_channels=8), slots=["late", "mid"], **kw)
+
+
+def tr_model(**kw):
+    torch.manual_seed(0)
+    host = TransformerHost(vocab_size=40, n_embd=16, n_head=2, n_layer=3, block_size=8)
+    return MorphogeneticModel(host, slots=["layer1", "layer2"], **kw)
+
+
+def test_slots_in_host_order_and_bad_names():
+    m = cnn_model()
+    assert m.slot_ids == ["mid", "late"] and list(m.seed_slots) == ["mid", "late"]
+    assert m.seed_slots["late"].channels == 32
+    with pytest.raises(ValueError, match="available: mid, late"):
+        MorphogeneticModel(CNNHost(base_channels=8), slots=["early"])
+    with pytest.raises(ValueError, match="distinct"):
+        MorphogeneticModel(CNNHost(base_channels=8), slots=["mid", "mid"])
+    with pytest.raises(ValueError, match="no slot 'early'"):
+        m.germinate_seed("norm", slot="early")
+
+
+@pytest.mark.parametrize("make", [cnn_model, tr_model])
+def test_no_seed_equals_bare_host_and_identity_at_birth(make):
+    m = make()
+    bare = copy.deepcopy(m.host)
+    for s in m.slot_ids:
+        bare.unregister_slot(s)
+    m.eval()
+    bare.eval()
+    x = torch.randn(2, 3, 16, 16) if isinstance(m.host, CNNHost) else torch.randint(0, 40, (2, 8))
+    torch.testing.assert_close(m(x), bare(x))
+    topology = m.task_config.topology
+    for s in m.slot_ids:
+        m.germinate_seed("conv_heavy" if topology == "cnn" else "mlp", slot=s)
+    torch.testing.assert_close(m(x), bare(x))  # identity at birth: nothing shifts
+
+
+@pytest.mark.parametrize("make", [cnn_model, tr_model])
+def test_every_blueprint_in_every_slot(make):
+    m = make()
+    topology = m.task_config.topology
+    x = torch.randn(2, 3, 16, 16) if topology == "cnn" else torch.randint(0, 40, (2, 8))
+    for spec in BlueprintRegistry.list_for_topology(topology):
+        for slot in m.slot_ids:
+            m.germinate_seed(spec.blueprint_id, slot=slot)
+            for p in m.seed_slots[slot].seed_parameters():  # leave the identity so gradients show
+                torch.nn.init.normal_(p, std=0.05)
+            out = m(x)
+            out.float().square().mean().backward()
+            params = m.seed_slots[slot].seed_parameters()
+            assert len(params) == 0 or any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), (
+                spec.blueprint_id,
+                slot,
+            )
+            assert m.cull_seed(slot=slot, reason="next")
+            while m.seed_slots[slot].state is not None:  # through the embargo back to DORMANT
+                m.seed_slots[slot].step_epoch()
+
+
+def test_parameter_accessors_do_not_overlap():
+    m = cnn_model()
+    m.germinate_seed("conv_light", slot="mid")
+    host_ids = {id(p) for p in m.host_parameters()}
+    seed_ids = {id(p) for p in m.seed_parameters()}
+    assert not host_ids & seed_ids
+    assert host_ids | seed_ids == {id(p) for p in m.parameters()}
+    assert m.seed_slots["mid"].state.metrics.host_param_count == sum(p.numel() for p in m.host_parameters())
+
+
+def test_seed_limits():
+    m = cnn_model(max_seeds=1, max_seeds_per_slot=1)
+    m.germinate_seed("norm", slot="mid")
+    with pytest.raises(RuntimeError, match="max_seeds=1"):
+        m.germinate_seed("norm", slot="late")
+    assert m.count_active_seeds() == 1 and m.count_fossilized_seeds() == 0
+    m.cull_seed(slot="mid")
+    m.germinate_seed("norm", slot="late")
+    m2 = cnn_model(max_seeds_per_slot=1)
+    m2.germinate_seed("norm", slot="mid")
+    m2.cull_seed(slot="mid")
+    slot = m2.seed_slots["mid"]
+    for _ in range(8):
+        slot.step_epoch()
+    assert slot.state is None
+    with pytest.raises(RuntimeError, match="max_seeds_per_slot=1"):
+        m2.germinate_seed("norm", slot="mid")
+
+
+def test_architecture_version_tracks_parameter_changes():
+    m = cnn_model()
+    v0 = m.architecture_version
+    m.germinate_seed("norm", slot="mid", blend_algorithm_id="gated")
+    assert m.architecture_version == v0 + 1
+    slot = m.seed_slots["mid"]
+    for acc in (50, 51, 52):
+        slot.state.metrics.seed_gradient_norm_ratio = 1.0
+        slot.state.metrics.record_accuracy(acc)
+        m.step_epoch()
+    assert slot.stage == S.BLENDING and m.architecture_version == v0 + 2, "the gate's parameters appeared"
+
+
+def test_to_dtype_keeps_everything_consistent():
+    m = cnn_model()
+    m.germinate_seed("depthwise", slot="late")
+    m.to(torch.float64)
+    for s in m.seed_slots.values():
+        assert s.alpha.dtype == torch.float64 and s.device == torch.device("cpu")
+    assert all(p.dtype == torch.float64 for p in m.parameters())
+    out = m(torch.randn(2, 3, 16, 16, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
+def test_compile_model_with_seeds_in_several_stages():
+    torch._dynamo.reset()
+    m = cnn_model()
+    m.germinate_seed("norm", slot="mid")
+    m.germinate_seed("norm", slot="late")
+    for slot in m.seed_slots.values():
+        torch.nn.init.normal_(slot.seed.scale)
+    late = m.seed_slots["late"]
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(m, backend=counter, fullgraph=True)
+    x = torch.randn(2, 3, 16, 16)
+    log = []
+    for acc in (50, 51, 52, 53, 54, 55, 56, 57):
+        out = compiled(x)
+        torch.testing.assert_close(out, m(x))
+        out.sum().backward()
+        log.append((m.seed_slots["mid"].stage.name, late.stage.name, counter.frame_count))
+        late.state.metrics.seed_gradient_norm_ratio = 1.0
+        late.state.metrics.record_accuracy(acc)  # only "late" advances; "mid" stays in TRAINING
+        late.step_epoch()
+    stages = {(a, b) for a, b, _ in log}
+    assert ("TRAINING", "BLENDING") in stages and ("TRAINING", "TRAINING") in stages
+    assert counter.frame_count == len(stages), log  # one compile per stage combination, none per ramp step
