@@ -24,6 +24,7 @@ PACKAGES = [
     "kasmina_fast.lifecycle",
     "kasmina_fast.blueprints",
     "kasmina_fast.hosts",
+    "kasmina_fast.examples",
     "kasmina_fast.triton_kernels",
 ]
 PACKAGE_DIR = {"kasmina_fast.triton_kernels": "triton_kernels"}

@@ -30,7 +30,7 @@ class MorphogeneticModel(nn.Module):
     ``max_seeds_per_slot`` bounds the germinations of each slot over its life.
     ``architecture_version`` increases whenever parameters appear or disappear
     (a germination, a cull, a gated blend's gate): rebuild DDP and the
-    optimizer's parameter list when it changes (see examples/ddp_training.py).
+    optimizer's parameter list when it changes (see kasmina_fast/examples/ddp.py).
     """
 
     def __init__(

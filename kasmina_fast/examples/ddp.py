@@ -1,0 +1,127 @@
+"""DistributedDataParallel around a MorphogeneticModel, while seeds germinate,
+blend, fossilize and get culled.
+
+    python -m kasmina_fast.examples.ddp --world-size 2      (gloo, CPU)
+
+The pattern:
+
+1. Every rank makes the same architecture change at the same step:
+   ``germinate_seed`` / ``cull_seed`` are called by the controller on all
+   ranks, and every gate decision inside ``step_epoch`` / ``advance_stage``
+   is agreed by a MIN all-reduce (unanimous), so ranks cannot diverge.
+2. When ``model.architecture_version`` changes (parameters appeared or
+   disappeared), rebuild the ``DistributedDataParallel`` wrapper and the
+   optimizer. Building DDP broadcasts rank 0's parameters and buffers, so a
+   new seed starts identical on every rank.
+3. Use ``find_unused_parameters=True``: a slot's gate is unused once the seed
+   is fossilized, and a culled seed's parameters leave the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from kasmina_fast import CNNHost, MorphogeneticModel, QualityGates, SeedStage, TaskConfig
+
+
+def _batch(gen: torch.Generator, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable toy task: the class is the brightest of 4 image quadrants."""
+    x = torch.randn(n, 3, 16, 16, generator=gen)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    for i, c in enumerate(y.tolist()):
+        r, q = divmod(c, 2)
+        x[i, :, r * 8 : r * 8 + 8, q * 8 : q * 8 + 8] += 1.5
+    return x, y
+
+
+def run(rank: int, world: int, init_file: str, epochs: int, out_dir: str | None, permissive: bool) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        gates = (
+            QualityGates(min_training_improvement=-100.0, min_seed_gradient_ratio=0.0) if permissive else None
+        )
+        model = MorphogeneticModel(
+            CNNHost(num_classes=4, base_channels=8),
+            slots=["mid", "late"],
+            task_config=TaskConfig(topology="cnn", max_epochs=epochs, blending_steps=3),
+            gates=gates,
+        )
+
+        def build():
+            ddp = DistributedDataParallel(model, find_unused_parameters=True)  # broadcasts rank 0's state
+            return ddp, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), model.architecture_version
+
+        ddp, opt, version = build()
+        gen = torch.Generator().manual_seed(1000 + rank)  # every rank its own data
+        x_val, y_val = _batch(torch.Generator().manual_seed(7 + rank), 64)
+        log: list[str] = []
+        for epoch in range(epochs):
+            if epoch == 1:  # the controller's decisions: the same on every rank
+                model.germinate_seed("conv_light", slot="mid")
+                model.germinate_seed("norm", slot="late")
+            if epoch == 3:
+                model.cull_seed(slot="late", reason="controller")
+            if model.architecture_version != version:
+                ddp, opt, version = build()
+            telemetry = {}
+            for _ in range(3):
+                x, y = _batch(gen)
+                loss = F.cross_entropy(ddp(x), y)
+                opt.zero_grad()
+                loss.backward()  # DDP averages gradients across ranks
+                telemetry = {sid: s.capture_gradient_telemetry() for sid, s in model.seed_slots.items()}
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                acc = (model(x_val).argmax(1) == y_val).float().mean().item() * 100  # differs per rank
+                mid = model.seed_slots["mid"]
+                with mid.force_alpha(0.0):
+                    acc0 = (model(x_val).argmax(1) == y_val).float().mean().item() * 100
+            model.train()
+            for sid, slot in model.seed_slots.items():
+                slot.materialize_gradient_telemetry(telemetry.get(sid))
+                if slot.state is not None:
+                    slot.state.metrics.record_accuracy(acc)
+                    if sid == "mid":
+                        slot.state.metrics.counterfactual_contribution = (
+                            acc - acc0 + (5.0 if permissive else 0.0)
+                        )
+            model.step_epoch()  # gate decisions: one agreed collective per slot and decision point
+            if model.seed_slots["mid"].stage == SeedStage.PROBATIONARY:
+                model.advance_stage(SeedStage.FOSSILIZED, slot="mid")
+            log.append(",".join(s.stage.name for s in model.seed_slots.values()))
+        if out_dir is not None:
+            flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+            torch.save(flat, Path(out_dir) / f"params{rank}.pt")
+            (Path(out_dir) / f"log{rank}.json").write_text(json.dumps(log))
+        if rank == 0:
+            print("\n".join(f"epoch {i}: {line}" for i, line in enumerate(log)))
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world-size", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=12)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(
+            run,
+            args=(args.world_size, str(Path(d) / "init"), args.epochs, None, False),
+            nprocs=args.world_size,
+        )
+
+
+if __name__ == "__main__":
+    main()
