@@ -128,26 +128,61 @@ def test_to_dtype_keeps_everything_consistent():
     assert out.dtype == torch.float64
 
 
-def test_compile_model_with_seeds_in_several_stages():
+def drive(slot, acc, counterfactual=None):
+    slot.state.metrics.seed_gradient_norm_ratio = 1.0
+    slot.state.metrics.record_accuracy(acc)
+    if counterfactual is not None:
+        slot.state.metrics.counterfactual_contribution = counterfactual
+
+
+def test_compile_model_over_full_lifecycles_of_every_slot():
+    """mid: germinate -> ... -> FOSSILIZED; late: germinate -> cull -> embargo -> DORMANT.
+    One compile per combination of slot behaviours, none per alpha-ramp step."""
     torch._dynamo.reset()
     m = cnn_model()
-    m.germinate_seed("norm", slot="mid")
-    m.germinate_seed("norm", slot="late")
-    for slot in m.seed_slots.values():
-        torch.nn.init.normal_(slot.seed.scale)
-    late = m.seed_slots["late"]
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(m, backend=counter, fullgraph=True)
     x = torch.randn(2, 3, 16, 16)
+    mid, late = m.seed_slots["mid"], m.seed_slots["late"]
     log = []
-    for acc in (50, 51, 52, 53, 54, 55, 56, 57):
+
+    def step():
         out = compiled(x)
         torch.testing.assert_close(out, m(x))
         out.sum().backward()
-        log.append((m.seed_slots["mid"].stage.name, late.stage.name, counter.frame_count))
-        late.state.metrics.seed_gradient_norm_ratio = 1.0
-        late.state.metrics.record_accuracy(acc)  # only "late" advances; "mid" stays in TRAINING
-        late.step_epoch()
-    stages = {(a, b) for a, b, _ in log}
-    assert ("TRAINING", "BLENDING") in stages and ("TRAINING", "TRAINING") in stages
-    assert counter.frame_count == len(stages), log  # one compile per stage combination, none per ramp step
+        log.append((mid.stage.name, late.stage.name, counter.frame_count))
+
+    step()
+    m.germinate_seed("norm", slot="mid")
+    m.germinate_seed("norm", slot="late")
+    for slot in (mid, late):
+        torch.nn.init.normal_(slot.seed.scale)
+    acc = 50.0
+    for epoch in range(16):
+        step()
+        acc += 1.0
+        for slot in (mid, late):
+            if slot.state is not None:
+                drive(slot, acc, counterfactual=2.0)
+        if epoch == 4:
+            m.cull_seed(slot="late", reason="test")
+        m.step_epoch()
+        if mid.stage == S.PROBATIONARY:
+            m.advance_stage(S.FOSSILIZED, slot="mid")
+    step()
+    assert mid.stage == S.FOSSILIZED and late.state is None
+    behaviours = set()
+    for a, b, _ in log:
+        # stages in which a slot's forward behaves alike: inactive ones, and the two blending ones
+        group = {
+            "DORMANT": "off",
+            "CULLED": "off",
+            "EMBARGOED": "off",
+            "RESETTING": "off",
+            "PROBATIONARY": "BLENDING",
+        }
+        behaviours.add((group.get(a, a), group.get(b, b)))
+    ramp = [f for a, b, f in log if a == "BLENDING"]
+    assert len(set(ramp)) <= 2, f"recompiled during the alpha ramp: {log}"
+    assert counter.frame_count <= len(behaviours) + 1, log
+    print(f"model lifecycle compiles: {counter.frame_count} for {len(behaviours)} behaviours: {log}")
