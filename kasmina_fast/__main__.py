@@ -1,6 +1,7 @@
 """Command line: ``python -m kasmina_fast <command>`` (also ``kasmina-fast``).
 
 Commands:
+  demo     grow a seed in a network while it trains (digits, or --task text)
   info     versions, devices and the status of every backend
   kernels  compile every Triton kernel ahead of time for --arch sm_XX (no GPU
            needed) and report registers, spills, shared memory, access widths
@@ -40,6 +41,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kasmina_fast.cli import demo
+
+    return demo.main(args)
+
+
 def cmd_kernels(args: argparse.Namespace) -> int:
     from kasmina_fast.cli import kernels
 
@@ -49,6 +56,11 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kasmina-fast", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="grow a seed in a network while it trains")
+    from kasmina_fast.cli.demo import add_arguments
+
+    add_arguments(d)
+    d.set_defaults(func=cmd_demo)
     sub.add_parser("info", help="versions, devices and backends").set_defaults(func=cmd_info)
     k = sub.add_parser("kernels", help="ahead-of-time compile report of the Triton kernels")
     k.add_argument("--arch", default="sm_90", help="target architecture, e.g. sm_80 or sm_90")

@@ -1,0 +1,79 @@
+"""The demo end to end at a tiny size: a decided seed, events in order, a
+valid plot, reproducibility, usage errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from kasmina_fast.__main__ import main
+from kasmina_fast.cli.demo import DemoConfig, run
+
+TINY = dict(epochs=12, batch_size=32, steps_per_epoch=6, germinate_epoch=1, patience=3, quiet=True)
+
+
+@pytest.mark.parametrize("task", ["digits", "text"])
+def test_demo_reaches_a_decision_with_events_in_order(task):
+    result = run(DemoConfig(task=task, **TINY))
+    kinds = [e.event_type.value for e in result.events]
+    assert kinds[:3] == ["SEED_STAGE_CHANGED", "SEED_GERMINATED", "SEED_STAGE_CHANGED"]
+    assert "SEED_FOSSILIZED" in kinds or "SEED_CULLED" in kinds, kinds
+    stages = [e.data["to"] for e in result.events if e.event_type.value == "SEED_STAGE_CHANGED"]
+    order = ["GERMINATED", "TRAINING", "BLENDING", "PROBATIONARY", "FOSSILIZED"]
+    decided = "FOSSILIZED" if "FOSSILIZED" in stages else "CULLED"
+    kept = [s for s in stages[: stages.index(decided) + 1] if s in order or s == "CULLED"]
+    assert kept[: len(kept) - 1] == order[: len(kept) - 1], stages
+    s = result.summary
+    assert s["outcome"] in ("SEED_FOSSILIZED", "SEED_CULLED")
+    assert s["step_ms_fast"] > 0 and s["step_ms_reference"] > 0
+    assert len(result.history) == TINY["epochs"]
+
+
+def test_demo_is_reproducible():
+    a = run(DemoConfig(seed=3, **TINY))
+    b = run(DemoConfig(seed=3, **TINY))
+    assert [(h["val_acc"], h["stage"], h["alpha"]) for h in a.history] == [
+        (h["val_acc"], h["stage"], h["alpha"]) for h in b.history
+    ]
+
+
+def test_demo_plot_is_a_png(tmp_path, capsys):
+    path = tmp_path / "timeline.png"
+    argv = [
+        "demo",
+        "--quiet",
+        "--epochs",
+        "6",
+        "--steps-per-epoch",
+        "3",
+        "--batch-size",
+        "16",
+        "--plot",
+        str(path),
+    ]
+    assert main(argv) == 0
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.size[0] > 400 and img.size[1] > 300
+    out = capsys.readouterr().out
+    assert "summary" in out and "fwd+bwd, reference backend" in out
+
+
+@pytest.mark.parametrize(
+    "argv", [["demo", "--task", "images"], ["demo", "--epochs", "many"], ["demo", "--backend", "fastest"]]
+)
+def test_demo_bad_flags_are_usage_errors(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+
+
+def test_demo_refuses_a_missing_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["demo", "--device", "cuda"])
