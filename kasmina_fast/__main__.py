@@ -1,6 +1,7 @@
 """Command line: ``python -m kasmina_fast <command>`` (also ``kasmina-fast``).
 
 Commands:
+  bench    time every op: fast backend vs eager reference vs torch.compile
   demo     grow a seed in a network while it trains (digits, or --task text)
   info     versions, devices and the status of every backend
   kernels  compile every Triton kernel ahead of time for --arch sm_XX (no GPU
@@ -41,6 +42,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kasmina_fast.cli import bench
+
+    return bench.main(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from kasmina_fast.cli import demo
 
@@ -56,6 +63,11 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kasmina-fast", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="time every op against the eager reference")
+    from kasmina_fast.cli.bench import add_arguments as bench_arguments
+
+    bench_arguments(b)
+    b.set_defaults(func=cmd_bench)
     d = sub.add_parser("demo", help="grow a seed in a network while it trains")
     from kasmina_fast.cli.demo import add_arguments
 

@@ -1,0 +1,124 @@
+"""Benchmark cases shared by `python -m kasmina_fast bench` and `pytest bench`: one fwd+bwd step per
+call, gradients reset each iteration, for a chosen backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+import kasmina_fast
+from kasmina_fast import reference
+
+CL = torch.channels_last
+
+
+def backends_here(device: str) -> list[str]:
+    """Backends to time on ``device``: the eager reference first, then every fast one."""
+    fast = [b for b in kasmina_fast.available() if b != "reference"]
+    fast = [b for b in fast if (b == "cpp") == (device == "cpu")]
+    return ["reference", *fast]
+
+
+def op_fn(op: str, backend: str, compiled: bool = False, compiled_fast: bool = False) -> Callable:
+    """The callable timed for ``op`` ('blend' or 'ste') under ``backend``."""
+    if compiled:  # torch.compile of the eager reference
+        return torch.compile(getattr(reference, op))
+    fn = getattr(kasmina_fast, op)
+    if compiled_fast:  # torch.compile around the fast op (traced under the selected backend)
+        return torch.compile(fn, fullgraph=True)
+    if backend == "reference":
+        return getattr(reference, op)
+    return fn
+
+
+def make_step(
+    op: str,
+    alpha_kind: str,
+    shape,
+    dtype,
+    device,
+    backend: str,
+    compiled: bool = False,
+    compiled_fast: bool = False,
+):
+    """Returns ``step()`` doing forward + backward once, with grads reset.
+
+    Time it inside ``kasmina_fast.use_backend(backend)`` for a fast backend.
+    """
+    gen = torch.Generator(device=device).manual_seed(0)
+    fmt = CL if len(shape) == 4 else torch.contiguous_format
+
+    def leaf():
+        t = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+        return t.contiguous(memory_format=fmt).requires_grad_()
+
+    host, seed = leaf(), leaf()
+    grad = (
+        torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        .to(dtype)
+        .contiguous(memory_format=fmt)
+    )
+    fn = op_fn(op, backend, compiled, compiled_fast)
+    if op == "ste":
+        leaves = (host, seed)
+
+        def call():
+            return fn(host, seed)
+    else:
+        if alpha_kind == "scalar":
+            alpha = torch.tensor(0.3, device=device)
+        else:
+            ashape = (shape[0],) + (1,) * (len(shape) - 1)
+            alpha = torch.rand(ashape, generator=gen, device=device).requires_grad_(alpha_kind == "learnable")
+        leaves = (host, seed, alpha)
+
+        def call():
+            return fn(host, seed, alpha)
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        call().backward(grad)
+
+    return step
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def passes(op: str, alpha_kind: str) -> int:
+    """Tensor-sized passes over memory the fused fwd+bwd must make (the floor):
+    blend reads host, seed, writes out; its backward reads g, writes d_host,
+    d_seed, and reads host and seed again only for a learnable alpha. The STE
+    is one copy (a read and a write) and no backward kernel."""
+    if op == "ste":
+        return 2
+    return 3 + (5 if alpha_kind == "learnable" else 3)
+
+
+def make_chain(length: int, shape, device, backend: str):
+    """``step()``: a chain of ``length`` blends (a host-bound slot's pattern),
+    fwd + bwd; the slope over lengths is the per-op cost inside one backward."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    host = torch.randn(shape, generator=gen, device=device).contiguous(memory_format=CL).requires_grad_()
+    seeds = [
+        torch.randn(shape, generator=gen, device=device).contiguous(memory_format=CL).requires_grad_()
+        for _ in range(length)
+    ]
+    alpha = torch.rand((shape[0], 1, 1, 1), generator=gen, device=device).requires_grad_()
+    fn = reference.blend if backend == "reference" else kasmina_fast.blend
+    grad = torch.ones(shape, device=device).contiguous(memory_format=CL)
+
+    def step():
+        host.grad = alpha.grad = None
+        for s in seeds:
+            s.grad = None
+        y = host
+        for s in seeds:
+            y = fn(y, s, alpha)
+        y.backward(grad)
+
+    return step
