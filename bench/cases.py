@@ -1,6 +1,15 @@
 """The benchmark cases live in the package (``kasmina_fast.cli.cases``) so that
 ``python -m kasmina_fast bench`` and ``pytest bench`` time the same thing."""
 
-from kasmina_fast.cli.cases import CL, backends_here, make_chain, make_step, op_fn, passes, sync
+from kasmina_fast.cli.cases import (
+    CL,
+    backends_here,
+    make_chain,
+    make_norm_step,
+    make_step,
+    op_fn,
+    passes,
+    sync,
+)
 
-__all__ = ["CL", "backends_here", "make_chain", "make_step", "op_fn", "passes", "sync"]
+__all__ = ["CL", "backends_here", "make_chain", "make_norm_step", "make_step", "op_fn", "passes", "sync"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import backends_here, make_chain, make_step, passes, sync
+from cases import backends_here, make_chain, make_norm_step, make_step, passes, sync
 
 import kasmina_fast
 
@@ -66,6 +66,42 @@ def test_fwd_bwd_compiled_reference(benchmark, op, kind, shape, dtype):
         sync(DEVICE)
 
     benchmark.pedantic(run, rounds=100, iterations=1, warmup_rounds=5)
+
+
+@pytest.mark.parametrize("backend", ["native", *backends_here(DEVICE)])
+@pytest.mark.parametrize("op", ["foreach_norm", "gradient_stats"])
+def test_norms(benchmark, backend, op):
+    """30 gradient-like tensors of mixed sizes (1.5M elements): one op call.
+    native = ``torch._foreach_norm`` (+ stack and total norms for gradient_stats)."""
+    if backend == "native":
+        step = _native_norm_step(op)
+    else:
+        step = make_norm_step(op, DEVICE, backend)
+    benchmark.group = f"{op}-30-tensors-{DEVICE}"
+    benchmark.extra_info.update(backend=backend, device=DEVICE)
+
+    def run():
+        step()
+        sync(DEVICE)
+
+    with kasmina_fast.use_backend(backend if backend != "native" else "auto"):
+        benchmark.pedantic(run, rounds=50, iterations=1, warmup_rounds=3)
+
+
+def _native_norm_step(op: str):
+    gen = torch.Generator().manual_seed(0)
+    n = 2**20
+    sizes = [(n // 8, 9), (n // 4,), (64,), (n // 16, 3), (7,)] * 6
+    ts = [torch.randn(s, generator=gen).to(DEVICE) for s in sizes]
+    if op == "foreach_norm":
+        return lambda: torch._foreach_norm(ts)
+
+    def stats():
+        h = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts[:20])))
+        s = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts[20:])))
+        return torch.stack([h, s, s / h])
+
+    return stats
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="timed on CUDA only")

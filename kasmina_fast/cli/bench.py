@@ -19,8 +19,7 @@ from collections.abc import Callable
 import torch
 
 import kasmina_fast
-from kasmina_fast import reference
-from kasmina_fast.cli.cases import make_step, passes, sync
+from kasmina_fast.cli.cases import make_norm_step, make_step, passes, sync
 
 
 def _median_time(fn: Callable[[], None], device: str, repeat: int, warmup: int = 3) -> float:
@@ -35,20 +34,6 @@ def _median_time(fn: Callable[[], None], device: str, repeat: int, warmup: int =
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
-
-
-def _norm_step(op: str, device: str, backend: str, compiled: bool, n: int) -> Callable[[], None]:
-    """foreach_norm / gradient_stats over a gradient-like list of mixed sizes."""
-    gen = torch.Generator().manual_seed(0)
-    sizes = [(n // 8, 9), (n // 4,), (64,), (n // 16, 3), (7,)] * 6
-    ts = [torch.randn(s, generator=gen).to(device) for s in sizes]
-    if op == "foreach_norm":
-        fn = reference.foreach_norm if backend == "reference" else kasmina_fast.foreach_norm
-        fn = torch.compile(fn) if compiled else fn
-        return lambda: fn(ts)
-    fn = reference.gradient_stats if backend == "reference" else kasmina_fast.gradient_stats
-    fn = torch.compile(fn) if compiled else fn
-    return lambda: fn(ts[:20], ts[20:], 1000, 100)
 
 
 def copy_bandwidth(device: str) -> float:
@@ -82,7 +67,7 @@ def run(device: str, repeat: int, small: bool, compile_reference: bool) -> dict:
                     step = make_step(op, kind, shape, torch.float32, device, backend, compiled=compiled)
                     nbytes = passes(op, kind) * torch.Size(shape).numel() * 4
                 else:
-                    step = _norm_step(op, device, backend, compiled, n)
+                    step = make_norm_step(op, device, backend, compiled, n)
                     nbytes = None
                 t = _median_time(step, device, repeat)
             base = t if label == "reference" else base

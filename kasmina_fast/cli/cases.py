@@ -122,3 +122,18 @@ def make_chain(length: int, shape, device, backend: str):
         y.backward(grad)
 
     return step
+
+
+def make_norm_step(op: str, device: str, backend: str, compiled: bool = False, n: int = 2**20):
+    """``step()`` for ``foreach_norm`` / ``gradient_stats`` over a gradient-like
+    list of 30 tensors of mixed sizes (about ``1.4 n`` elements)."""
+    gen = torch.Generator().manual_seed(0)
+    sizes = [(n // 8, 9), (n // 4,), (64,), (n // 16, 3), (7,)] * 6
+    ts = [torch.randn(s, generator=gen).to(device) for s in sizes]
+    if op == "foreach_norm":
+        fn = reference.foreach_norm if backend == "reference" else kasmina_fast.foreach_norm
+        fn = torch.compile(fn) if compiled else fn
+        return lambda: fn(ts)
+    fn = reference.gradient_stats if backend == "reference" else kasmina_fast.gradient_stats
+    fn = torch.compile(fn) if compiled else fn
+    return lambda: fn(ts[:20], ts[20:], 1000, 100)
