@@ -78,6 +78,22 @@ class MorphogeneticModel(nn.Module):
             self.host.register_slot(slot_id, slot)
         self.germinations = dict.fromkeys(self.slot_ids, 0)
         self.architecture_version = 0
+        self.register_load_state_dict_post_hook(MorphogeneticModel._reattach_host)
+
+    def get_extra_state(self) -> dict:
+        return {"germinations": dict(self.germinations)}
+
+    def set_extra_state(self, extra: dict) -> None:
+        self.germinations = {slot: int(extra["germinations"].get(slot, 0)) for slot in self.slot_ids}
+
+    @staticmethod
+    def _reattach_host(model: MorphogeneticModel, incompatible_keys) -> None:
+        """After loading a checkpoint, the slots' gradient monitors compare with this host again."""
+        host = model.host_parameters()
+        for slot in model.seed_slots.values():
+            if slot.seed is not None:
+                slot.attach_host(host)
+        model.architecture_version += 1
 
     # ---- structure ------------------------------------------------------------------------
 

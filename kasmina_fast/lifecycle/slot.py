@@ -488,10 +488,13 @@ class SeedSlot(nn.Module):
         raw["stage_history"] = [tuple(x) for x in raw["stage_history"]]
         self.state = SeedState(metrics=metrics, **raw)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Rebuilds the seed module and schedule the checkpoint describes, then loads
-        their weights: a fresh slot resumes in any stage with the same next decisions."""
-        extra = state_dict.get("_extra_state")
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        """Rebuilds the seed module and schedule the checkpoint describes before their
+        weights load (also when the slot sits inside a larger model), so a fresh slot
+        resumes in any stage with the same next decisions."""
+        extra = state_dict.get(prefix + "_extra_state")
         if extra is not None:
             raw = extra["state"]
             self.seed = None
@@ -503,7 +506,11 @@ class SeedSlot(nn.Module):
                     self.alpha_schedule = create_blend_algorithm(
                         raw["blend_algorithm_id"], self.channels, self.task_config.topology
                     ).to(self.device)
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         self._set_stage(self.state.stage if self.state is not None else S.DORMANT)
-        self.attach_host(self._host_module[0] if self._host_module else None)
-        return result
+        if self._host_module:
+            self.attach_host(self._host_module[0])
+        else:  # the caller re-attaches the host (MorphogeneticModel does it itself)
+            self.isolation_monitor.register(None, self.seed)

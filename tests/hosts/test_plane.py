@@ -186,3 +186,35 @@ def test_compile_model_over_full_lifecycles_of_every_slot():
     assert len(set(ramp)) <= 2, f"recompiled during the alpha ramp: {log}"
     assert counter.frame_count <= len(behaviours) + 1, log
     print(f"model lifecycle compiles: {counter.frame_count} for {len(behaviours)} behaviours: {log}")
+
+
+def test_model_checkpoint_round_trip():
+    import io
+
+    m = cnn_model()
+    m.germinate_seed("conv_light", slot="mid", blend_algorithm_id="gated")
+    m.germinate_seed("norm", slot="late")
+    mid = m.seed_slots["mid"]
+    for acc in (50, 51, 52, 53):
+        for s in m.seed_slots.values():
+            if s.state is not None:
+                drive(s, acc)
+        m.step_epoch()
+    m.cull_seed(slot="late")
+    for p in mid.seed_parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    fresh = cnn_model()
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert [s.stage for s in fresh.seed_slots.values()] == [S.BLENDING, S.CULLED]
+    m.eval()
+    fresh.eval()
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(fresh(x), m(x))
+    assert fresh.seed_slots["mid"].get_state_report() == mid.get_state_report()
+    assert fresh.germinations == {"mid": 1, "late": 1}
+    assert fresh.seed_slots["mid"].isolation_monitor.host_param_count == len(
+        torch.nn.utils.parameters_to_vector(m.host_parameters())
+    )
