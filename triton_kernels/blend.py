@@ -39,21 +39,27 @@ def _weight(a_ptr, b, a_stride, ACC: tl.constexpr):
     return tl.where(a != a, a, w), a
 
 
+@triton.jit
+def _tile(a_ptr, a_stride, N, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """This program's sample weight and its int64 offsets and mask in the sample's
+    packed block (axis 1 = sample, axis 0 = BLOCK-sized piece)."""
+    b = tl.program_id(1)
+    w, _ = _weight(a_ptr, b, a_stride, ACC)
+    offs = b.to(tl.int64) * N + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < b.to(tl.int64) * N + N
+    return w, offs, mask
+
+
 # a_stride is not specialised (it is 1 or 0 or anything): fewer compiles
 @triton.jit(do_not_specialize=["a_stride"])
 def blend_forward_kernel(h_ptr, s_ptr, o_ptr, a_ptr, a_stride, N, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1)
-    w, _ = _weight(a_ptr, b, a_stride, ACC)
-    base = b.to(tl.int64) * N
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    h = tl.load(h_ptr + base + offs, mask=mask).to(ACC)
-    s = tl.load(s_ptr + base + offs, mask=mask).to(ACC)
+    w, offs, mask = _tile(a_ptr, a_stride, N, BLOCK, ACC)
+    h = tl.load(h_ptr + offs, mask=mask).to(ACC)
+    s = tl.load(s_ptr + offs, mask=mask).to(ACC)
     low = h + w * (s - h)
     high = s - (s - h) * (1.0 - w)
     out = tl.where(w < 0.5, low, high)
-    tl.store(o_ptr + base + offs, out.to(o_ptr.dtype.element_ty), mask=mask)
+    tl.store(o_ptr + offs, out.to(o_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["a_stride"])
@@ -73,22 +79,17 @@ def blend_backward_kernel(
     DS: tl.constexpr,
     DA: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = tl.program_id(1)
-    w, _ = _weight(a_ptr, b, a_stride, ACC)
-    base = b.to(tl.int64) * N
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    g = tl.load(g_ptr + base + offs, mask=mask).to(ACC)
+    w, offs, mask = _tile(a_ptr, a_stride, N, BLOCK, ACC)
+    g = tl.load(g_ptr + offs, mask=mask).to(ACC)
     if DH:
-        tl.store(dh_ptr + base + offs, (g * (1.0 - w)).to(dh_ptr.dtype.element_ty), mask=mask)
+        tl.store(dh_ptr + offs, (g * (1.0 - w)).to(dh_ptr.dtype.element_ty), mask=mask)
     if DS:
-        tl.store(ds_ptr + base + offs, (g * w).to(ds_ptr.dtype.element_ty), mask=mask)
+        tl.store(ds_ptr + offs, (g * w).to(ds_ptr.dtype.element_ty), mask=mask)
     if DA:
-        h = tl.load(h_ptr + base + offs, mask=mask, other=0.0).to(ACC)
-        s = tl.load(s_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+        h = tl.load(h_ptr + offs, mask=mask, other=0.0).to(ACC)
+        s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(ACC)
         part = tl.sum(g * (s - h), axis=0)
-        tl.store(part_ptr + b.to(tl.int64) * tl.num_programs(0) + pid, part)
+        tl.store(part_ptr + tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0), part)
 
 
 @triton.jit(do_not_specialize=["a_stride", "parts"])
