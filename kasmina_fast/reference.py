@@ -88,7 +88,11 @@ def gradient_stats(
             acc = acc + torch.linalg.vector_norm(t.detach(), dtype=torch.float64) ** 2
         return acc
 
-    host_ss, seed_ss = total_sumsq(host_grads), total_sumsq(seed_grads)
+    return stats_from_sums(total_sumsq(host_grads), total_sumsq(seed_grads), host_params, seed_params)
+
+
+def stats_from_sums(host_ss: Tensor, seed_ss: Tensor, host_params: int, seed_params: int) -> Tensor:
+    """The four numbers of :func:`gradient_stats` from the two fp64 sums of squares."""
     host, seed = host_ss.sqrt(), seed_ss.sqrt()
     ratio = seed / host
     if host_params > 0 and seed_params > 0:

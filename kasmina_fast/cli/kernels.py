@@ -66,6 +66,7 @@ def _specs(dtype: str):
     import triton.language as tl
 
     from kasmina_fast.triton_kernels import blend as k
+    from kasmina_fast.triton_kernels import norms
 
     acc = "fp64" if dtype == "fp64" else "fp32"
     acc_tl = tl.float64 if dtype == "fp64" else tl.float32
@@ -104,6 +105,26 @@ def _specs(dtype: str):
     )
     cp = {"src_ptr": t, "dst_ptr": t, "n": "i64"}
     yield "ste_copy", k.copy_kernel, cp, {"BLOCK": k.BLOCK}, (0, 1, 2), k.NUM_WARPS
+    dt = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16, "fp64": tl.float64}[dtype]
+    ss = {"table_ptr": "*i64", "n_chunks": "i64", "part_ptr": "*fp64"}
+    const = {"DTYPE": dt, "ALIGNED": True, "BLOCK": norms.BLOCK}
+    yield "norms_sumsq", norms.sumsq_chunks_kernel, ss, const, (0, 2), norms.NUM_WARPS
+    if dtype == "fp32":  # the finalize does not depend on the gradients' dtype
+        fin = {
+            "part_ptr": "*fp64",
+            "first_ptr": "*i64",
+            "count_ptr": "*i64",
+            "out_ptr": "*fp64",
+            "n_tensors": "i64",
+        }
+        yield (
+            "norms_finalize",
+            norms.sumsq_finalize_kernel,
+            fin,
+            {"BLOCK": norms.FINAL_BLOCK},
+            (0, 1, 2, 3),
+            4,
+        )
 
 
 def compile_all(arch: int, dtypes=tuple(DTYPES)) -> list[Row]:

@@ -28,12 +28,15 @@ def _gradient_stats_reference(host_grads, seed_grads, host_params: int, seed_par
 _foreach_native = torch.ops.kasmina.foreach_norm.default
 _stats_native = torch.ops.kasmina.gradient_stats.default
 
-backends.register(
-    "foreach_norm", {"reference": _foreach_norm_reference, "cpp": _foreach_native, "cuda": _foreach_native}
-)
-backends.register(
-    "gradient_stats", {"reference": _gradient_stats_reference, "cpp": _stats_native, "cuda": _stats_native}
-)
+_foreach_impls = {"reference": _foreach_norm_reference, "cpp": _foreach_native, "cuda": _foreach_native}
+_stats_impls = {"reference": _gradient_stats_reference, "cpp": _stats_native, "cuda": _stats_native}
+if backends.triton_usable():
+    from kasmina_fast.ops import triton_ops
+
+    _foreach_impls["triton"] = triton_ops.triton_foreach_norm._opoverload
+    _stats_impls["triton"] = triton_ops.triton_gradient_stats._opoverload
+backends.register("foreach_norm", _foreach_impls)
+backends.register("gradient_stats", _stats_impls)
 
 
 def _on_cuda(*lists: Sequence[Tensor]) -> bool:

@@ -21,6 +21,8 @@ from kasmina_fast import reference
 from kasmina_fast.ops import _checks
 from kasmina_fast.ops._autograd import blend_autograd, ste_backward
 from kasmina_fast.triton_kernels import blend as kernels
+from kasmina_fast.triton_kernels import norms
+from kasmina_fast.triton_kernels.layout import is_dense
 
 
 def _blocks(ref: Tensor, per_sample: bool, others: Sequence[Tensor]) -> tuple[bool, int, int]:
@@ -30,24 +32,13 @@ def _blocks(ref: Tensor, per_sample: bool, others: Sequence[Tensor]) -> tuple[bo
     N = n // B if B > 0 else 0
     if n == 0:
         return True, B, N
-    if not ref.is_contiguous() and not _is_dense(ref):
+    if not ref.is_contiguous() and not is_dense(ref):
         return False, B, N
     if any(t.stride() != ref.stride() for t in others):
         return False, B, N
     if per_sample and B > 1 and ref.stride(0) != N:
         return False, B, N
     return True, B, N
-
-
-def _is_dense(t: Tensor) -> bool:
-    """Non-overlapping and dense: some permutation of the dims is contiguous."""
-    dims = sorted((s, st) for s, st in zip(t.shape, t.stride()) if s != 1)
-    expected = 1
-    for size, stride in sorted(dims, key=lambda d: d[1]):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 @torch.library.custom_op("kasmina::triton_blend", mutates_args=())
@@ -94,7 +85,7 @@ triton_blend.register_autograd(_backward, setup_context=_setup)
 @torch.library.custom_op("kasmina::triton_ste", mutates_args=())
 def triton_ste(host: Tensor, seed: Tensor) -> Tensor:
     _checks.check_ste(host, seed)
-    if host.numel() and _is_dense(host):
+    if host.numel() and is_dense(host):
         return kernels.copy(host)
     return host.clone(memory_format=torch.preserve_format)
 
@@ -106,3 +97,36 @@ def _(host: Tensor, seed: Tensor) -> Tensor:
 
 
 triton_ste.register_autograd(ste_backward)
+
+
+def _device(*lists: Sequence[Tensor]) -> torch.device:
+    return next((t.device for ts in lists for t in ts), torch.device("cpu"))
+
+
+@torch.library.custom_op("kasmina::triton_foreach_norm", mutates_args=())
+def triton_foreach_norm(tensors: list[Tensor]) -> Tensor:
+    _checks.check_foreach_norm(tensors)
+    return norms.sums_of_squares(list(tensors), _device(tensors)).sqrt().to(torch.float32)
+
+
+@triton_foreach_norm.register_fake
+def _(tensors):
+    _checks.check_foreach_norm(tensors)
+    return torch.empty(len(tensors), dtype=torch.float32, device=_device(tensors))
+
+
+@torch.library.custom_op("kasmina::triton_gradient_stats", mutates_args=())
+def triton_gradient_stats(
+    host_grads: list[Tensor], seed_grads: list[Tensor], host_params: int, seed_params: int
+) -> Tensor:
+    _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
+    device = _device(host_grads, seed_grads)
+    ss = norms.sums_of_squares([*host_grads, *seed_grads], device)
+    n = len(host_grads)
+    return reference.stats_from_sums(ss[:n].sum(), ss[n:].sum(), host_params, seed_params)
+
+
+@triton_gradient_stats.register_fake
+def _(host_grads, seed_grads, host_params, seed_params):
+    _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
+    return torch.empty(4, dtype=torch.float32, device=_device(host_grads, seed_grads))

@@ -183,3 +183,53 @@ def test_more_than_2_31_elements(backend):
             total += t.double().sum().item()
             scale += t.abs().double().sum().item()
         assert abs(a.grad[b, 0].item() - total) <= 1e-5 * scale
+
+
+NORM_BACKENDS = [b for b in ("cuda", "triton") if b in kasmina_fast.backends._IMPLS["foreach_norm"]]
+
+
+def grads_list():
+    g = torch.Generator(device="cuda").manual_seed(2)
+    shapes = [(4097,), (64, 3, 3, 3), (7,), (0,), (1000, 33), (2, 5)]
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.float32]
+    ts = [torch.randn(s, device="cuda", generator=g).to(d) for s, d in zip(shapes, dtypes)]
+    ts.append(torch.randn(50, 40, device="cuda", generator=g).t())  # a transposed (dense) view
+    ts.append(torch.randn(300, 2, device="cuda", generator=g)[::3])  # a strided view
+    return ts
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_norms_on_cuda_match_fp64_and_are_deterministic(backend):
+    ts = grads_list()
+    want = torch.stack([torch.linalg.vector_norm(t.double()) for t in ts]).float()
+    with with_backend(backend):
+        a = kasmina_fast.foreach_norm(ts)
+        b = kasmina_fast.foreach_norm(ts)
+        s1 = kasmina_fast.gradient_stats(ts[:3], ts[3:], 100, 10)
+        s2 = kasmina_fast.gradient_stats(ts[:3], ts[3:], 100, 10)
+    torch.testing.assert_close(a, want, rtol=1e-6, atol=0)
+    assert torch.equal(a, b) and torch.equal(s1, s2)
+    ref = kasmina_fast.reference.gradient_stats(ts[:3], ts[3:], 100, 10)
+    torch.testing.assert_close(s1, ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_gradient_telemetry_has_no_sync_and_captures_in_a_graph(backend):
+    ts = [t for t in grads_list() if t.is_contiguous()]
+    with with_backend(backend):
+        kasmina_fast.gradient_stats(ts[:2], ts[2:], 5, 5)  # warm-up: compiles, caches the chunk table
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            kasmina_fast.gradient_stats(ts[:2], ts[2:], 5, 5)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = kasmina_fast.foreach_norm(ts)
+        for t in ts:
+            t.mul_(2)
+        graph.replay()
+        torch.cuda.synchronize()
+    want = torch.stack([torch.linalg.vector_norm(t.double()) for t in ts]).float()
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=0)

@@ -22,7 +22,7 @@ def lists():
         "empty_tensors": [torch.zeros(0), torch.zeros(3, 0), make((5,), torch.float32, generator=gen)],
         "one_element": [torch.tensor([3.0])],
         "zero_dim": [torch.tensor(-2.5)],
-        "many_tiny": [make((3,), torch.float32, generator=gen) for _ in range(2000)],
+        "many_tiny": [make((3,), torch.float32, generator=gen) for _ in range(10_000)],
         "one_large": [make((300_001,), torch.float32, generator=gen)],
         "mixed_dtypes": [
             make((17, 3), d, generator=gen)

@@ -1,0 +1,132 @@
+"""Triton kernels for ``kasmina::foreach_norm`` and ``kasmina::gradient_stats``:
+the sum of squares of every tensor of a list, in one launch per dtype.
+
+Math: sumsq_i = sum(t_i^2), accumulated in fp64 (squares of large fp32
+gradients would overflow fp32 and raise a false non-finite flag).
+Work split: every tensor is cut into BLOCK-element chunks; a table lists, per
+chunk, the tensor's address, the chunk's first element and its length. Each
+program reduces one chunk (a fixed tree: ``tl.sum``) into one fp64 partial;
+a finalize program per tensor adds that tensor's partials in a fixed order.
+Bitwise deterministic, no atomics. Memory traffic: one read of every element
+plus 8 bytes per chunk.
+
+The chunk table is built on the host and cached by the list's (address,
+size, dtype) signature, so a training loop that keeps its ``.grad`` tensors
+uploads it once (and a CUDA graph can capture the launch after a warm-up).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import triton
+import triton.language as tl
+from kasmina_fast.triton_kernels.layout import is_dense
+
+BLOCK = 4096
+FINAL_BLOCK = 1024
+NUM_WARPS = 8
+_TL = {
+    torch.float32: tl.float32,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+    torch.float64: tl.float64,
+}
+
+
+@triton.jit
+def sumsq_chunks_kernel(
+    table_ptr, n_chunks, part_ptr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr
+):
+    """table rows: [address, first element, length, partial index] per chunk."""
+    p = tl.program_id(0)
+    addr = tl.load(table_ptr + p)
+    first = tl.load(table_ptr + n_chunks + p)
+    length = tl.load(table_ptr + 2 * n_chunks + p)
+    slot = tl.load(table_ptr + 3 * n_chunks + p)
+    ptr = addr.to(tl.pointer_type(DTYPE)) + first
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    offs = tl.arange(0, BLOCK)
+    if length == BLOCK:  # every chunk but a tensor's last: no mask, so the loads vectorise
+        x = tl.load(ptr + offs).to(tl.float64)
+    else:
+        x = tl.load(ptr + offs, mask=offs < length, other=0.0).to(tl.float64)
+    tl.store(part_ptr + slot, tl.sum(x * x, axis=0))
+
+
+@triton.jit(do_not_specialize=["n_tensors"])
+def sumsq_finalize_kernel(part_ptr, first_ptr, count_ptr, out_ptr, n_tensors, BLOCK: tl.constexpr):
+    """out[i] = sum of tensor i's partials, in order."""
+    i = tl.program_id(0)
+    first = tl.load(first_ptr + i)
+    count = tl.load(count_ptr + i)
+    acc = tl.zeros((BLOCK,), dtype=tl.float64)
+    for start in range(0, count, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(part_ptr + first + offs, mask=offs < count, other=0.0)
+    tl.store(out_ptr + i, tl.sum(acc, axis=0))
+
+
+class _Plan:
+    """Chunk tables per dtype group, and each tensor's partial range."""
+
+    def __init__(self, tensors: list[torch.Tensor], device: torch.device) -> None:
+        groups: dict[tuple[torch.dtype, bool], list[list[int]]] = {}
+        firsts, counts = [], []
+        slot = 0
+        for t in tensors:
+            n = t.numel()
+            chunks = triton.cdiv(n, BLOCK) if n else 0
+            firsts.append(slot)
+            counts.append(chunks)
+            if chunks:
+                rows = groups.setdefault((t.dtype, t.data_ptr() % 16 == 0), [[], [], [], []])
+                for c in range(chunks):
+                    rows[0].append(t.data_ptr())
+                    rows[1].append(c * BLOCK)
+                    rows[2].append(min(BLOCK, n - c * BLOCK))
+                    rows[3].append(slot + c)
+            slot += chunks
+        self.n_partials = slot
+        self.groups = [
+            (dtype, aligned, len(rows[0]), torch.tensor(rows, dtype=torch.int64).reshape(-1).to(device))
+            for (dtype, aligned), rows in groups.items()
+        ]
+        self.firsts = torch.tensor(firsts, dtype=torch.int64).to(device)
+        self.counts = torch.tensor(counts, dtype=torch.int64).to(device)
+
+
+_PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
+_MAX_PLANS = 16
+
+
+def _plan(tensors: list[torch.Tensor], device: torch.device) -> _Plan:
+    key = (device, *((t.data_ptr(), t.numel(), t.dtype) for t in tensors))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _Plan(tensors, device)
+        _PLANS[key] = plan
+        if len(_PLANS) > _MAX_PLANS:
+            _PLANS.popitem(last=False)
+    else:
+        _PLANS.move_to_end(key)
+    return plan
+
+
+def sums_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """fp64 ``[N]``: the sum of squares of every tensor (dense layouts are read in
+    place; other strided views are first copied to a contiguous tensor)."""
+    dense = [t if t.is_contiguous() or is_dense(t) else t.contiguous() for t in tensors]
+    out = torch.empty(len(dense), dtype=torch.float64, device=device)
+    if not dense:
+        return out
+    plan = _plan(dense, device)
+    parts = torch.empty(max(plan.n_partials, 1), dtype=torch.float64, device=device)
+    for dtype, aligned, n_chunks, table in plan.groups:
+        sumsq_chunks_kernel[(n_chunks,)](
+            table, n_chunks, parts, DTYPE=_TL[dtype], ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS
+        )
+    sumsq_finalize_kernel[(len(dense),)](parts, plan.firsts, plan.counts, out, len(dense), BLOCK=FINAL_BLOCK)
+    return out
