@@ -20,9 +20,26 @@ def test_readme_usage_example_runs():
 
 def test_readme_lifecycle_example_runs(capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) >= 2, "the README has no lifecycle example"
+    block = next((b for b in blocks if "kf.SeedSlot(" in b), None)
+    assert block is not None, "the README has no lifecycle example"
     scope: dict = {}
-    exec(compile(blocks[1], str(README), "exec"), scope)
+    exec(compile(block, str(README), "exec"), scope)
     out = capsys.readouterr().out
     assert "SEED_GERMINATED" in out and "TRAINING" in out
     assert scope["slot"].state is None or scope["slot"].stage.name in out
+
+
+def test_readme_compile_example_runs():
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    block = next(b for b in blocks if "torch.compile(model, fullgraph=True)" in b)
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    code = block.replace(
+        "torch.compile(model, fullgraph=True)", "torch.compile(model, fullgraph=True, backend=_counter)"
+    )
+    scope: dict = {"_counter": counter}
+    exec(compile(code, str(README), "exec"), scope)
+    assert counter.frame_count == 1, "the alpha ramp must not recompile"
