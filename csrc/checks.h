@@ -107,4 +107,25 @@ inline void check_list(at::TensorList ts, const char* op, const char* name,
   }
 }
 
+inline c10::optional<at::Device> first_device(at::TensorList a, at::TensorList b) {
+  if (!a.empty()) return a[0].device();
+  if (!b.empty()) return b[0].device();
+  return c10::nullopt;
+}
+
+inline void check_foreach_norm_args(at::TensorList tensors) {
+  check_list(tensors, "kasmina::foreach_norm", "tensors", first_device(tensors, {}), "tensors[0]");
+}
+
+inline void check_gradient_stats_args(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
+                                      int64_t seed_params) {
+  const char* op = "kasmina::gradient_stats";
+  TORCH_CHECK_VALUE(host_params >= 0, op, ": host_params must be >= 0, got ", host_params);
+  TORCH_CHECK_VALUE(seed_params >= 0, op, ": seed_params must be >= 0, got ", seed_params);
+  const auto dev = first_device(host_grads, seed_grads);
+  const std::string first = host_grads.empty() ? "seed_grads[0]" : "host_grads[0]";
+  check_list(host_grads, op, "host_grads", dev, first);
+  check_list(seed_grads, op, "seed_grads", dev, first);
+}
+
 }  // namespace kasmina

@@ -40,13 +40,14 @@ NAMES: tuple[str, ...] = ("reference", "cpp", "triton", "cuda")
 CHOICES: tuple[str, ...] = ("auto", *NAMES)
 
 #: Preference order on CUDA for ``auto`` per op (see bench/RESULTS.md). The
-#: Triton gradient norms have not been measured or validated on a GPU yet, so
-#: ``auto`` keeps the reference for them until they are (force "triton" to try).
+#: CUDA and Triton gradient-norm kernels have not been validated or measured on
+#: a GPU yet, so ``auto`` keeps the reference for them until they are (force
+#: "cuda" or "triton" to use them).
 AUTO_CUDA: dict[str, tuple[str, ...]] = {
     "blend": ("cuda", "triton"),
     "ste": ("cuda", "triton"),
-    "foreach_norm": ("cuda",),
-    "gradient_stats": ("cuda",),
+    "foreach_norm": (),
+    "gradient_stats": (),
 }
 
 # op -> backend -> callable, filled by the modules of kasmina_fast.ops

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../norms_math.h"
 #include "dense.h"
 
 namespace kasmina {
@@ -72,51 +73,15 @@ std::vector<double> sums_of_squares(const std::vector<at::Tensor>& ts) {
   return out;
 }
 
-c10::optional<at::Device> first_device(at::TensorList a, at::TensorList b) {
-  if (!a.empty()) return a[0].device();
-  if (!b.empty()) return b[0].device();
-  return c10::nullopt;
-}
-
 }  // namespace
 
 at::Tensor foreach_norm_cpu(at::TensorList tensors) {
-  const char* op = "kasmina::foreach_norm";
-  check_list(tensors, op, "tensors", first_device(tensors, {}), "tensors[0]");
+  check_foreach_norm_args(tensors);
   const std::vector<double> ss = sums_of_squares(tensors.vec());
   at::Tensor out = at::empty({static_cast<int64_t>(ss.size())}, at::TensorOptions().dtype(at::kFloat));
   float* o = out.mutable_data_ptr<float>();
   for (size_t i = 0; i < ss.size(); ++i) o[i] = static_cast<float>(std::sqrt(ss[i]));
   return out;
-}
-
-// The four numbers of gradient_stats from the two sums of squares.
-void gradient_stats_finalize(double host_ss, double seed_ss, int64_t host_params, int64_t seed_params, float* out) {
-  const double host = std::sqrt(host_ss);
-  const double seed = std::sqrt(seed_ss);
-  double ratio = 0.0;
-  if (!(host < 1e-8)) {
-    ratio = seed / host;
-    if (host_params > 0 && seed_params > 0) {
-      ratio *= std::sqrt(static_cast<double>(host_params) / static_cast<double>(seed_params));
-    }
-    if (!std::isnan(ratio)) ratio = std::min(ratio, 10.0);
-  }
-  out[0] = static_cast<float>(host);
-  out[1] = static_cast<float>(seed);
-  out[2] = static_cast<float>(ratio);
-  out[3] = std::isfinite(host_ss + seed_ss) ? 0.0f : 1.0f;
-}
-
-void check_gradient_stats_args(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
-                               int64_t seed_params) {
-  const char* op = "kasmina::gradient_stats";
-  TORCH_CHECK_VALUE(host_params >= 0, op, ": host_params must be >= 0, got ", host_params);
-  TORCH_CHECK_VALUE(seed_params >= 0, op, ": seed_params must be >= 0, got ", seed_params);
-  const auto dev = first_device(host_grads, seed_grads);
-  const std::string first = host_grads.empty() ? "seed_grads[0]" : "host_grads[0]";
-  check_list(host_grads, op, "host_grads", dev, first);
-  check_list(seed_grads, op, "seed_grads", dev, first);
 }
 
 at::Tensor gradient_stats_cpu(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
@@ -128,7 +93,7 @@ at::Tensor gradient_stats_cpu(at::TensorList host_grads, at::TensorList seed_gra
   double host_ss = 0, seed_ss = 0;
   for (size_t i = 0; i < ss.size(); ++i) (i < host_grads.size() ? host_ss : seed_ss) += ss[i];
   at::Tensor out = at::empty({4}, at::TensorOptions().dtype(at::kFloat));
-  gradient_stats_finalize(host_ss, seed_ss, host_params, seed_params, out.mutable_data_ptr<float>());
+  gradient_stats_from_sums(host_ss, seed_ss, host_params, seed_params, out.mutable_data_ptr<float>());
   return out;
 }
 
