@@ -25,6 +25,7 @@
 
 #include "../checks.h"
 #include "../layout.h"
+#include "block_reduce.cuh"
 
 namespace kasmina {
 namespace {
@@ -71,23 +72,6 @@ __global__ void blend_forward_kernel(const T* __restrict__ host, const T* __rest
       o[i] = ov;
     }
   }
-}
-
-// Sum over the block, same order every run; the result is valid in thread 0.
-template <typename A>
-__device__ __forceinline__ A block_sum(A v, A* shared) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();  // shared may still be read by a previous call
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x / 32) ? shared[lane] : A(0);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  }
-  return v;
 }
 
 template <typename T, int V, bool DA>

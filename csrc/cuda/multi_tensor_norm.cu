@@ -29,6 +29,7 @@
 #include "../checks.h"
 #include "../layout.h"
 #include "../norms_math.h"
+#include "block_reduce.cuh"
 
 namespace kasmina {
 namespace {
@@ -36,21 +37,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 16384;
 constexpr size_t kCachedPlans = 16;
-
-__device__ __forceinline__ double warp_block_sum(double v, double* shared) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x / 32) ? shared[lane] : 0.0;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  }
-  return v;
-}
 
 template <typename T>
 __global__ void sumsq_chunks_kernel(const int64_t* __restrict__ table, int64_t n_chunks, double* __restrict__ partial) {
@@ -84,7 +70,7 @@ __global__ void sumsq_chunks_kernel(const int64_t* __restrict__ table, int64_t n
         acc += d * d;
       }
     }
-    acc = warp_block_sum(acc, shared);
+    acc = block_sum(acc, shared);
     if (threadIdx.x == 0) partial[table[3 * n_chunks + c]] = acc;
   }
 }
@@ -96,7 +82,7 @@ __global__ void sumsq_finalize_kernel(const double* __restrict__ partial, const 
   for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     double acc = 0.0;
     for (int64_t k = threadIdx.x; k < count[i]; k += blockDim.x) acc += partial[first[i] + k];
-    acc = warp_block_sum(acc, shared);
+    acc = block_sum(acc, shared);
     if (threadIdx.x == 0) out[i] = acc;
   }
 }
