@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import backends_here, make_chain, make_norm_step, make_step, passes, sync
+from cases import backends_here, gradient_list, make_chain, make_norm_step, make_step, passes, sync
 
 import kasmina_fast
 
@@ -86,6 +86,49 @@ def test_norms(benchmark, backend, op):
 
     with kasmina_fast.use_backend(backend if backend != "native" else "auto"):
         benchmark.pedantic(run, rounds=50, iterations=1, warmup_rounds=3)
+
+
+def _norm_impls(device: str) -> set[str]:
+    from kasmina_fast import backends
+
+    usable = {"cpp"} if device == "cpu" else {"cuda", "triton"}
+    return usable & set(backends._IMPLS["gradient_stats"])
+
+
+NORM_LISTS = ["tiny14", "resnet50"] + (["gpt2_small"] if DEVICE == "cuda" else [])
+# every backend that has a norm kernel here, forced (auto keeps the reference for norms on CUDA for now)
+NORM_BACKENDS = ["native", "reference"] + [
+    b for b in kasmina_fast.available() if b in ("cpp", "cuda", "triton") and b in _norm_impls(DEVICE)
+]
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+@pytest.mark.parametrize("name", NORM_LISTS)
+def test_gradient_stats_on_model_gradients(benchmark, backend, name):
+    """gradient_stats over a model's gradient list (host = all but the last 10 tensors),
+    against ``torch._foreach_norm`` + stack + total norms (the spec's telemetry today)."""
+    ts = gradient_list(name, DEVICE)
+    host, seed = ts[:-10], ts[-10:]
+    nbytes = sum(t.numel() * t.element_size() for t in ts)
+    benchmark.group = f"gradient_stats-{name}-{DEVICE}"
+    benchmark.extra_info.update(backend=backend, device=DEVICE, bytes=nbytes)
+    if backend == "native":
+
+        def call():
+            h = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(host)))
+            s = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(seed)))
+            return torch.stack([h, s, s / h])
+    else:
+
+        def call():
+            return kasmina_fast.gradient_stats(host, seed, 1000, 10)
+
+    def run():
+        call()
+        sync(DEVICE)
+
+    with kasmina_fast.use_backend(backend if backend not in ("native",) else "auto"):
+        benchmark.pedantic(run, rounds=20 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=2)
 
 
 def _native_norm_step(op: str):

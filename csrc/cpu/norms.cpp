@@ -1,6 +1,7 @@
 // kasmina::foreach_norm and kasmina::gradient_stats on the CPU.
 //
-// Math: per tensor t_i, sumsq_i = sum(t_i^2) in fp64; foreach_norm returns
+// Math: per tensor t_i, sumsq_i = sum(t_i^2) (fp32 over 512-element blocks,
+// fp64 across blocks and for fp64 inputs); foreach_norm returns
 // sqrt(sumsq_i) as fp32 [N]. gradient_stats returns fp32 [4]:
 //   host = sqrt(sum over host_grads), seed = sqrt(sum over seed_grads),
 //   ratio = 0 if host < 1e-8, else min(10, seed / host * sqrt(host_params / seed_params))
@@ -15,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -32,7 +34,7 @@ struct Task {
 };
 
 template <typename T>
-double sumsq_range(const T* p, int64_t lo, int64_t hi) {
+double sumsq_range_fp64(const T* p, int64_t lo, int64_t hi) {
   double acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = lo; i < hi; ++i) {
@@ -40,6 +42,31 @@ double sumsq_range(const T* p, int64_t lo, int64_t hi) {
     acc += v * v;
   }
   return acc;
+}
+
+// fp32 squares summed over short blocks (twice the SIMD width of fp64), each
+// block added to an fp64 total. A block whose fp32 sum is not finite is
+// summed again in fp64: a true NaN/inf stays so, while squares that merely
+// overflow fp32 (|x| > 1.8e19) do not raise a false non-finite flag.
+template <typename T>
+double sumsq_range(const T* p, int64_t lo, int64_t hi) {
+  if constexpr (std::is_same_v<T, double>) {
+    return sumsq_range_fp64(p, lo, hi);
+  } else {
+    constexpr int64_t kBlock = 512;
+    double total = 0;
+    for (int64_t b = lo; b < hi; b += kBlock) {
+      const int64_t e = std::min(hi, b + kBlock);
+      float acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = b; i < e; ++i) {
+        const float v = static_cast<float>(p[i]);
+        acc += v * v;
+      }
+      total += std::isfinite(acc) ? static_cast<double>(acc) : sumsq_range_fp64(p, b, e);
+    }
+    return total;
+  }
 }
 
 // Sum of squares of every tensor, in fp64.

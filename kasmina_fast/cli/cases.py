@@ -137,3 +137,35 @@ def make_norm_step(op: str, device: str, backend: str, compiled: bool = False, n
     fn = reference.gradient_stats if backend == "reference" else kasmina_fast.gradient_stats
     fn = torch.compile(fn) if compiled else fn
     return lambda: fn(ts[:20], ts[20:], 1000, 100)
+
+
+def resnet50_shapes() -> list[tuple[int, ...]]:
+    """The 161 parameter shapes of a ResNet-50 (25.6M parameters, 102 MB in fp32)."""
+    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
+    cin = 64
+    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for b in range(blocks):
+            shapes += [(width, cin, 1, 1), (width,), (width,), (width, width, 3, 3), (width,), (width,)]
+            shapes += [(4 * width, width, 1, 1), (4 * width,), (4 * width,)]
+            if b == 0:
+                shapes += [(4 * width, cin, 1, 1), (4 * width,), (4 * width,)]
+            cin = 4 * width
+    return [*shapes, (1000, 2048), (1000,)]
+
+
+def gpt2_small_shapes() -> list[tuple[int, ...]]:
+    """The 148 parameter shapes of GPT-2 small (124M parameters, 498 MB in fp32)."""
+    block = [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,)]
+    block += [(768,), (768,), (768, 3072), (3072,), (3072, 768), (768,)]
+    return [(50257, 768), (1024, 768), *block * 12, (768,), (768,)]
+
+
+def gradient_list(name: str, device: str) -> list[torch.Tensor]:
+    """Gradient-like lists of the DESIGN.md anchors: resnet50, gpt2_small, tiny14 (0.4 MB)."""
+    shapes = {
+        "resnet50": resnet50_shapes,
+        "gpt2_small": gpt2_small_shapes,
+        "tiny14": lambda: [(7168,)] * 14,
+    }[name]()
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=gen).to(device) for s in shapes]
