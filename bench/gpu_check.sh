@@ -54,11 +54,11 @@ timeout 200 "$PY" -m pytest tests/ops tests/test_backends.py -q -p no:cacheprovi
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU TESTS FAILED (see $out/tests.log)"; status=1; }
 
 step "benchmarks: fused backends vs eager reference, small-slot chains"
-timeout 120 "$PY" -m pytest bench -q -p no:cacheprovider -k "not compiled and not overhead" \
+timeout 150 "$PY" -m pytest bench -q -p no:cacheprovider -k "not compiled and not overhead" \
   --benchmark-json="$out/bench.json" >"$out/bench.log" 2>&1 || { tail -20 "$out/bench.log"; status=1; }
 
 step "benchmarks: torch.compile of the reference"
-timeout 100 "$PY" -m pytest bench -q -p no:cacheprovider -k "compiled" \
+timeout 90 "$PY" -m pytest bench -q -p no:cacheprovider -k "compiled" \
   --benchmark-json="$out/bench_compiled.json" >>"$out/bench.log" 2>&1 || { tail -5 "$out/bench.log"; status=1; }
 
 step "tables"
