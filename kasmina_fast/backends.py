@@ -201,13 +201,6 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-def refresh() -> None:
-    """Re-read the backends' status (e.g. after setting ``TRITON_INTERPRET``)."""
-    global _status_cache
-    _status_cache = None
-    _rebuild()
-
-
 def _from_env() -> str:
     name = os.environ.get("KASMINA_FAST_BACKEND", "auto").strip() or "auto"
     if name not in CHOICES:

@@ -1,8 +1,10 @@
 """Triton kernels of kasmina-fast, installed as ``kasmina_fast.triton_kernels``.
 
-Only ``@triton.jit`` kernels and their launchers live here (``blend.py``); the
-ops that call them are registered in ``kasmina_fast.ops.triton_ops``. This
-package imports triton only when its kernels are loaded.
+Only ``@triton.jit`` kernels and their launchers live here: ``blend.py``
+(blend forward, fused backward, the STE copy) and ``norms.py`` (multi-tensor
+sums of squares); ``layout.py`` holds a shared layout check. The ops that call
+them are registered in ``kasmina_fast.ops.triton_ops``. This package imports
+triton only when its kernels are loaded.
 """
 
 from __future__ import annotations
