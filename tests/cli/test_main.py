@@ -29,3 +29,10 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "kasmina_fast", "info"], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and "backends:" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_console_script_is_declared():
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts.get("kasmina-fast") == "kasmina_fast.__main__:main"
