@@ -73,10 +73,7 @@ def test_fwd_bwd_compiled_reference(benchmark, op, kind, shape, dtype):
 def test_norms(benchmark, backend, op):
     """30 gradient-like tensors of mixed sizes (1.5M elements): one op call.
     native = ``torch._foreach_norm`` (+ stack and total norms for gradient_stats)."""
-    if backend == "native":
-        step = _native_norm_step(op)
-    else:
-        step = make_norm_step(op, DEVICE, backend)
+    step = make_norm_step(op, DEVICE, backend)
     benchmark.group = f"{op}-30-tensors-{DEVICE}"
     benchmark.extra_info.update(backend=backend, device=DEVICE)
 
@@ -129,22 +126,6 @@ def test_gradient_stats_on_model_gradients(benchmark, backend, name):
 
     with kasmina_fast.use_backend(backend if backend not in ("native",) else "auto"):
         benchmark.pedantic(run, rounds=20 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=2)
-
-
-def _native_norm_step(op: str):
-    gen = torch.Generator().manual_seed(0)
-    n = 2**20
-    sizes = [(n // 8, 9), (n // 4,), (64,), (n // 16, 3), (7,)] * 6
-    ts = [torch.randn(s, generator=gen).to(DEVICE) for s in sizes]
-    if op == "foreach_norm":
-        return lambda: torch._foreach_norm(ts)
-
-    def stats():
-        h = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts[:20])))
-        s = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts[20:])))
-        return torch.stack([h, s, s / h])
-
-    return stats
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="timed on CUDA only")

@@ -126,10 +126,21 @@ def make_chain(length: int, shape, device, backend: str):
 
 def make_norm_step(op: str, device: str, backend: str, compiled: bool = False, n: int = 2**20):
     """``step()`` for ``foreach_norm`` / ``gradient_stats`` over a gradient-like
-    list of 30 tensors of mixed sizes (about ``1.4 n`` elements)."""
+    list of 30 tensors of mixed sizes (about ``1.4 n`` elements). ``backend``
+    "native" times ``torch._foreach_norm`` (plus stack and totals for the stats)."""
     gen = torch.Generator().manual_seed(0)
     sizes = [(n // 8, 9), (n // 4,), (64,), (n // 16, 3), (7,)] * 6
     ts = [torch.randn(s, generator=gen).to(device) for s in sizes]
+    if backend == "native":
+        if op == "foreach_norm":
+            return lambda: torch._foreach_norm(ts)
+
+        def stats():
+            h = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts[:20])))
+            s = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts[20:])))
+            return torch.stack([h, s, s / h])
+
+        return stats
     if op == "foreach_norm":
         fn = reference.foreach_norm if backend == "reference" else kasmina_fast.foreach_norm
         fn = torch.compile(fn) if compiled else fn

@@ -23,6 +23,11 @@ def _shape(t: torch.Tensor) -> str:
     return str(list(t.shape))
 
 
+def list_device(*lists: Sequence[torch.Tensor]) -> torch.device:
+    """The device of the first tensor of the lists (CPU when they are all empty)."""
+    return next((t.device for ts in lists for t in ts), torch.device("cpu"))
+
+
 def check_float(t: torch.Tensor, op: str, arg: str) -> None:
     if t.dtype not in _SUPPORTED:
         raise ValueError(

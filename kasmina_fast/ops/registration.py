@@ -29,10 +29,6 @@ def _q(name: str) -> str:
     return f"{NAMESPACE}::{name}"
 
 
-def _list_device(*lists: Sequence[Tensor]) -> torch.device:
-    return next((t.device for ts in lists for t in ts), torch.device("cpu"))
-
-
 # ---- fake kernels (both modes) ---------------------------------------------------------------
 
 
@@ -58,14 +54,14 @@ def _ste_fake(host: Tensor, seed: Tensor) -> Tensor:
 
 def _foreach_norm_fake(tensors: Sequence[Tensor]) -> Tensor:
     _checks.check_foreach_norm(tensors)
-    return torch.empty(len(tensors), dtype=torch.float32, device=_list_device(tensors))
+    return torch.empty(len(tensors), dtype=torch.float32, device=_checks.list_device(tensors))
 
 
 def _gradient_stats_fake(
     host_grads: Sequence[Tensor], seed_grads: Sequence[Tensor], host_params: int, seed_params: int
 ) -> Tensor:
     _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
-    return torch.empty(4, dtype=torch.float32, device=_list_device(host_grads, seed_grads))
+    return torch.empty(4, dtype=torch.float32, device=_checks.list_device(host_grads, seed_grads))
 
 
 # ---- Python kernels and autograd, used only when the extension is absent ---------------------
@@ -88,7 +84,7 @@ def _ste_py(host: Tensor, seed: Tensor) -> Tensor:
 
 def _foreach_norm_py(tensors):
     _checks.check_foreach_norm(tensors)
-    return reference.foreach_norm(tensors).to(_list_device(tensors))
+    return reference.foreach_norm(tensors).to(_checks.list_device(tensors))
 
 
 def _gradient_stats_py(host_grads, seed_grads, host_params, seed_params):

@@ -99,20 +99,16 @@ def _(host: Tensor, seed: Tensor) -> Tensor:
 triton_ste.register_autograd(ste_backward)
 
 
-def _device(*lists: Sequence[Tensor]) -> torch.device:
-    return next((t.device for ts in lists for t in ts), torch.device("cpu"))
-
-
 @torch.library.custom_op("kasmina::triton_foreach_norm", mutates_args=())
 def triton_foreach_norm(tensors: list[Tensor]) -> Tensor:
     _checks.check_foreach_norm(tensors)
-    return norms.sums_of_squares(list(tensors), _device(tensors)).sqrt().to(torch.float32)
+    return norms.sums_of_squares(list(tensors), _checks.list_device(tensors)).sqrt().to(torch.float32)
 
 
 @triton_foreach_norm.register_fake
 def _(tensors):
     _checks.check_foreach_norm(tensors)
-    return torch.empty(len(tensors), dtype=torch.float32, device=_device(tensors))
+    return torch.empty(len(tensors), dtype=torch.float32, device=_checks.list_device(tensors))
 
 
 @torch.library.custom_op("kasmina::triton_gradient_stats", mutates_args=())
@@ -120,7 +116,7 @@ def triton_gradient_stats(
     host_grads: list[Tensor], seed_grads: list[Tensor], host_params: int, seed_params: int
 ) -> Tensor:
     _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
-    device = _device(host_grads, seed_grads)
+    device = _checks.list_device(host_grads, seed_grads)
     ss = norms.sums_of_squares([*host_grads, *seed_grads], device)
     n = len(host_grads)
     return reference.stats_from_sums(ss[:n].sum(), ss[n:].sum(), host_params, seed_params)
@@ -129,4 +125,4 @@ def triton_gradient_stats(
 @triton_gradient_stats.register_fake
 def _(host_grads, seed_grads, host_params, seed_params):
     _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
-    return torch.empty(4, dtype=torch.float32, device=_device(host_grads, seed_grads))
+    return torch.empty(4, dtype=torch.float32, device=_checks.list_device(host_grads, seed_grads))
