@@ -12,9 +12,9 @@
 
 #include <initializer_list>
 
-namespace kasmina {
+#include "numeric.h"
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+namespace kasmina {
 
 struct Blocks {
   bool dense = false;  // false: use the strided fallback
@@ -74,15 +74,5 @@ struct BlendBackwardPlan {
 };
 BlendBackwardPlan plan_blend_backward(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
                                       const at::Tensor& alpha, std::array<bool, 3> mask);
-
-// Accumulation type of the kernels: fp32, fp64 for fp64.
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
 
 }  // namespace kasmina

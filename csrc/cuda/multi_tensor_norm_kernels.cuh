@@ -1,0 +1,88 @@
+// Device code of kasmina::foreach_norm and kasmina::gradient_stats on CUDA
+// (the launcher is multi_tensor_norm.cu, the chunk table chunk_table.h;
+// csrc/test/test_cuda_kernels.cpp runs these kernels on the CPU).
+//
+// Math: sumsq_i = sum(t_i^2) in fp64 (squares of large fp32 gradients would
+// overflow fp32 and raise a false non-finite flag).
+//   foreach_norm    out_i = fp32(sqrt(sumsq_i))
+//   gradient_stats  norms_math.h on (sum of the host tensors' sumsq, same for the seed's)
+// Work split: one block per chunk of the chunk table (a grid-stride loop when
+// there are more chunks than blocks), 16-byte loads where the chunk is
+// aligned; each block reduces its chunk in a fixed order into one fp64
+// partial. A second, small kernel adds partials in a fixed order: per tensor
+// for foreach_norm, per group (host slots, then seed slots) for
+// gradient_stats. Bitwise deterministic, no atomics.
+// Memory traffic: one read of every element, plus 8 bytes per chunk.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../norms_math.h"
+#include "block_reduce.cuh"
+
+namespace kasmina {
+
+constexpr int kNormThreads = 256;
+constexpr int64_t kNormChunk = 16384;
+
+template <typename T>
+__global__ void sumsq_chunks_kernel(const int64_t* __restrict__ table, int64_t n_chunks, double* __restrict__ partial) {
+  __shared__ double shared[32];
+  constexpr int V = 16 / sizeof(T);
+  struct alignas(16) Vec {
+    T v[V];
+  };
+  for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+    const T* p = reinterpret_cast<const T*>(table[c]) + table[n_chunks + c];
+    const int64_t len = table[2 * n_chunks + c];
+    double acc = 0.0;
+    int64_t tail = 0;  // first element not read as a vector
+    if (reinterpret_cast<uintptr_t>(p) % 16 == 0) {
+      const int64_t nvec = len / V;
+      const Vec* pv = reinterpret_cast<const Vec*>(p);
+      for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+        const Vec x = pv[i];
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const double d = static_cast<double>(x.v[k]);
+          acc += d * d;
+        }
+      }
+      tail = nvec * V;
+    }
+    for (int64_t i = tail + threadIdx.x; i < len; i += blockDim.x) {
+      const double d = static_cast<double>(p[i]);
+      acc += d * d;
+    }
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) partial[table[3 * n_chunks + c]] = acc;
+  }
+}
+
+// out[i] = fp32(sqrt(sum of tensor i's partials [first_i, first_i + count_i))), in order.
+__global__ void norms_finalize_kernel(const double* __restrict__ partial, const int64_t* __restrict__ first,
+                                      const int64_t* __restrict__ count, float* __restrict__ out, int64_t n) {
+  __shared__ double shared[32];
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    double acc = 0.0;
+    for (int64_t k = threadIdx.x; k < count[i]; k += blockDim.x) acc += partial[first[i] + k];
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) out[i] = static_cast<float>(sqrt(acc));
+  }
+}
+
+// One block: the host tensors own the slots [0, host_slots), the seed's
+// [host_slots, n_slots) (chunk_table.h numbers slots in list order).
+__global__ void stats_finalize_kernel(const double* __restrict__ partial, int64_t host_slots, int64_t n_slots,
+                                      int64_t host_params, int64_t seed_params, float* __restrict__ out) {
+  __shared__ double shared[32];
+  double host = 0.0, seed = 0.0;
+  for (int64_t k = threadIdx.x; k < host_slots; k += blockDim.x) host += partial[k];
+  for (int64_t k = host_slots + threadIdx.x; k < n_slots; k += blockDim.x) seed += partial[k];
+  host = block_sum(host, shared);
+  seed = block_sum(seed, shared);
+  if (threadIdx.x == 0) gradient_stats_from_sums(host, seed, host_params, seed_params, out);
+}
+
+}  // namespace kasmina
