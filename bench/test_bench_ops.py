@@ -92,7 +92,7 @@ def _norm_impls(device: str) -> set[str]:
     return usable & set(backends._IMPLS["gradient_stats"])
 
 
-NORM_LISTS = ["tiny14", "resnet50"] + (["gpt2_small"] if DEVICE == "cuda" else [])
+NORM_LISTS = ["tiny14", "many1000", "resnet50"] + (["gpt2_small"] if DEVICE == "cuda" else [])
 # every backend that has a norm kernel here, forced (auto keeps the reference for norms on CUDA for now)
 NORM_BACKENDS = ["native", "reference"] + [
     b for b in kasmina_fast.available() if b in ("cpp", "cuda", "triton") and b in _norm_impls(DEVICE)

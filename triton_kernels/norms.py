@@ -4,11 +4,14 @@ the sum of squares of every tensor of a list, in one launch per dtype.
 Math: sumsq_i = sum(t_i^2), accumulated in fp64 (squares of large fp32
 gradients would overflow fp32 and raise a false non-finite flag).
 Work split: every tensor is cut into BLOCK-element chunks; a table lists, per
-chunk, the tensor's address, the chunk's first element and its length. Each
-program reduces one chunk (a fixed tree: ``tl.sum``) into one fp64 partial;
-a finalize program per tensor adds that tensor's partials in a fixed order.
-Bitwise deterministic, no atomics. Memory traffic: one read of every element
-plus 8 bytes per chunk.
+chunk, the tensor's address, the chunk's first element, its length and its
+partial slot (slots numbered in list order). Each program reduces one chunk
+(a fixed tree: ``tl.sum``) into one fp64 partial. Then one small launch adds
+partials in a fixed order: a program per tensor writes fp32 ``sqrt(sumsq_i)``
+(``foreach_norm``), or one program adds the host tensors' slots and the seed
+tensors' slots and writes the four numbers of ``gradient_stats``. Two
+launches per call with one dtype; bitwise deterministic, no atomics. Memory
+traffic: one read of every element plus 8 bytes per chunk.
 
 The chunk table is built on the host and cached by the list's (address,
 size, dtype) signature, so a training loop that keeps its ``.grad`` tensors
@@ -57,8 +60,8 @@ def sumsq_chunks_kernel(
 
 
 @triton.jit(do_not_specialize=["n_tensors"])
-def sumsq_finalize_kernel(part_ptr, first_ptr, count_ptr, out_ptr, n_tensors, BLOCK: tl.constexpr):
-    """out[i] = sum of tensor i's partials, in order."""
+def norms_finalize_kernel(part_ptr, first_ptr, count_ptr, out_ptr, n_tensors, BLOCK: tl.constexpr):
+    """out[i] = fp32(sqrt(sum of tensor i's partials, in order))."""
     i = tl.program_id(0)
     first = tl.load(first_ptr + i)
     count = tl.load(count_ptr + i)
@@ -66,7 +69,47 @@ def sumsq_finalize_kernel(part_ptr, first_ptr, count_ptr, out_ptr, n_tensors, BL
     for start in range(0, count, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         acc += tl.load(part_ptr + first + offs, mask=offs < count, other=0.0)
-    tl.store(out_ptr + i, tl.sum(acc, axis=0))
+    tl.store(out_ptr + i, tl.sqrt(tl.sum(acc, axis=0)).to(tl.float32))
+
+
+@triton.jit
+def _slot_sum(part_ptr, lo, hi, BLOCK: tl.constexpr):
+    acc = tl.zeros((BLOCK,), dtype=tl.float64)
+    for start in range(lo, hi, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(part_ptr + offs, mask=offs < hi, other=0.0)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit(do_not_specialize=["host_slots", "n_slots", "host_params", "seed_params"])
+def stats_finalize_kernel(
+    part_ptr,
+    host_slots,
+    n_slots,
+    host_params,
+    seed_params,
+    out_ptr,
+    EPS: tl.constexpr,
+    CAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One program: [host_norm, seed_norm, ratio, nonfinite] (csrc/norms_math.h's formula)
+    from the host tensors' slots [0, host_slots) and the seed's [host_slots, n_slots)."""
+    host_ss = _slot_sum(part_ptr, 0, host_slots, BLOCK)
+    seed_ss = _slot_sum(part_ptr, host_slots, n_slots, BLOCK)
+    host = tl.sqrt(host_ss)
+    seed = tl.sqrt(seed_ss)
+    ratio = seed / tl.where(host < EPS, 1.0, host)  # (the ratio is 0 there anyway)
+    if (host_params > 0) & (seed_params > 0):
+        ratio = ratio * tl.sqrt(host_params.to(tl.float64) / seed_params.to(tl.float64))
+    ratio = tl.where(ratio != ratio, ratio, tl.minimum(ratio, CAP))
+    ratio = tl.where(host < EPS, 0.0, ratio)
+    total = host_ss + seed_ss
+    finite = (total == total) & (tl.abs(total) < float("inf"))
+    tl.store(out_ptr + 0, host.to(tl.float32))
+    tl.store(out_ptr + 1, seed.to(tl.float32))
+    tl.store(out_ptr + 2, ratio.to(tl.float32))
+    tl.store(out_ptr + 3, tl.where(finite, 0.0, 1.0).to(tl.float32))
 
 
 class _Plan:
@@ -94,6 +137,7 @@ class _Plan:
             (dtype, aligned, len(rows[0]), torch.tensor(rows, dtype=torch.int64).reshape(-1).to(device))
             for (dtype, aligned), rows in groups.items()
         ]
+        self.host_firsts = [*firsts, slot]
         self.firsts = torch.tensor(firsts, dtype=torch.int64).to(device)
         self.counts = torch.tensor(counts, dtype=torch.int64).to(device)
 
@@ -115,18 +159,51 @@ def _plan(tensors: list[torch.Tensor], device: torch.device) -> _Plan:
     return plan
 
 
-def sums_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """fp64 ``[N]``: the sum of squares of every tensor (dense layouts are read in
-    place; other strided views are first copied to a contiguous tensor)."""
+def _chunk_sums(tensors: list[torch.Tensor], device: torch.device) -> tuple[_Plan, torch.Tensor]:
+    """The plan of the list and its fp64 partials (dense layouts are read in place;
+    other strided views are first copied to a contiguous tensor)."""
     dense = [t if t.is_contiguous() or is_dense(t) else t.contiguous() for t in tensors]
-    out = torch.empty(len(dense), dtype=torch.float64, device=device)
-    if not dense:
-        return out
     plan = _plan(dense, device)
     parts = torch.empty(max(plan.n_partials, 1), dtype=torch.float64, device=device)
     for dtype, aligned, n_chunks, table in plan.groups:
         sumsq_chunks_kernel[(n_chunks,)](
             table, n_chunks, parts, DTYPE=_TL[dtype], ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS
         )
-    sumsq_finalize_kernel[(len(dense),)](parts, plan.firsts, plan.counts, out, len(dense), BLOCK=FINAL_BLOCK)
+    return plan, parts
+
+
+def norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """fp32 ``[N]``: the L2 norm of every tensor."""
+    out = torch.empty(len(tensors), dtype=torch.float32, device=device)
+    if not tensors:
+        return out
+    plan, parts = _chunk_sums(tensors, device)
+    n = len(tensors)
+    norms_finalize_kernel[(n,)](parts, plan.firsts, plan.counts, out, n, BLOCK=FINAL_BLOCK)
+    return out
+
+
+def gradient_stats(
+    host_grads: list[torch.Tensor],
+    seed_grads: list[torch.Tensor],
+    host_params: int,
+    seed_params: int,
+    device: torch.device,
+    eps: float,
+    cap: float,
+) -> torch.Tensor:
+    """fp32 ``[4]``: ``[host_norm, seed_norm, ratio, nonfinite]`` (see ``kasmina::gradient_stats``)."""
+    out = torch.empty(4, dtype=torch.float32, device=device)
+    plan, parts = _chunk_sums([*host_grads, *seed_grads], device)
+    stats_finalize_kernel[(1,)](
+        parts,
+        plan.host_firsts[len(host_grads)],
+        plan.n_partials,
+        host_params,
+        seed_params,
+        out,
+        EPS=eps,
+        CAP=cap,
+        BLOCK=FINAL_BLOCK,
+    )
     return out

@@ -172,11 +172,13 @@ def gpt2_small_shapes() -> list[tuple[int, ...]]:
 
 
 def gradient_list(name: str, device: str) -> list[torch.Tensor]:
-    """Gradient-like lists of the DESIGN.md anchors: resnet50, gpt2_small, tiny14 (0.4 MB)."""
+    """Gradient-like lists of the DESIGN.md anchors: resnet50, gpt2_small, tiny14 (0.4 MB),
+    many1000 (1000 tensors of 4096 elements, 16 MB: host-bound in ``_foreach_norm``)."""
     shapes = {
         "resnet50": resnet50_shapes,
         "gpt2_small": gpt2_small_shapes,
         "tiny14": lambda: [(7168,)] * 14,
+        "many1000": lambda: [(4096,)] * 1000,
     }[name]()
     gen = torch.Generator().manual_seed(0)
     return [torch.randn(s, generator=gen).to(device) for s in shapes]

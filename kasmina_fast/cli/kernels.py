@@ -109,22 +109,32 @@ def _specs(dtype: str):
     ss = {"table_ptr": "*i64", "n_chunks": "i64", "part_ptr": "*fp64"}
     const = {"DTYPE": dt, "ALIGNED": True, "BLOCK": norms.BLOCK}
     yield "norms_sumsq", norms.sumsq_chunks_kernel, ss, const, (0, 2), norms.NUM_WARPS
-    if dtype == "fp32":  # the finalize does not depend on the gradients' dtype
+    if dtype == "fp32":  # the finalizes do not depend on the gradients' dtype
         fin = {
             "part_ptr": "*fp64",
             "first_ptr": "*i64",
             "count_ptr": "*i64",
-            "out_ptr": "*fp64",
+            "out_ptr": "*fp32",
             "n_tensors": "i64",
         }
         yield (
             "norms_finalize",
-            norms.sumsq_finalize_kernel,
+            norms.norms_finalize_kernel,
             fin,
             {"BLOCK": norms.FINAL_BLOCK},
             (0, 1, 2, 3),
             4,
         )
+        stats = {
+            "part_ptr": "*fp64",
+            "host_slots": "i64",
+            "n_slots": "i64",
+            "host_params": "i64",
+            "seed_params": "i64",
+            "out_ptr": "*fp32",
+        }
+        const = {"EPS": 1e-8, "CAP": 10.0, "BLOCK": norms.FINAL_BLOCK}
+        yield "norms_stats", norms.stats_finalize_kernel, stats, const, (0, 5), 4
 
 
 def compile_all(arch: int, dtypes=tuple(DTYPES)) -> list[Row]:

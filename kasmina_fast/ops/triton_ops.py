@@ -102,7 +102,7 @@ triton_ste.register_autograd(ste_backward)
 @torch.library.custom_op("kasmina::triton_foreach_norm", mutates_args=())
 def triton_foreach_norm(tensors: list[Tensor]) -> Tensor:
     _checks.check_foreach_norm(tensors)
-    return norms.sums_of_squares(list(tensors), _checks.list_device(tensors)).sqrt().to(torch.float32)
+    return norms.norms(list(tensors), _checks.list_device(tensors))
 
 
 @triton_foreach_norm.register_fake
@@ -117,9 +117,15 @@ def triton_gradient_stats(
 ) -> Tensor:
     _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
     device = _checks.list_device(host_grads, seed_grads)
-    ss = norms.sums_of_squares([*host_grads, *seed_grads], device)
-    n = len(host_grads)
-    return reference.stats_from_sums(ss[:n].sum(), ss[n:].sum(), host_params, seed_params)
+    return norms.gradient_stats(
+        list(host_grads),
+        list(seed_grads),
+        host_params,
+        seed_params,
+        device,
+        eps=reference.HOST_NORM_EPS,
+        cap=reference.RATIO_CAP,
+    )
 
 
 @triton_gradient_stats.register_fake
