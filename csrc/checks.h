@@ -94,16 +94,17 @@ inline void check_blend_backward_args(const at::Tensor& grad, const at::Tensor& 
 }
 
 // A list of gradient-like tensors: supported floats, all on `device`.
-// `first` names the tensor whose device the others must share.
+// `first` names the tensor whose device the others must share. The message
+// (naming the index) is built only for the tensor that fails.
 inline void check_list(at::TensorList ts, const char* op, const char* name,
-                       const c10::optional<at::Device>& device, const std::string& first) {
+                       const c10::optional<at::Device>& device, const char* first) {
   for (size_t i = 0; i < ts.size(); ++i) {
-    std::string arg = std::string(name) + "[" + std::to_string(i) + "]";
+    const bool ok = is_supported_float(ts[i].scalar_type()) && (!device.has_value() || ts[i].device() == *device);
+    if (ok) continue;
+    const std::string arg = std::string(name) + "[" + std::to_string(i) + "]";
     check_float(ts[i], op, arg);
-    if (device.has_value()) {
-      TORCH_CHECK_VALUE(ts[i].device() == *device, op, ": ", arg, " is on ", ts[i].device().str(),
-                        " but ", first, " is on ", device->str());
-    }
+    TORCH_CHECK_VALUE(false, op, ": ", arg, " is on ", ts[i].device().str(), " but ", first, " is on ",
+                      device->str());
   }
 }
 
@@ -123,7 +124,7 @@ inline void check_gradient_stats_args(at::TensorList host_grads, at::TensorList 
   TORCH_CHECK_VALUE(host_params >= 0, op, ": host_params must be >= 0, got ", host_params);
   TORCH_CHECK_VALUE(seed_params >= 0, op, ": seed_params must be >= 0, got ", seed_params);
   const auto dev = first_device(host_grads, seed_grads);
-  const std::string first = host_grads.empty() ? "seed_grads[0]" : "host_grads[0]";
+  const char* first = host_grads.empty() ? "seed_grads[0]" : "host_grads[0]";
   check_list(host_grads, op, "host_grads", dev, first);
   check_list(seed_grads, op, "seed_grads", dev, first);
 }

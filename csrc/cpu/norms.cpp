@@ -69,28 +69,30 @@ double sumsq_range(const T* p, int64_t lo, int64_t hi) {
   }
 }
 
-// Sum of squares of every tensor, in fp64.
-std::vector<double> sums_of_squares(const std::vector<at::Tensor>& ts) {
-  const int64_t n = static_cast<int64_t>(ts.size());
+// Sum of squares of every tensor of `a` then `b` (read in place, no list
+// copy), in fp64.
+std::vector<double> sums_of_squares(at::TensorList a, at::TensorList b = {}) {
+  const int64_t na = static_cast<int64_t>(a.size());
+  const int64_t n = na + static_cast<int64_t>(b.size());
+  auto tensor = [&](int64_t i) -> const at::Tensor& { return i < na ? a[i] : b[i - na]; };
   std::vector<double> out(n, 0.0);
   std::vector<Task> tasks;
   for (int64_t i = 0; i < n; ++i) {
-    const at::Tensor& t = ts[i];
-    if (t.numel() == 0) continue;
+    const at::Tensor& t = tensor(i);
+    const int64_t numel = t.numel();
+    if (numel == 0) continue;
     if (!t.is_non_overlapping_and_dense()) {
       const double norm = at::linalg_vector_norm(t, 2, c10::nullopt, false, at::kDouble).item<double>();
       out[i] = norm * norm;
       continue;
     }
-    for (int64_t lo = 0; lo < t.numel(); lo += kNormChunk) {
-      tasks.push_back({i, lo, std::min(lo + kNormChunk, t.numel())});
-    }
+    for (int64_t lo = 0; lo < numel; lo += kNormChunk) tasks.push_back({i, lo, std::min(lo + kNormChunk, numel)});
   }
   std::vector<double> partial(tasks.size(), 0.0);
   at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const Task& tk = tasks[k];
-      const at::Tensor& t = ts[tk.tensor];
+      const at::Tensor& t = tensor(tk.tensor);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "kasmina_sumsq_cpu", [&] {
         partial[k] = sumsq_range(t.const_data_ptr<scalar_t>(), tk.lo, tk.hi);
       });
@@ -104,7 +106,7 @@ std::vector<double> sums_of_squares(const std::vector<at::Tensor>& ts) {
 
 at::Tensor foreach_norm_cpu(at::TensorList tensors) {
   check_foreach_norm_args(tensors);
-  const std::vector<double> ss = sums_of_squares(tensors.vec());
+  const std::vector<double> ss = sums_of_squares(tensors);
   at::Tensor out = at::empty({static_cast<int64_t>(ss.size())}, at::TensorOptions().dtype(at::kFloat));
   float* o = out.mutable_data_ptr<float>();
   for (size_t i = 0; i < ss.size(); ++i) o[i] = static_cast<float>(std::sqrt(ss[i]));
@@ -114,9 +116,7 @@ at::Tensor foreach_norm_cpu(at::TensorList tensors) {
 at::Tensor gradient_stats_cpu(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
                               int64_t seed_params) {
   check_gradient_stats_args(host_grads, seed_grads, host_params, seed_params);
-  std::vector<at::Tensor> all = host_grads.vec();
-  all.insert(all.end(), seed_grads.begin(), seed_grads.end());
-  const std::vector<double> ss = sums_of_squares(all);
+  const std::vector<double> ss = sums_of_squares(host_grads, seed_grads);
   double host_ss = 0, seed_ss = 0;
   for (size_t i = 0; i < ss.size(); ++i) (i < host_grads.size() ? host_ss : seed_ss) += ss[i];
   at::Tensor out = at::empty({4}, at::TensorOptions().dtype(at::kFloat));
