@@ -1,7 +1,9 @@
 """Build of kasmina-fast's C++ (and, where possible, CUDA) extension.
 
-The extension ``kasmina_fast._C`` is a plain shared library of ``torch.library``
-registrations: it is loaded with ``torch.ops.load_library``, never imported.
+The extension ``kasmina_fast._C`` is a shared library of ``torch.library``
+registrations, loaded with ``torch.ops.load_library``; it is also a Python
+module with one function (``param_gradient_stats``, csrc/python/) that the
+gradient telemetry imports.
 CUDA sources in ``csrc/cuda`` are compiled only when the installed torch is a
 CUDA build and a CUDA toolkit is found; ``KASMINA_FAST_NO_EXTENSION=1`` skips
 the extension altogether (the package then runs on the reference backend).
@@ -36,7 +38,7 @@ def extensions() -> tuple[list, dict]:
     import torch
     from torch.utils import cpp_extension
 
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/python/*.cpp"))
     cxx = ["-O3", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     link = ["-fopenmp"]
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None

@@ -1,7 +1,9 @@
 """Gradient telemetry for the G2 gate: ``GradientIsolationMonitor`` (spec 2.1).
 
-``check_isolation_async()`` launches the fused ``gradient_stats`` op and
-returns device tensors without any host sync; ``materialize_isolation_stats``
+``check_isolation_async()`` launches the fused ``gradient_stats`` op (the
+registered parameters' ``.grad`` read in C++ where the route allows, see
+``ops.norms.param_gradient_stats``) and returns device tensors without any
+host sync; ``materialize_isolation_stats``
 performs the only device-to-host transfer (four numbers, non-blocking into
 pinned memory, then one event wait).
 """
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kasmina_fast.ops import gradient_stats
+from kasmina_fast.ops.norms import param_gradient_stats
 
 
 def _params(source: nn.Module | Iterable[nn.Parameter] | None) -> list[nn.Parameter]:
@@ -51,9 +53,9 @@ class GradientIsolationMonitor:
     def check_isolation_async(self) -> dict[str, Tensor]:
         """``{"stats": fp32 [4]}`` on the gradients' device; no host sync.
         Parameters whose ``.grad`` is None are skipped; empty groups give zeros."""
-        host = [p.grad for p in self.host_params if p.grad is not None]
-        seed = [p.grad for p in self.seed_params if p.grad is not None]
-        stats = gradient_stats(host, seed, self.host_param_count, self.seed_param_count)
+        stats = param_gradient_stats(
+            self.host_params, self.seed_params, self.host_param_count, self.seed_param_count
+        )
         return {"stats": stats}
 
     def materialize_isolation_stats(self, async_stats: dict[str, Tensor]) -> tuple[bool, dict[str, Any]]:

@@ -233,3 +233,31 @@ def test_gradient_telemetry_has_no_sync_and_captures_in_a_graph(backend):
         torch.cuda.synchronize()
     want = torch.stack([torch.linalg.vector_norm(t.double()) for t in ts]).float()
     torch.testing.assert_close(out, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_isolation_monitor_check_is_async(backend):
+    from torch import nn
+
+    from kasmina_fast.lifecycle.isolation import GradientIsolationMonitor
+
+    torch.manual_seed(0)
+    host, seed = nn.Linear(64, 32).cuda(), nn.Linear(32, 32).cuda()
+    seed(host(torch.randn(8, 64, device="cuda"))).square().sum().backward()
+    mon = GradientIsolationMonitor()
+    mon.register(host, seed)
+    with with_backend(backend):
+        mon.check_isolation_async()  # warm-up: compiles, caches the chunk table
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            async_stats = mon.check_isolation_async()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        ok, stats = mon.materialize_isolation_stats(async_stats)
+    ref = kasmina_fast.reference.gradient_stats(
+        [p.grad for p in host.parameters()], [p.grad for p in seed.parameters()], 64 * 32 + 32, 32 * 32 + 32
+    )
+    assert ok
+    assert stats["host_grad_norm"] == pytest.approx(ref[0].item(), rel=1e-6)
+    assert stats["seed_gradient_norm_ratio"] == pytest.approx(ref[2].item(), rel=1e-6)

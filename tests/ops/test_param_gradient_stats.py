@@ -1,0 +1,84 @@
+"""param_gradient_stats (kasmina_fast/ops/norms.py, csrc/python/param_gradient_stats.cpp):
+gradient_stats of the .grad of parameter lists, read in C++ on the native route."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kasmina_fast.ops import gradient_stats, norms, param_gradient_stats
+from tests.utils import cpu_backends, with_backend
+
+native = pytest.mark.skipif(norms._param_stats_native is None, reason="the C++ extension is not loaded")
+
+
+def params(shapes, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ps = [nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+    return ps
+
+
+def want(host, seed, hc, sc):
+    hg = [p.grad for p in host if p.grad is not None]
+    sg = [p.grad for p in seed if p.grad is not None]
+    with with_backend("reference"):
+        return gradient_stats(hg, sg, hc, sc)
+
+
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
+def test_matches_gradient_stats_of_the_grads(backend):
+    host = params([(7, 3), (5,), (2, 2, 3)]) + params([(4,)], torch.float64, seed=1)
+    seed = params([(3, 3), (6,)], seed=2)
+    host[1].grad = None  # skipped
+    with with_backend(backend):
+        got = param_gradient_stats(host, seed, 1000, 10)
+    torch.testing.assert_close(got, want(host, seed, 1000, 10), rtol=1e-6, atol=0)
+
+
+@native
+def test_native_route_reads_the_lists_in_cpp(monkeypatch):
+    host, seed = params([(8,)] * 3), params([(2,)], seed=1)
+    calls = []
+    monkeypatch.setattr(norms, "_param_stats_native", lambda *a: calls.append(a) or torch.zeros(4))
+    with with_backend("cpp"):
+        param_gradient_stats(host, seed, 24, 2)
+    with with_backend("reference"):
+        param_gradient_stats(host, seed, 24, 2)
+    assert len(calls) == 1  # the reference route builds its lists in Python
+
+
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
+def test_sees_replaced_grads_and_swapped_parameters(backend):
+    host, seed = params([(10,), (3, 4)]), params([(5,)], seed=1)
+    with with_backend(backend):
+        before = param_gradient_stats(host, seed)
+        host[0].grad = torch.full((10,), 3.0)  # what zero_grad(set_to_none=True) + backward do
+        after = param_gradient_stats(host, seed)
+        expected_after = want(host, seed, 0, 0)
+        # what module.to() does under torch.__future__.set_swap_module_params_on_conversion(True)
+        torch.utils.swap_tensors(seed[0], nn.Parameter(torch.zeros(5)))
+        seed[0].grad = torch.full((5,), 2.0)
+        swapped = param_gradient_stats(host, seed)
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, expected_after, rtol=1e-6, atol=0)
+    torch.testing.assert_close(swapped[1], torch.tensor(2.0 * 5**0.5))
+
+
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
+def test_no_grads_and_empty_lists_give_zeros(backend):
+    host, seed = params([(3,)]), params([(3,)], seed=1)
+    for p in host + seed:
+        p.grad = None
+    with with_backend(backend):
+        assert torch.equal(param_gradient_stats(host, seed, 3, 3), torch.zeros(4))
+        assert torch.equal(param_gradient_stats([], [], 0, 0), torch.zeros(4))
+
+
+@native
+def test_non_tensor_is_a_type_error_naming_the_index():
+    host = params([(3,)])
+    with pytest.raises(TypeError, match=r"param_gradient_stats: seed_params\[1\] must be a tensor, got str"):
+        norms._param_stats_native(host, [host[0], "w"], 0, 0)
