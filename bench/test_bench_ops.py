@@ -128,6 +128,47 @@ def test_gradient_stats_on_model_gradients(benchmark, backend, name):
         benchmark.pedantic(run, rounds=20 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=2)
 
 
+# the native norm backend of the device: the one whose route reads parameter lists in C++
+PARAM_BACKEND = {"cpu": "cpp", "cuda": "cuda"}[DEVICE]
+
+
+@pytest.mark.skipif(PARAM_BACKEND not in _norm_impls(DEVICE), reason="no native norm kernel here")
+@pytest.mark.parametrize("impl", ["python_lists", "param_gradient_stats"])
+@pytest.mark.parametrize("numel", [16, 4096])
+def test_monitor_check_host_cost(benchmark, impl, numel):
+    """The G2 telemetry call over 1000 parameters (990 host, 10 seed): the .grad lists
+    built in Python then the op, against ``param_gradient_stats`` (lists read in C++).
+    16 elements a parameter: the host cost alone; 4096: the issue's 16 MB list.
+    On CUDA the call is timed with its synchronize."""
+    from torch import nn
+
+    from kasmina_fast.ops import gradient_stats, param_gradient_stats
+
+    params = [nn.Parameter(torch.randn(numel, device=DEVICE)) for _ in range(1000)]
+    for p in params:
+        p.grad = torch.randn(numel, device=DEVICE)
+    host, seed = params[:990], params[990:]
+    benchmark.group = f"monitor-1000x{numel}-{DEVICE}"
+    benchmark.extra_info.update(backend=impl, device=DEVICE, bytes=1000 * numel * 4)
+    if impl == "python_lists":
+
+        def call():
+            hg = [p.grad for p in host if p.grad is not None]
+            sg = [p.grad for p in seed if p.grad is not None]
+            return gradient_stats(hg, sg, 990 * numel, 10 * numel)
+    else:
+
+        def call():
+            return param_gradient_stats(host, seed, 990 * numel, 10 * numel)
+
+    def run():
+        call()
+        sync(DEVICE)
+
+    with kasmina_fast.use_backend(PARAM_BACKEND):
+        benchmark.pedantic(run, rounds=200, iterations=1, warmup_rounds=10)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="timed on CUDA only")
 @pytest.mark.parametrize("backend", [b for b in backends_here(DEVICE) if b != "reference"])
 @pytest.mark.parametrize(("op", "kind", "shape", "dtype"), CASES[:6])
