@@ -160,7 +160,11 @@ def blend_forward(
 
 
 def _flat(t: torch.Tensor, offset: int) -> torch.Tensor:
-    """The packed storage of ``t`` from element ``offset`` on, as a 1-D view (no copy)."""
+    """The packed storage of ``t`` from element ``offset`` on, as a 1-D view (no copy).
+    At offset 0 the tensor itself: a kernel only takes its data pointer, and a view
+    costs host time (the usual case: fewer than 65536 samples, one launch)."""
+    if offset == 0:
+        return t
     return t.as_strided((t.numel() - offset,), (1,), t.storage_offset() + offset)
 
 
