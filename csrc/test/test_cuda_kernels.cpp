@@ -138,8 +138,9 @@ void check_blend(int64_t B, int64_t N, dim3 grid, bool per_sample) {
       for (int64_t i = 0; i < N; ++i) {
         const int64_t k = b * N + i;
         const double g = static_cast<double>(grad[k]);
-        if (want_dh) worst_dh = std::max(worst_dh, std::abs(static_cast<double>(dh[k]) - (1 - w) * g) / (1 + std::abs(g)));
-        if (want_ds) worst_ds = std::max(worst_ds, std::abs(static_cast<double>(ds[k]) - w * g) / (1 + std::abs(g)));
+        const double scale_g = 1 + std::abs(g);
+        if (want_dh) worst_dh = std::max(worst_dh, std::abs(static_cast<double>(dh[k]) - (1 - w) * g) / scale_g);
+        if (want_ds) worst_ds = std::max(worst_ds, std::abs(static_cast<double>(ds[k]) - w * g) / scale_g);
         if (!want_dh) untouched &= static_cast<double>(dh[k]) == -7.0;
         if (!want_ds) untouched &= static_cast<double>(ds[k]) == -7.0;
         const double term = g * (static_cast<double>(seed[k]) - static_cast<double>(host[k]));
@@ -184,6 +185,25 @@ void blend_suite() {
     check_blend<T, V>(c.B, c.N, dim3(1, 2), true);  // one block per sample: d_alpha written directly
   }
   check_blend<T, V>(1, 1000 * V, dim3(5, 1), false);  // a 0-d alpha: one block of B * N elements
+}
+
+// The launcher's grid: y covers the samples (capped at 65535, the kernels stride over the
+// rest), x never has more blocks than 256-thread rows of vectors, and fills ~8 blocks per SM.
+void blend_grid_suite() {
+  struct Case {
+    int64_t B, nvec, sms;
+  };
+  for (const Case c : {Case{1, 1, 132}, Case{256, 16384, 132}, Case{32, 98304, 132}, Case{128, 4096, 132},
+                       Case{70000, 64, 132}, Case{1, 1 << 28, 108}, Case{3, 0, 132}}) {
+    const dim3 g = kasmina::blend_grid(c.B, c.nvec, c.sms);
+    const std::string tag = "blend_grid B=" + std::to_string(c.B) + " nvec=" + std::to_string(c.nvec);
+    expect(g.y == std::min<int64_t>(c.B, kasmina::kMaxGridY), tag + ": one y block per sample up to 65535");
+    expect(g.x >= 1 && g.x <= std::max<int64_t>(1, kasmina::ceil_div(c.nvec, kasmina::kBlendThreads)),
+           tag + ": no x block without work");
+    const int64_t rows = std::max<int64_t>(1, c.B * kasmina::ceil_div(c.nvec, kasmina::kBlendThreads));
+    expect(static_cast<int64_t>(g.x) * g.y >= std::min<int64_t>(c.sms * 8, rows),
+           tag + ": enough blocks to fill the device when there is work for them");
+  }
 }
 
 // ---- norms -------------------------------------------------------------------------------------
@@ -253,10 +273,11 @@ struct NormCase {
       const unsigned blocks = std::min<unsigned>(grid, static_cast<unsigned>(g.n_chunks));
       const Order order = order_kind ? reversed(blocks) : Order{};
       const dim3 gd(blocks), bd(kasmina::kNormThreads);
-      if (g.dtype == 0) launch(gd, bd, &kasmina::sumsq_chunks_kernel<float>, order, g.table.data(), g.n_chunks, partial.data());
-      if (g.dtype == 1) launch(gd, bd, &kasmina::sumsq_chunks_kernel<double>, order, g.table.data(), g.n_chunks, partial.data());
-      if (g.dtype == 2) launch(gd, bd, &kasmina::sumsq_chunks_kernel<c10::Half>, order, g.table.data(), g.n_chunks, partial.data());
-      if (g.dtype == 3) launch(gd, bd, &kasmina::sumsq_chunks_kernel<c10::BFloat16>, order, g.table.data(), g.n_chunks, partial.data());
+      auto run = [&](auto kernel) { launch(gd, bd, kernel, order, g.table.data(), g.n_chunks, partial.data()); };
+      if (g.dtype == 0) run(&kasmina::sumsq_chunks_kernel<float>);
+      if (g.dtype == 1) run(&kasmina::sumsq_chunks_kernel<double>);
+      if (g.dtype == 2) run(&kasmina::sumsq_chunks_kernel<c10::Half>);
+      if (g.dtype == 3) run(&kasmina::sumsq_chunks_kernel<c10::BFloat16>);
     }
     return partial;
   }
@@ -326,6 +347,7 @@ int main() {
   blend_suite<double>();
   blend_suite<c10::Half>();
   blend_suite<c10::BFloat16>();
+  blend_grid_suite();
   chunk_table_suite();
   norms_suite();
   std::printf("%d checks, %d failed\n", checks, failures);
