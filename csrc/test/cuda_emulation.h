@@ -7,8 +7,10 @@
 // block arrives, a warp shuffle until every live lane of the warp does; a
 // barrier that can never be released (divergent __syncthreads) is an error.
 // This checks indexing, vector widths, tails, reductions and the last-block
-// protocol of the kernels (built with AddressSanitizer, out-of-bounds
-// accesses too); it says nothing about speed or a real GPU's memory model.
+// protocol of the kernels; built with AddressSanitizer and UBSan (as ctest
+// does), also out-of-bounds accesses and misaligned vector loads and stores
+// (the 16-byte Vec types are alignas(16): a GPU would fault on them too). It
+// says nothing about speed or about a real GPU's memory model.
 #pragma once
 
 #include <ucontext.h>
