@@ -53,9 +53,14 @@ timeout 200 "$PY" -m pytest tests/ops tests/test_backends.py -q -p no:cacheprovi
   2>&1 | tee "$out/tests.log" | grep -E "^(FAILED|ERROR)|passed|failed" | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU TESTS FAILED (see $out/tests.log)"; status=1; }
 
+step "host time per step, by layer (cProfile of tiny steps; full table in bench.log)"
+(cd bench && timeout 60 "$PY" host_breakdown.py --backends reference,cuda,triton --steps 300) \
+  >"$out/bench.log" 2>&1 || status=1
+grep -A6 "^==" "$out/bench.log"
+
 step "benchmarks: fused backends vs eager reference, small-slot chains"
 timeout 150 "$PY" -m pytest bench -q -p no:cacheprovider -k "not compiled and not overhead" \
-  --benchmark-json="$out/bench.json" >"$out/bench.log" 2>&1 || { tail -20 "$out/bench.log"; status=1; }
+  --benchmark-json="$out/bench.json" >>"$out/bench.log" 2>&1 || { tail -20 "$out/bench.log"; status=1; }
 
 step "benchmarks: torch.compile of the reference"
 timeout 90 "$PY" -m pytest bench -q -p no:cacheprovider -k "compiled" \

@@ -1,0 +1,66 @@
+"""Where the host time of one fwd+bwd step goes, per backend: cProfile of many
+small steps (tiny tensors, so the device never holds the host back), top
+functions by own time. Tells which layer a host-bound backend should lose
+(the custom-op wrapper, autograd, the Triton launcher, allocations).
+
+    python bench/host_breakdown.py --backends cuda,triton --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+from cases import make_step, sync
+
+import kasmina_fast
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backends", default=",".join(b for b in kasmina_fast.available()))
+    ap.add_argument("--op", default="blend")
+    ap.add_argument("--kind", default="learnable")
+    ap.add_argument("--shape", default="8,16,4,4")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--top", type=int, default=15)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = tuple(int(s) for s in args.shape.split(","))
+    for backend in args.backends.split(","):
+        if backend not in kasmina_fast.available():
+            print(f"== {backend}: not available here ({kasmina_fast.backends.status().get(backend)})\n")
+            continue
+        step = make_step(args.op, args.kind, shape, torch.float32, device, backend)
+        with kasmina_fast.use_backend(backend):
+            for _ in range(20):
+                step()
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            issue = (time.perf_counter() - t0) / args.steps
+            sync(device)
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.steps):
+                step()
+            prof.disable()
+            sync(device)
+        stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, ncalls, tottime, cumtime, callers)
+        rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[: args.top]
+        case = f"{args.op} {args.kind} {shape} on {device}"
+        print(f"== {backend}: {case}: {issue * 1e6:.1f} us per step issued")
+        print(f"{'own us/step':>12} {'cum us/step':>12} {'calls/step':>10}  function")
+        for (file, line, name), (_, ncalls, tottime, cumtime, _) in rows:
+            where = f"{file.rsplit('/', 2)[-1] if '/' in file else file}:{line}({name})"
+            own, cum = tottime / args.steps * 1e6, cumtime / args.steps * 1e6
+            print(f"{own:12.1f} {cum:12.1f} {ncalls / args.steps:10.1f}  {where}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
