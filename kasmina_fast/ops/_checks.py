@@ -97,13 +97,15 @@ def check_ste(host: torch.Tensor, seed: torch.Tensor) -> None:
 
 
 def _check_list(ts: Sequence[torch.Tensor], op: str, name: str, device, first: str) -> None:
+    # one cheap test per tensor; the message (naming the index) only for the one that fails
     for i, t in enumerate(ts):
+        if isinstance(t, torch.Tensor) and t.dtype in _SUPPORTED and (device is None or t.device == device):
+            continue
         arg = f"{name}[{i}]"
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{op}: {arg} must be a Tensor, got {type(t).__name__}")
         check_float(t, op, arg)
-        if device is not None and t.device != device:
-            raise ValueError(f"{op}: {arg} is on {t.device} but {first} is on {device}")
+        raise ValueError(f"{op}: {arg} is on {t.device} but {first} is on {device}")
 
 
 def check_foreach_norm(tensors: Sequence[torch.Tensor]) -> None:
