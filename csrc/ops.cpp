@@ -3,7 +3,8 @@
 // Registration and autograd live in C++ so that an eager call costs about
 // what a native op costs (no Python on the call path, no Python autograd
 // Function). Fake (meta) kernels are Python (kasmina_fast/ops/registration.py,
-// named below with set_python_module) and so are the Triton kernels.
+// named below with set_python_module) and so are the Triton kernels, which
+// are registered as the CPU/CUDA kernels of the triton_* ops defined here.
 // The schemas here and in kasmina_fast/ops/schemas.py must stay identical;
 // tests/ops/test_registration.py compares them.
 #include <torch/autograd.h>
@@ -27,37 +28,61 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>& blend_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("kasmina::blend", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-  return op;
-}
-
+using BlendSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&);
 using BlendBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                         const at::Tensor&, const at::Tensor&,
                                                                         std::array<bool, 3>);
-const c10::TypedOperatorHandle<BlendBackwardSig>& blend_backward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("kasmina::blend_backward", "").typed<BlendBackwardSig>();
-  return op;
+using SteSig = at::Tensor(const at::Tensor&, const at::Tensor&);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&)>& ste_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("kasmina::ste", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  return op;
-}
+// The two families of blend/STE ops that share the C++ autograd below: the
+// C++/CUDA kernels (kasmina::blend, ...) and the Triton kernels, whose
+// CPU/CUDA kernels are Python (kasmina::triton_blend, ... registered by
+// kasmina_fast/ops/triton_ops.py). Autograd in C++ for both keeps the Python
+// autograd.Function of a custom_op off the Triton call path.
+struct NativeOps {
+  static const c10::TypedOperatorHandle<BlendSig>& blend() {
+    static const auto op = find_op<BlendSig>("kasmina::blend");
+    return op;
+  }
+  static const c10::TypedOperatorHandle<BlendBackwardSig>& blend_backward() {
+    static const auto op = find_op<BlendBackwardSig>("kasmina::blend_backward");
+    return op;
+  }
+  static const c10::TypedOperatorHandle<SteSig>& ste() {
+    static const auto op = find_op<SteSig>("kasmina::ste");
+    return op;
+  }
+};
+
+struct TritonOps {
+  static const c10::TypedOperatorHandle<BlendSig>& blend() {
+    static const auto op = find_op<BlendSig>("kasmina::triton_blend");
+    return op;
+  }
+  static const c10::TypedOperatorHandle<BlendBackwardSig>& blend_backward() {
+    static const auto op = find_op<BlendBackwardSig>("kasmina::triton_blend_backward");
+    return op;
+  }
+  static const c10::TypedOperatorHandle<SteSig>& ste() {
+    static const auto op = find_op<SteSig>("kasmina::triton_ste");
+    return op;
+  }
+};
 
 // blend: saves alpha always, host and seed only when d_alpha may be needed
 // (d_host and d_seed need only g and alpha).
-class BlendFunction : public torch::autograd::Function<BlendFunction> {
+template <typename Ops>
+class BlendFunction : public torch::autograd::Function<BlendFunction<Ops>> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& host, const at::Tensor& seed,
                             const at::Tensor& alpha) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor out = blend_op().call(host, seed, alpha);
+    at::Tensor out = Ops::blend().call(host, seed, alpha);
     if (alpha.requires_grad()) {
       ctx->save_for_backward({host, seed, alpha});
     } else {
@@ -74,17 +99,18 @@ class BlendFunction : public torch::autograd::Function<BlendFunction> {
     // in for them (same shape, dtype and device) to satisfy the checks.
     const at::Tensor& host = saved[0].defined() ? saved[0] : g;
     const at::Tensor& seed = saved[1].defined() ? saved[1] : g;
-    auto [d_host, d_seed, d_alpha] = blend_backward_op().call(g, host, seed, saved[2], mask);
+    auto [d_host, d_seed, d_alpha] = Ops::blend_backward().call(g, host, seed, saved[2], mask);
     return {mask[0] ? d_host : at::Tensor(), mask[1] ? d_seed : at::Tensor(), mask[2] ? d_alpha : at::Tensor()};
   }
 };
 
 // ste: value = host, both inputs receive g unchanged (no kernel in backward).
-class SteFunction : public torch::autograd::Function<SteFunction> {
+template <typename Ops>
+class SteFunction : public torch::autograd::Function<SteFunction<Ops>> {
  public:
   static at::Tensor forward(AutogradContext*, const at::Tensor& host, const at::Tensor& seed) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return ste_op().call(host, seed);
+    return Ops::ste().call(host, seed);
   }
 
   static variable_list backward(AutogradContext*, variable_list grads) { return {grads[0], grads[0]}; }
@@ -129,11 +155,15 @@ at::Tensor gradient_stats_autograd(at::TensorList host_grads, at::TensorList see
   return op.call(host_grads, seed_grads, host_params, seed_params);
 }
 
+template <typename Ops>
 at::Tensor blend_autograd(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha) {
-  return BlendFunction::apply(host, seed, alpha);
+  return BlendFunction<Ops>::apply(host, seed, alpha);
 }
 
-at::Tensor ste_autograd(const at::Tensor& host, const at::Tensor& seed) { return SteFunction::apply(host, seed); }
+template <typename Ops>
+at::Tensor ste_autograd(const at::Tensor& host, const at::Tensor& seed) {
+  return SteFunction<Ops>::apply(host, seed);
+}
 
 }  // namespace
 }  // namespace kasmina
@@ -147,6 +177,12 @@ TORCH_LIBRARY(kasmina, m) {
   m.def("ste(Tensor host, Tensor seed) -> Tensor");
   m.def("foreach_norm(Tensor[] tensors) -> Tensor");
   m.def("gradient_stats(Tensor[] host_grads, Tensor[] seed_grads, int host_params, int seed_params) -> Tensor");
+  // the Triton backend's ops: kernels registered from Python (kasmina_fast/ops/triton_ops.py)
+  m.def("triton_blend(Tensor host, Tensor seed, Tensor alpha) -> Tensor");
+  m.def(
+      "triton_blend_backward(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool[] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("triton_ste(Tensor host, Tensor seed) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(kasmina, CPU, m) {
@@ -168,8 +204,10 @@ TORCH_LIBRARY_IMPL(kasmina, CompositeExplicitAutograd, m) {
 }
 
 TORCH_LIBRARY_IMPL(kasmina, Autograd, m) {
-  m.impl("blend", &kasmina::blend_autograd);
-  m.impl("ste", &kasmina::ste_autograd);
+  m.impl("blend", &kasmina::blend_autograd<kasmina::NativeOps>);
+  m.impl("ste", &kasmina::ste_autograd<kasmina::NativeOps>);
+  m.impl("triton_blend", &kasmina::blend_autograd<kasmina::TritonOps>);
+  m.impl("triton_ste", &kasmina::ste_autograd<kasmina::TritonOps>);
   m.impl("foreach_norm", &kasmina::foreach_norm_autograd);
   m.impl("gradient_stats", &kasmina::gradient_stats_autograd);
 }

@@ -31,7 +31,7 @@ _impls = {"reference": _reference, "cpp": _native, "cuda": _native}
 if backends.triton_usable():
     from kasmina_fast.ops import triton_ops
 
-    _impls["triton"] = triton_ops.triton_blend._opoverload
+    _impls["triton"] = triton_ops.triton_blend
 backends.register("blend", _impls)
 
 

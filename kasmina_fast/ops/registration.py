@@ -32,12 +32,12 @@ def _q(name: str) -> str:
 # ---- fake kernels (both modes) ---------------------------------------------------------------
 
 
-def _blend_fake(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
+def blend_fake(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
     _checks.check_blend(host, seed, alpha)
     return torch.empty_like(host)
 
 
-def _blend_backward_fake(
+def blend_backward_fake(
     grad: Tensor, host: Tensor, seed: Tensor, alpha: Tensor, output_mask: Sequence[bool]
 ) -> tuple[Tensor, Tensor, Tensor]:
     _checks.check_blend_backward(grad, host, seed, alpha)
@@ -47,7 +47,7 @@ def _blend_backward_fake(
     return d_host, d_seed, d_alpha
 
 
-def _ste_fake(host: Tensor, seed: Tensor) -> Tensor:
+def ste_fake(host: Tensor, seed: Tensor) -> Tensor:
     _checks.check_ste(host, seed)
     return torch.empty_like(host)
 
@@ -109,12 +109,19 @@ def _define_in_python() -> None:
 
 def _register_fakes() -> None:
     fakes = {
-        "blend": _blend_fake,
-        "blend_backward": _blend_backward_fake,
-        "ste": _ste_fake,
+        "blend": blend_fake,
+        "blend_backward": blend_backward_fake,
+        "ste": ste_fake,
         "foreach_norm": _foreach_norm_fake,
         "gradient_stats": _gradient_stats_fake,
     }
+    if _extension.LOADED and _extension.has_kernel("triton_blend", "Autograd"):
+        # the Triton ops defined in C++ (their kernels come from ops/triton_ops.py)
+        fakes |= {
+            "triton_blend": blend_fake,
+            "triton_blend_backward": blend_backward_fake,
+            "triton_ste": ste_fake,
+        }
     for name, fn in fakes.items():
         torch.library.register_fake(_q(name), fn, lib=_lib)
 

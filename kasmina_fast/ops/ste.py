@@ -25,7 +25,7 @@ _impls = {"reference": _reference, "cpp": _native, "cuda": _native}
 if backends.triton_usable():
     from kasmina_fast.ops import triton_ops
 
-    _impls["triton"] = triton_ops.triton_ste._opoverload
+    _impls["triton"] = triton_ops.triton_ste
 backends.register("ste", _impls)
 
 

@@ -1,13 +1,20 @@
-"""The Triton backend: ``kasmina::triton_blend``, ``kasmina::triton_blend_backward``
-and ``kasmina::triton_ste``, custom ops around the kernels of
+"""The Triton backend: ``kasmina::triton_blend``, ``kasmina::triton_blend_backward``,
+``kasmina::triton_ste``, ``kasmina::triton_foreach_norm`` and
+``kasmina::triton_gradient_stats`` around the kernels of
 ``kasmina_fast.triton_kernels``.
 
-They are ``torch.library.custom_op``s (not ``triton_op``s) so that the very
-same registration runs the kernels on CUDA tensors and, under
-``TRITON_INTERPRET=1``, on CPU tensors (how CI tests them). Layouts the
-kernels do not walk (non-dense views, mismatched strides) go to the reference
-math, so the op is correct for every input. Imported only when the Triton
-backend is usable (see ``kasmina_fast.triton_kernels.status``).
+With the C++ extension, the blend and STE ops are defined in C++ with C++
+autograd (csrc/ops.cpp) and the functions here are registered as their CPU and
+CUDA kernels: an eager step then runs no Python autograd.Function (a tiny
+fwd+bwd with the kernels stubbed out: 69 -> 42 us of host time on the 2-core
+CPU VM, bench/RESULTS.md). Without it, they are ``torch.library.custom_op``s with
+Python autograd. The norm ops are ``custom_op``s (no autograd). All of them
+are plain ops, not ``triton_op``s, so that the very same registration runs the
+kernels on CUDA tensors and, under ``TRITON_INTERPRET=1``, on CPU tensors (how
+CI tests them). Layouts the kernels do not walk (non-dense views, mismatched
+strides) go to the reference math, so the op is correct for every input.
+Imported only when the Triton backend is usable (see
+``kasmina_fast.triton_kernels.status``).
 """
 
 from __future__ import annotations
@@ -17,8 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from kasmina_fast import reference
-from kasmina_fast.ops import _checks
+from kasmina_fast import _extension, reference
+from kasmina_fast.ops import _checks, registration
 from kasmina_fast.ops._autograd import blend_autograd, ste_backward
 from kasmina_fast.triton_kernels import blend as kernels
 from kasmina_fast.triton_kernels import norms
@@ -41,8 +48,7 @@ def _blocks(ref: Tensor, per_sample: bool, others: Sequence[Tensor]) -> tuple[bo
     return True, B, N
 
 
-@torch.library.custom_op("kasmina::triton_blend", mutates_args=())
-def triton_blend(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
+def _blend(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
     _checks.check_blend(host, seed, alpha)
     dense, B, N = _blocks(host, alpha.dim() > 0, [seed])
     if not dense:
@@ -50,14 +56,7 @@ def triton_blend(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
     return kernels.blend_forward(host, seed, alpha, B, N)
 
 
-@triton_blend.register_fake
-def _(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
-    _checks.check_blend(host, seed, alpha)
-    return torch.empty_like(host)
-
-
-@torch.library.custom_op("kasmina::triton_blend_backward", mutates_args=())
-def triton_blend_backward(
+def _blend_backward(
     grad: Tensor, host: Tensor, seed: Tensor, alpha: Tensor, output_mask: list[bool]
 ) -> tuple[Tensor, Tensor, Tensor]:
     _checks.check_blend_backward(grad, host, seed, alpha)
@@ -69,34 +68,42 @@ def triton_blend_backward(
     return kernels.blend_backward(grad, host, seed, alpha, mask, B, N)
 
 
-@triton_blend_backward.register_fake
-def _(grad, host, seed, alpha, output_mask):
-    _checks.check_blend_backward(grad, host, seed, alpha)
-    d_host = torch.empty_like(host) if output_mask[0] else host.new_empty(0)
-    d_seed = torch.empty_like(host) if output_mask[1] else host.new_empty(0)
-    d_alpha = alpha.new_empty(alpha.shape) if output_mask[2] else alpha.new_empty(0)
-    return d_host, d_seed, d_alpha
-
-
-_backward, _setup = blend_autograd(triton_blend_backward)
-triton_blend.register_autograd(_backward, setup_context=_setup)
-
-
-@torch.library.custom_op("kasmina::triton_ste", mutates_args=())
-def triton_ste(host: Tensor, seed: Tensor) -> Tensor:
+def _ste(host: Tensor, seed: Tensor) -> Tensor:
     _checks.check_ste(host, seed)
     if host.numel() and is_dense(host):
         return kernels.copy(host)
     return host.clone(memory_format=torch.preserve_format)
 
 
-@triton_ste.register_fake
-def _(host: Tensor, seed: Tensor) -> Tensor:
-    _checks.check_ste(host, seed)
-    return torch.empty_like(host)
-
-
-triton_ste.register_autograd(ste_backward)
+if _extension.has_kernel("triton_blend", "Autograd"):
+    # The C++ library defines the schemas and the autograd (csrc/ops.cpp; the
+    # fakes are in registration.py): only the kernels are registered here.
+    _lib = torch.library.Library("kasmina", "IMPL")
+    for _name, _fn in (
+        ("triton_blend", _blend),
+        ("triton_blend_backward", _blend_backward),
+        ("triton_ste", _ste),
+    ):
+        torch.library.impl(f"kasmina::{_name}", ("cpu", "cuda"), _fn, lib=_lib)
+    triton_blend = torch.ops.kasmina.triton_blend.default
+    triton_blend_backward = torch.ops.kasmina.triton_blend_backward.default
+    triton_ste = torch.ops.kasmina.triton_ste.default
+else:
+    # Without the extension: the same ops as Python custom ops, with Python autograd.
+    triton_blend = torch.library.custom_op("kasmina::triton_blend", _blend, mutates_args=())
+    triton_blend.register_fake(registration.blend_fake)
+    triton_blend_backward = torch.library.custom_op(
+        "kasmina::triton_blend_backward", _blend_backward, mutates_args=()
+    )
+    triton_blend_backward.register_fake(registration.blend_backward_fake)
+    _backward, _setup = blend_autograd(triton_blend_backward)
+    triton_blend.register_autograd(_backward, setup_context=_setup)
+    triton_ste = torch.library.custom_op("kasmina::triton_ste", _ste, mutates_args=())
+    triton_ste.register_fake(registration.ste_fake)
+    triton_ste.register_autograd(ste_backward)
+    triton_blend, triton_blend_backward, triton_ste = (
+        op._opoverload for op in (triton_blend, triton_blend_backward, triton_ste)
+    )
 
 
 @torch.library.custom_op("kasmina::triton_foreach_norm", mutates_args=())
