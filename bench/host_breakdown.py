@@ -4,6 +4,7 @@ functions by own time. Tells which layer a host-bound backend should lose
 (the custom-op wrapper, autograd, the Triton launcher, allocations).
 
     python bench/host_breakdown.py --backends cuda,triton --steps 300
+    TRITON_INTERPRET=1 python bench/host_breakdown.py --backends triton --shape 2,4 --stub-triton
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ from cases import make_step, sync
 import kasmina_fast
 
 
+class _NoLaunch:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def stub_triton_kernels() -> None:
+    """Every Triton kernel of the blend/STE launchers becomes a no-op launch."""
+    from kasmina_fast.triton_kernels import blend
+
+    for name in ("blend_forward_kernel", "blend_backward_kernel", "d_alpha_finalize_kernel", "copy_kernel"):
+        setattr(blend, name, _NoLaunch())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backends", default=",".join(b for b in kasmina_fast.available()))
@@ -27,7 +41,14 @@ def main() -> None:
     ap.add_argument("--shape", default="8,16,4,4")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument(
+        "--stub-triton",
+        action="store_true",
+        help="replace the Triton kernels by no-op launchers: the host path alone, even in the interpreter",
+    )
     args = ap.parse_args()
+    if args.stub_triton:
+        stub_triton_kernels()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = tuple(int(s) for s in args.shape.split(","))
     for backend in args.backends.split(","):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from kasmina_fast.triton_kernels.layout import cdiv
 
 BLOCK = 4096
 NUM_WARPS = 8
@@ -144,7 +145,7 @@ def blend_forward(
     a, a_stride = _alpha_acc(alpha, host)
     for lo, hi in _sample_slices(B):
         off = lo * N
-        grid = (triton.cdiv(N, BLOCK), hi - lo)
+        grid = (cdiv(N, BLOCK), hi - lo)
         blend_forward_kernel[grid](
             _flat(host, off),
             _flat(seed, off),
@@ -187,7 +188,7 @@ def blend_backward(
         return d_host, d_seed, d_alpha
     a, a_stride = _alpha_acc(alpha, host)
     acc = _acc(host.dtype)
-    progs = triton.cdiv(N, BLOCK)
+    progs = cdiv(N, BLOCK)
     parts = torch.empty(B * progs if mask[2] else 1, dtype=a.dtype, device=host.device)
     for lo, hi in _sample_slices(B):
         off = lo * N
@@ -199,7 +200,7 @@ def blend_backward(
             _flat(d_seed, off) if mask[1] else grad,
             _alpha_from(a, a_stride, lo),
             a_stride,
-            parts[lo * progs :] if mask[2] else parts,
+            parts[lo * progs :] if mask[2] and lo else parts,
             N,
             BLOCK=BLOCK,
             ACC=acc,
@@ -221,7 +222,5 @@ def copy(src: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(src)
     n = src.numel()
     if n:
-        copy_kernel[(triton.cdiv(n, BLOCK),)](
-            _flat(src, 0), _flat(out, 0), n, BLOCK=BLOCK, num_warps=NUM_WARPS
-        )
+        copy_kernel[(cdiv(n, BLOCK),)](_flat(src, 0), _flat(out, 0), n, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out

@@ -1,4 +1,4 @@
-"""Layout helpers shared by the launchers."""
+"""Layout and grid helpers shared by the launchers."""
 
 from __future__ import annotations
 
@@ -15,3 +15,9 @@ def is_dense(t: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the launchers' grids. (``triton.cdiv`` is a constexpr function in
+    Triton 3.7: about 2 us a call from host code, against 0.05 us for this.)"""
+    return -(-a // b)

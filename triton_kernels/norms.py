@@ -25,7 +25,7 @@ from collections import OrderedDict
 import torch
 import triton
 import triton.language as tl
-from kasmina_fast.triton_kernels.layout import is_dense
+from kasmina_fast.triton_kernels.layout import cdiv, is_dense
 
 BLOCK = 4096
 FINAL_BLOCK = 1024
@@ -121,7 +121,7 @@ class _Plan:
         slot = 0
         for t in tensors:
             n = t.numel()
-            chunks = triton.cdiv(n, BLOCK) if n else 0
+            chunks = cdiv(n, BLOCK) if n else 0
             firsts.append(slot)
             counts.append(chunks)
             if chunks:
