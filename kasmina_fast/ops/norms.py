@@ -92,10 +92,25 @@ def param_gradient_stats(
     ``cuda`` on CUDA) the lists are read in C++: 31 us instead of 155 us of host time
     for 1000 parameters on 2 CPU cores (bench/RESULTS.md). The lists are read on every
     call, so replaced ``.grad`` tensors are seen. The device is the first parameter's."""
+    host_params, seed_params = list(host_params), list(seed_params)
+    host_count, seed_count = int(host_count), int(seed_count)
     first = host_params[0] if host_params else seed_params[0] if seed_params else None
-    route = (backends.CUDA if first is not None and first.is_cuda else backends.CPU).gradient_stats
+    on_cuda = isinstance(first, Tensor) and first.is_cuda
+    route = (backends.CUDA if on_cuda else backends.CPU).gradient_stats
     if _param_stats_native is not None and route is _stats_native:
-        return _param_stats_native(list(host_params), list(seed_params), int(host_count), int(seed_count))
-    host = [p.grad for p in host_params if p.grad is not None]
-    seed = [p.grad for p in seed_params if p.grad is not None]
-    return route(host, seed, int(host_count), int(seed_count))
+        return _param_stats_native(host_params, seed_params, host_count, seed_count)
+    host, seed = _grads(host_params, "host_params"), _grads(seed_params, "seed_params")
+    return route(host, seed, host_count, seed_count)
+
+
+def _grads(params: Sequence[Tensor], name: str) -> list[Tensor]:
+    """The defined ``.grad`` of ``params`` (the same TypeError as the C++ reader)."""
+    out = []
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(
+                f"kasmina_fast.param_gradient_stats: {name}[{i}] must be a tensor, got {type(p).__name__}"
+            )
+        if p.grad is not None:
+            out.append(p.grad)
+    return out

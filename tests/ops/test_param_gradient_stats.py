@@ -77,8 +77,11 @@ def test_no_grads_and_empty_lists_give_zeros(backend):
         assert torch.equal(param_gradient_stats([], [], 0, 0), torch.zeros(4))
 
 
-@native
-def test_non_tensor_is_a_type_error_naming_the_index():
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
+def test_non_tensor_is_a_type_error_naming_the_index(backend):
     host = params([(3,)])
-    with pytest.raises(TypeError, match=r"param_gradient_stats: seed_params\[1\] must be a tensor, got str"):
-        norms._param_stats_native(host, [host[0], "w"], 0, 0)
+    with (
+        with_backend(backend),
+        pytest.raises(TypeError, match=r"param_gradient_stats: seed_params\[1\] must be a tensor, got str"),
+    ):
+        param_gradient_stats(host, [host[0], "w"], 0, 0)
