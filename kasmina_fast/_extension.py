@@ -1,7 +1,8 @@
 """Loading of the compiled op library ``kasmina_fast._C``.
 
-The library only holds ``torch.library`` registrations, so it is loaded with
-``torch.ops.load_library`` rather than imported. Loading is defensive: a
+The library holds the ``torch.library`` registrations, so it is loaded with
+``torch.ops.load_library``; it is also a Python module with one function
+(``param_gradient_stats``, imported by ``kasmina_fast.ops.norms``). Loading is defensive: a
 missing build or an ABI break after a torch upgrade leaves the package usable
 on the reference backend; the reason is kept for ``backends.status()`` and
 reported once as a warning.
