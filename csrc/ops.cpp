@@ -6,7 +6,8 @@
 // named below with set_python_module) and so are the Triton kernels, which
 // are registered as the CPU/CUDA kernels of the triton_* ops defined here.
 // The schemas here and in kasmina_fast/ops/schemas.py must stay identical;
-// tests/ops/test_registration.py compares them.
+// tests/ops/test_registration.py compares them (the triton_* ones against the
+// custom ops of the no-extension path: tests/ops/test_triton_ops.py).
 #include <torch/autograd.h>
 #include <torch/library.h>
 
