@@ -45,35 +45,30 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
 // CPU/CUDA kernels are Python (kasmina::triton_blend, ... registered by
 // kasmina_fast/ops/triton_ops.py). Autograd in C++ for both keeps the Python
 // autograd.Function of a custom_op off the Triton call path.
-struct NativeOps {
+template <const char* Blend, const char* BlendBackward, const char* Ste>
+struct OpFamily {
   static const c10::TypedOperatorHandle<BlendSig>& blend() {
-    static const auto op = find_op<BlendSig>("kasmina::blend");
+    static const auto op = find_op<BlendSig>(Blend);
     return op;
   }
   static const c10::TypedOperatorHandle<BlendBackwardSig>& blend_backward() {
-    static const auto op = find_op<BlendBackwardSig>("kasmina::blend_backward");
+    static const auto op = find_op<BlendBackwardSig>(BlendBackward);
     return op;
   }
   static const c10::TypedOperatorHandle<SteSig>& ste() {
-    static const auto op = find_op<SteSig>("kasmina::ste");
+    static const auto op = find_op<SteSig>(Ste);
     return op;
   }
 };
 
-struct TritonOps {
-  static const c10::TypedOperatorHandle<BlendSig>& blend() {
-    static const auto op = find_op<BlendSig>("kasmina::triton_blend");
-    return op;
-  }
-  static const c10::TypedOperatorHandle<BlendBackwardSig>& blend_backward() {
-    static const auto op = find_op<BlendBackwardSig>("kasmina::triton_blend_backward");
-    return op;
-  }
-  static const c10::TypedOperatorHandle<SteSig>& ste() {
-    static const auto op = find_op<SteSig>("kasmina::triton_ste");
-    return op;
-  }
-};
+constexpr char kBlend[] = "kasmina::blend";
+constexpr char kBlendBackward[] = "kasmina::blend_backward";
+constexpr char kSte[] = "kasmina::ste";
+constexpr char kTritonBlend[] = "kasmina::triton_blend";
+constexpr char kTritonBlendBackward[] = "kasmina::triton_blend_backward";
+constexpr char kTritonSte[] = "kasmina::triton_ste";
+using NativeOps = OpFamily<kBlend, kBlendBackward, kSte>;
+using TritonOps = OpFamily<kTritonBlend, kTritonBlendBackward, kTritonSte>;
 
 // blend: saves alpha always, host and seed only when d_alpha may be needed
 // (d_host and d_seed need only g and alpha).
