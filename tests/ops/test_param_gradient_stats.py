@@ -3,8 +3,10 @@ gradient_stats of the .grad of parameter lists, read in C++ on the native route.
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given, settings
 from torch import nn
 
 from kasmina_fast.ops import gradient_stats, norms, param_gradient_stats
@@ -85,3 +87,31 @@ def test_non_tensor_is_a_type_error_naming_the_index(backend):
         pytest.raises(TypeError, match=r"param_gradient_stats: seed_params\[1\] must be a tensor, got str"),
     ):
         param_gradient_stats(host, [host[0], "w"], 0, 0)
+
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=0, max_size=12),
+    split=st.integers(0, 12),
+    dtypes=st.lists(st.sampled_from(DTYPES), min_size=12, max_size=12),
+    missing=st.lists(st.booleans(), min_size=12, max_size=12),
+    counts=st.tuples(st.integers(0, 10**9), st.integers(0, 10**6)),
+)
+def test_property_matches_fp64(sizes, split, dtypes, missing, counts):
+    """Any split of any parameter list (sizes, dtypes, grads left None) gives the fp64
+    stats of the grads that exist, on every CPU route."""
+    gen = torch.Generator().manual_seed(len(sizes) * 31 + split)
+    ps = []
+    for i, n in enumerate(sizes):
+        p = nn.Parameter(torch.randn(n, generator=gen).to(dtypes[i]))
+        p.grad = None if missing[i] else torch.randn(n, generator=gen).to(dtypes[i])
+        ps.append(p)
+    host, seed = ps[: min(split, len(ps))], ps[min(split, len(ps)) :]
+    want_stats = want(host, seed, *counts)
+    for backend in cpu_backends("gradient_stats"):
+        with with_backend(backend):
+            got = param_gradient_stats(host, seed, *counts)
+        torch.testing.assert_close(got, want_stats, rtol=2e-6, atol=0, msg=backend)
