@@ -58,6 +58,12 @@ step "host time per step, by layer (cProfile of tiny steps; full table in bench.
   >"$out/bench.log" 2>&1 || status=1
 grep -A6 "^==" "$out/bench.log"
 
+step "device time per kernel, learnable blend [256,64,32,32] fp32 (profiler; full table in bench.log)"
+for b in cuda triton; do
+  (cd bench && timeout 60 "$PY" profile_step.py --backend "$b" --steps 30) >>"$out/bench.log" 2>&1 || status=1
+done
+grep -E "^(blend|host time)|kasmina|blend_|sumsq|Memset" "$out/bench.log" | head -24
+
 step "benchmarks: fused backends vs eager reference, small-slot chains"
 timeout 150 "$PY" -m pytest bench -q -p no:cacheprovider -k "not compiled and not overhead" \
   --benchmark-json="$out/bench.json" >>"$out/bench.log" 2>&1 || { tail -20 "$out/bench.log"; status=1; }
