@@ -1,6 +1,7 @@
 """End-to-end training step of a grown network: CNNHost + one seed in BLENDING
 with a gated (learnable per-sample) blend + gradient telemetry every step,
-fast ops vs the reference backend (and the bare host), same run.
+fast ops vs the reference backend (and the bare host), eager and under
+torch.compile, same run.
 
     pytest bench/test_bench_step.py --benchmark-group-by=group
 
@@ -35,12 +36,16 @@ def grown_model():
     return model
 
 
-@pytest.mark.parametrize("variant", ["bare-host", "reference", "fast"])
+@pytest.mark.parametrize("variant", ["bare-host", "reference", "fast", "reference-compiled", "fast-compiled"])
 def test_training_step(benchmark, variant):
+    """``*-compiled``: the model under ``torch.compile`` (default mode), traced under
+    that backend -- the fused ops inside a model's graph rather than alone."""
     model = grown_model()
     slot = model.seed_slots["mid"]
     if variant == "bare-host":
         model.host.unregister_slot("mid")
+    backend = "reference" if variant.startswith("reference") else "auto"
+    net = torch.compile(model) if variant.endswith("compiled") else model
     x = torch.randn(BATCH, 3, 32, 32, device=DEVICE)
     y = torch.randint(0, 10, (BATCH,), device=DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -49,11 +54,11 @@ def test_training_step(benchmark, variant):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(net(x), y).backward()
         if variant != "bare-host":
             slot.materialize_gradient_telemetry(slot.capture_gradient_telemetry())
         opt.step()
         sync(DEVICE)
 
-    with kf.use_backend("reference" if variant == "reference" else "auto"):
+    with kf.use_backend(backend):
         benchmark.pedantic(step, rounds=30 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=3)
