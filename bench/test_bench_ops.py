@@ -37,35 +37,38 @@ CASES = [
 ]
 
 
+def timed(benchmark, fn, backend: str, rounds: int, warmup: int) -> None:
+    """Time ``fn()`` plus a device sync under ``backend`` ("native" = default routing)."""
+
+    def run():
+        fn()
+        sync(DEVICE)
+
+    with kasmina_fast.use_backend("auto" if backend == "native" else backend):
+        benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup)
+
+
+def describe_case(benchmark, op, kind, shape, dtype, label: str) -> None:
+    """Group and bytes of an op case (bytes = the passes of the floor, ``cases.passes``)."""
+    benchmark.group = f"{op}-{kind}-{'x'.join(map(str, shape))}-{str(dtype)[6:]}-{DEVICE}"
+    nbytes = passes(op, kind) * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    benchmark.extra_info.update(backend=label, device=DEVICE, bytes=nbytes)
+
+
 @pytest.mark.parametrize("backend", backends_here(DEVICE))
 @pytest.mark.parametrize(("op", "kind", "shape", "dtype"), CASES)
 def test_fwd_bwd(benchmark, backend, op, kind, shape, dtype):
     step = make_step(op, kind, shape, dtype, DEVICE, backend)
-    benchmark.group = f"{op}-{kind}-{'x'.join(map(str, shape))}-{str(dtype)[6:]}-{DEVICE}"
-    nbytes = passes(op, kind) * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-    benchmark.extra_info.update(backend=backend, device=DEVICE, bytes=nbytes)
-
-    def run():
-        step()
-        sync(DEVICE)
-
-    with kasmina_fast.use_backend(backend):
-        benchmark.pedantic(run, rounds=50 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=3)
+    describe_case(benchmark, op, kind, shape, dtype, backend)
+    timed(benchmark, step, backend, rounds=50 if DEVICE == "cpu" else 100, warmup=3)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="torch.compile of the reference is timed on CUDA only")
 @pytest.mark.parametrize(("op", "kind", "shape", "dtype"), CASES)
 def test_fwd_bwd_compiled_reference(benchmark, op, kind, shape, dtype):
     step = make_step(op, kind, shape, dtype, DEVICE, "reference", compiled=True)
-    benchmark.group = f"{op}-{kind}-{'x'.join(map(str, shape))}-{str(dtype)[6:]}-{DEVICE}"
-    nbytes = passes(op, kind) * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-    benchmark.extra_info.update(backend="reference+compile", device=DEVICE, bytes=nbytes)
-
-    def run():
-        step()
-        sync(DEVICE)
-
-    benchmark.pedantic(run, rounds=100, iterations=1, warmup_rounds=5)
+    describe_case(benchmark, op, kind, shape, dtype, "reference+compile")
+    timed(benchmark, step, "native", rounds=100, warmup=5)
 
 
 @pytest.mark.parametrize("backend", ["native", *backends_here(DEVICE)])
@@ -76,13 +79,7 @@ def test_norms(benchmark, backend, op):
     step = make_norm_step(op, DEVICE, backend)
     benchmark.group = f"{op}-30-tensors-{DEVICE}"
     benchmark.extra_info.update(backend=backend, device=DEVICE)
-
-    def run():
-        step()
-        sync(DEVICE)
-
-    with kasmina_fast.use_backend(backend if backend != "native" else "auto"):
-        benchmark.pedantic(run, rounds=50, iterations=1, warmup_rounds=3)
+    timed(benchmark, step, backend, rounds=50, warmup=3)
 
 
 def _norm_impls(device: str) -> set[str]:
@@ -120,12 +117,7 @@ def test_gradient_stats_on_model_gradients(benchmark, backend, name):
         def call():
             return kasmina_fast.gradient_stats(host, seed, 1000, 10)
 
-    def run():
-        call()
-        sync(DEVICE)
-
-    with kasmina_fast.use_backend(backend if backend not in ("native",) else "auto"):
-        benchmark.pedantic(run, rounds=20 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=2)
+    timed(benchmark, call, backend, rounds=20 if DEVICE == "cpu" else 100, warmup=2)
 
 
 # the native norm backend of the device: the one whose route reads parameter lists in C++
@@ -161,12 +153,7 @@ def test_monitor_check_host_cost(benchmark, impl, numel):
         def call():
             return param_gradient_stats(host, seed, 990 * numel, 10 * numel)
 
-    def run():
-        call()
-        sync(DEVICE)
-
-    with kasmina_fast.use_backend(PARAM_BACKEND):
-        benchmark.pedantic(run, rounds=200, iterations=1, warmup_rounds=10)
+    timed(benchmark, call, PARAM_BACKEND, rounds=200, warmup=10)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="timed on CUDA only")
@@ -175,16 +162,8 @@ def test_monitor_check_host_cost(benchmark, impl, numel):
 def test_fwd_bwd_compiled_fast(benchmark, backend, op, kind, shape, dtype):
     """torch.compile(fullgraph) around the fast op: the compiled path must not be slower than eager."""
     step = make_step(op, kind, shape, dtype, DEVICE, backend, compiled_fast=True)
-    benchmark.group = f"{op}-{kind}-{'x'.join(map(str, shape))}-{str(dtype)[6:]}-{DEVICE}"
-    nbytes = passes(op, kind) * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-    benchmark.extra_info.update(backend=f"{backend}+compile", device=DEVICE, bytes=nbytes)
-
-    def run():
-        step()
-        sync(DEVICE)
-
-    with kasmina_fast.use_backend(backend):
-        benchmark.pedantic(run, rounds=100, iterations=1, warmup_rounds=5)
+    describe_case(benchmark, op, kind, shape, dtype, f"{backend}+compile")
+    timed(benchmark, step, backend, rounds=100, warmup=5)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the small-slot regime is measured on CUDA")
@@ -198,12 +177,7 @@ def test_small_slot_chain(benchmark, backend, length, shape):
     benchmark.group = f"chain-{'x'.join(map(str, shape))}-{DEVICE}"
     benchmark.extra_info.update(backend=f"{backend}@{length}", device=DEVICE, chain=length, base=backend)
 
-    def run():
-        step()
-        sync(DEVICE)
-
-    with kasmina_fast.use_backend(backend):
-        benchmark.pedantic(run, rounds=200, iterations=1, warmup_rounds=10)
+    timed(benchmark, step, backend, rounds=200, warmup=10)
 
 
 OVERHEAD_CASES = [

@@ -27,7 +27,6 @@ namespace kasmina {
 namespace {
 
 constexpr int64_t kNormChunk = 4 * cpu::kChunk;
-constexpr int64_t kSerialElements = int64_t{1} << 16;
 
 struct Task {
   int64_t tensor;
@@ -78,7 +77,6 @@ std::vector<double> sums_of_squares(at::TensorList a, at::TensorList b = {}) {
   auto tensor = [&](int64_t i) -> const at::Tensor& { return i < na ? a[i] : b[i - na]; };
   std::vector<double> out(n, 0.0);
   std::vector<Task> tasks;
-  int64_t total = 0;
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensor(i);
     const int64_t numel = t.numel();
@@ -89,10 +87,9 @@ std::vector<double> sums_of_squares(at::TensorList a, at::TensorList b = {}) {
       continue;
     }
     for (int64_t lo = 0; lo < numel; lo += kNormChunk) tasks.push_back({i, lo, std::min(lo + kNormChunk, numel)});
-    total += numel;
   }
   std::vector<double> partial(tasks.size(), 0.0);
-  auto run = [&](int64_t k0, int64_t k1) {
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const Task& tk = tasks[k];
       const at::Tensor& t = tensor(tk.tensor);
@@ -100,13 +97,7 @@ std::vector<double> sums_of_squares(at::TensorList a, at::TensorList b = {}) {
         partial[k] = sumsq_range(t.const_data_ptr<scalar_t>(), tk.lo, tk.hi);
       });
     }
-  };
-  // a list this small costs less on one thread than waking the others
-  if (total < kSerialElements) {
-    run(0, static_cast<int64_t>(tasks.size()));
-  } else {
-    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, run);
-  }
+  });
   for (size_t k = 0; k < tasks.size(); ++k) out[tasks[k].tensor] += partial[k];
   return out;
 }

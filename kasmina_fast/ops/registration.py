@@ -115,7 +115,7 @@ def _register_fakes() -> None:
         "foreach_norm": _foreach_norm_fake,
         "gradient_stats": _gradient_stats_fake,
     }
-    if _extension.LOADED and _extension.has_kernel("triton_blend", "Autograd"):
+    if _extension.has_kernel("triton_blend", "Autograd"):
         # the Triton ops defined in C++ (their kernels come from ops/triton_ops.py)
         fakes |= {
             "triton_blend": blend_fake,
