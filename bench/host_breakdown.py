@@ -5,6 +5,12 @@ functions by own time. Tells which layer a host-bound backend should lose
 
     python bench/host_breakdown.py --backends cuda,triton --steps 300
     TRITON_INTERPRET=1 python bench/host_breakdown.py --backends triton --shape 2,4 --stub-triton
+    TRITON_INTERPRET=1 python bench/host_breakdown.py --backends cpp,triton --op gradient_stats \
+        --list many1000 --stub-triton
+
+For ``--op foreach_norm`` / ``gradient_stats`` a step is one call over a gradient
+list (``--list``, see ``kasmina_fast.cli.cases.gradient_list``; host = all but
+the last 10 tensors).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import pstats
 import time
 
 import torch
-from cases import make_step, sync
+from cases import gradient_list, make_step, sync
 
 import kasmina_fast
 
@@ -26,11 +32,20 @@ class _NoLaunch:
 
 
 def stub_triton_kernels() -> None:
-    """Every Triton kernel of the blend/STE launchers becomes a no-op launch."""
-    from kasmina_fast.triton_kernels import blend
+    """Every Triton kernel of the launchers becomes a no-op launch."""
+    from kasmina_fast.triton_kernels import blend, norms
 
     for name in ("blend_forward_kernel", "blend_backward_kernel", "d_alpha_finalize_kernel", "copy_kernel"):
         setattr(blend, name, _NoLaunch())
+    for name in ("sumsq_chunks_kernel", "norms_finalize_kernel", "stats_finalize_kernel"):
+        setattr(norms, name, _NoLaunch())
+
+
+def make_list_step(op: str, name: str, device: str):
+    ts = gradient_list(name, device)
+    if op == "foreach_norm":
+        return lambda: kasmina_fast.foreach_norm(ts)
+    return lambda: kasmina_fast.gradient_stats(ts[:-10], ts[-10:], 1000, 10)
 
 
 def main() -> None:
@@ -39,6 +54,7 @@ def main() -> None:
     ap.add_argument("--op", default="blend")
     ap.add_argument("--kind", default="learnable")
     ap.add_argument("--shape", default="8,16,4,4")
+    ap.add_argument("--list", default="many1000", help="gradient list for --op foreach_norm/gradient_stats")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument(
@@ -55,7 +71,12 @@ def main() -> None:
         if backend not in kasmina_fast.available():
             print(f"== {backend}: not available here ({kasmina_fast.backends.status().get(backend)})\n")
             continue
-        step = make_step(args.op, args.kind, shape, torch.float32, device, backend)
+        if args.op in ("foreach_norm", "gradient_stats"):
+            step = make_list_step(args.op, args.list, device)
+            case = f"{args.op} {args.list} on {device}"
+        else:
+            step = make_step(args.op, args.kind, shape, torch.float32, device, backend)
+            case = f"{args.op} {args.kind} {shape} on {device}"
         with kasmina_fast.use_backend(backend):
             for _ in range(20):
                 step()
@@ -73,7 +94,6 @@ def main() -> None:
             sync(device)
         stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, ncalls, tottime, cumtime, callers)
         rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[: args.top]
-        case = f"{args.op} {args.kind} {shape} on {device}"
         print(f"== {backend}: {case}: {issue * 1e6:.1f} us per step issued")
         print(f"{'own us/step':>12} {'cum us/step':>12} {'calls/step':>10}  function")
         for (file, line, name), (_, ncalls, tottime, cumtime, _) in rows:

@@ -120,14 +120,18 @@ def test_gradient_stats_on_model_gradients(benchmark, backend, name):
     timed(benchmark, call, backend, rounds=20 if DEVICE == "cpu" else 100, warmup=2)
 
 
-# the native norm backend of the device: the one whose route reads parameter lists in C++
+# the native norm backend of the device, and on CUDA also Triton (both read parameter lists in C++)
 PARAM_BACKEND = {"cpu": "cpp", "cuda": "cuda"}[DEVICE]
+MONITOR_BACKENDS = [PARAM_BACKEND] + (
+    ["triton"] if DEVICE == "cuda" and "triton" in kasmina_fast.available() else []
+)
 
 
 @pytest.mark.skipif(PARAM_BACKEND not in _norm_impls(DEVICE), reason="no native norm kernel here")
+@pytest.mark.parametrize("backend", MONITOR_BACKENDS)
 @pytest.mark.parametrize("impl", ["python_lists", "param_gradient_stats"])
 @pytest.mark.parametrize("numel", [16, 4096])
-def test_monitor_check_host_cost(benchmark, impl, numel):
+def test_monitor_check_host_cost(benchmark, backend, impl, numel):
     """The G2 telemetry call over 1000 parameters (990 host, 10 seed): the .grad lists
     built in Python then the op, against ``param_gradient_stats`` (lists read in C++).
     16 elements a parameter: the host cost alone; 4096: the issue's 16 MB list.
@@ -141,7 +145,8 @@ def test_monitor_check_host_cost(benchmark, impl, numel):
         p.grad = torch.randn(numel, device=DEVICE)
     host, seed = params[:990], params[990:]
     benchmark.group = f"monitor-1000x{numel}-{DEVICE}"
-    benchmark.extra_info.update(backend=impl, device=DEVICE, bytes=1000 * numel * 4)
+    label = impl if backend == PARAM_BACKEND else f"{impl} ({backend})"
+    benchmark.extra_info.update(backend=label, device=DEVICE, bytes=1000 * numel * 4)
     if impl == "python_lists":
 
         def call():
@@ -153,7 +158,7 @@ def test_monitor_check_host_cost(benchmark, impl, numel):
         def call():
             return param_gradient_stats(host, seed, 990 * numel, 10 * numel)
 
-    timed(benchmark, call, PARAM_BACKEND, rounds=200, warmup=10)
+    timed(benchmark, call, backend, rounds=200, warmup=10)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="timed on CUDA only")

@@ -112,7 +112,16 @@ class SteFunction : public torch::autograd::Function<SteFunction<Ops>> {
   static variable_list backward(AutogradContext*, variable_list grads) { return {grads[0], grads[0]}; }
 };
 
-// The list ops with empty lists have no tensor to dispatch on: this kernel
+// The list ops (kasmina::foreach_norm, kasmina::gradient_stats and their
+// triton_* twins, named by the template argument).
+constexpr char kForeachNorm[] = "kasmina::foreach_norm";
+constexpr char kGradientStats[] = "kasmina::gradient_stats";
+constexpr char kTritonForeachNorm[] = "kasmina::triton_foreach_norm";
+constexpr char kTritonGradientStats[] = "kasmina::triton_gradient_stats";
+using ForeachNormSig = at::Tensor(at::TensorList);
+using GradientStatsSig = at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t);
+
+// With empty lists they have no tensor to dispatch on: this kernel
 // (CompositeExplicitAutograd, reached for the Undefined key and for devices
 // with no kernel of their own) answers the empty case and refuses the rest.
 void refuse_device(const char* op, at::TensorList a, at::TensorList b) {
@@ -120,33 +129,33 @@ void refuse_device(const char* op, at::TensorList a, at::TensorList b) {
   TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": no kernel for ", t.device().str(), " tensors in this build");
 }
 
+template <const char* Op>
 at::Tensor foreach_norm_empty(at::TensorList tensors) {
-  if (!tensors.empty()) refuse_device("kasmina::foreach_norm", tensors, {});
+  if (!tensors.empty()) refuse_device(Op, tensors, {});
   return foreach_norm_cpu(tensors);
 }
 
+template <const char* Op>
 at::Tensor gradient_stats_empty(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
                                 int64_t seed_params) {
-  if (!host_grads.empty() || !seed_grads.empty()) refuse_device("kasmina::gradient_stats", host_grads, seed_grads);
+  if (!host_grads.empty() || !seed_grads.empty()) refuse_device(Op, host_grads, seed_grads);
   return gradient_stats_cpu(host_grads, seed_grads, host_params, seed_params);
 }
 
 // The norms are telemetry, not differentiable: their Autograd kernels only
 // step below autograd. (Without them the dispatcher's boxed autograd fallback
 // would box every tensor of the lists into IValues and back, ~50 ns each.)
+template <const char* Op>
 at::Tensor foreach_norm_autograd(at::TensorList tensors) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("kasmina::foreach_norm", "")
-                             .typed<at::Tensor(at::TensorList)>();
+  static const auto op = find_op<ForeachNormSig>(Op);
   const at::AutoDispatchBelowADInplaceOrView guard;
   return op.call(tensors);
 }
 
+template <const char* Op>
 at::Tensor gradient_stats_autograd(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
                                    int64_t seed_params) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("kasmina::gradient_stats", "")
-                             .typed<at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t)>();
+  static const auto op = find_op<GradientStatsSig>(Op);
   const at::AutoDispatchBelowADInplaceOrView guard;
   return op.call(host_grads, seed_grads, host_params, seed_params);
 }
@@ -179,6 +188,11 @@ TORCH_LIBRARY(kasmina, m) {
       "triton_blend_backward(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool[] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
   m.def("triton_ste(Tensor host, Tensor seed) -> Tensor");
+  // (their CPU/CUDA kernels: csrc/python/triton_norms.cpp, which calls the Python launcher)
+  m.def("triton_foreach_norm(Tensor[] tensors) -> Tensor");
+  m.def(
+      "triton_gradient_stats(Tensor[] host_grads, Tensor[] seed_grads, int host_params, int seed_params) -> "
+      "Tensor");
 }
 
 TORCH_LIBRARY_IMPL(kasmina, CPU, m) {
@@ -195,8 +209,10 @@ TORCH_LIBRARY_IMPL(kasmina, CUDA, m) { m.impl("ste", &kasmina::ste_kernel); }
 #endif
 
 TORCH_LIBRARY_IMPL(kasmina, CompositeExplicitAutograd, m) {
-  m.impl("foreach_norm", &kasmina::foreach_norm_empty);
-  m.impl("gradient_stats", &kasmina::gradient_stats_empty);
+  m.impl("foreach_norm", &kasmina::foreach_norm_empty<kasmina::kForeachNorm>);
+  m.impl("gradient_stats", &kasmina::gradient_stats_empty<kasmina::kGradientStats>);
+  m.impl("triton_foreach_norm", &kasmina::foreach_norm_empty<kasmina::kTritonForeachNorm>);
+  m.impl("triton_gradient_stats", &kasmina::gradient_stats_empty<kasmina::kTritonGradientStats>);
 }
 
 TORCH_LIBRARY_IMPL(kasmina, Autograd, m) {
@@ -204,6 +220,8 @@ TORCH_LIBRARY_IMPL(kasmina, Autograd, m) {
   m.impl("ste", &kasmina::ste_autograd<kasmina::NativeOps>);
   m.impl("triton_blend", &kasmina::blend_autograd<kasmina::TritonOps>);
   m.impl("triton_ste", &kasmina::ste_autograd<kasmina::TritonOps>);
-  m.impl("foreach_norm", &kasmina::foreach_norm_autograd);
-  m.impl("gradient_stats", &kasmina::gradient_stats_autograd);
+  m.impl("foreach_norm", &kasmina::foreach_norm_autograd<kasmina::kForeachNorm>);
+  m.impl("gradient_stats", &kasmina::gradient_stats_autograd<kasmina::kGradientStats>);
+  m.impl("triton_foreach_norm", &kasmina::foreach_norm_autograd<kasmina::kTritonForeachNorm>);
+  m.impl("triton_gradient_stats", &kasmina::gradient_stats_autograd<kasmina::kTritonGradientStats>);
 }

@@ -16,6 +16,10 @@ traffic: one read of every element plus 8 bytes per chunk.
 The chunk table is built on the host and cached by the list's (address,
 size, dtype) signature, so a training loop that keeps its ``.grad`` tensors
 uploads it once (and a CUDA graph can capture the launch after a warm-up).
+With the C++ extension, that host work (checks, dense copies, the cached
+table) is done in C++ (csrc/python/triton_norms.cpp, csrc/norm_plan.cpp) and
+only ``launch_norms`` / ``launch_stats`` run here; without it, ``norms`` and
+``gradient_stats`` below do the same in Python (``_Plan``).
 """
 
 from __future__ import annotations
@@ -30,12 +34,7 @@ from kasmina_fast.triton_kernels.layout import cdiv, is_dense
 BLOCK = 4096
 FINAL_BLOCK = 1024
 NUM_WARPS = 8
-_TL = {
-    torch.float32: tl.float32,
-    torch.float16: tl.float16,
-    torch.bfloat16: tl.bfloat16,
-    torch.float64: tl.float64,
-}
+_TL = {"float32": tl.float32, "float16": tl.float16, "bfloat16": tl.bfloat16, "float64": tl.float64}
 
 
 @triton.jit
@@ -116,7 +115,7 @@ class _Plan:
     """Chunk tables per dtype group, and each tensor's partial range."""
 
     def __init__(self, tensors: list[torch.Tensor], device: torch.device) -> None:
-        groups: dict[tuple[torch.dtype, bool], list[list[int]]] = {}
+        groups: dict[tuple[str, bool], list[list[int]]] = {}
         firsts, counts = [], []
         slot = 0
         for t in tensors:
@@ -125,7 +124,8 @@ class _Plan:
             firsts.append(slot)
             counts.append(chunks)
             if chunks:
-                rows = groups.setdefault((t.dtype, t.data_ptr() % 16 == 0), [[], [], [], []])
+                key = (str(t.dtype).removeprefix("torch."), t.data_ptr() % 16 == 0)
+                rows = groups.setdefault(key, [[], [], [], []])
                 for c in range(chunks):
                     rows[0].append(t.data_ptr())
                     rows[1].append(c * BLOCK)
@@ -159,27 +159,64 @@ def _plan(tensors: list[torch.Tensor], device: torch.device) -> _Plan:
     return plan
 
 
-def _chunk_sums(tensors: list[torch.Tensor], device: torch.device) -> tuple[_Plan, torch.Tensor]:
-    """The plan of the list and its fp64 partials (dense layouts are read in place;
-    other strided views are first copied to a contiguous tensor)."""
-    dense = [t if t.is_contiguous() or is_dense(t) else t.contiguous() for t in tensors]
-    plan = _plan(dense, device)
-    parts = torch.empty(max(plan.n_partials, 1), dtype=torch.float64, device=device)
-    for dtype, aligned, n_chunks, table in plan.groups:
+def _launch_chunk_sums(groups: list[tuple[str, bool, int, torch.Tensor]], parts: torch.Tensor) -> None:
+    for dtype, aligned, n_chunks, table in groups:
         sumsq_chunks_kernel[(n_chunks,)](
             table, n_chunks, parts, DTYPE=_TL[dtype], ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS
         )
-    return plan, parts
+
+
+def launch_norms(
+    groups: list[tuple[str, bool, int, torch.Tensor]],
+    parts: torch.Tensor,
+    first: torch.Tensor,
+    count: torch.Tensor,
+    out: torch.Tensor,
+) -> None:
+    """The two launches of ``foreach_norm``: chunk sums of every group (dtype name,
+    aligned, chunks, table) into ``parts``, then ``out[i]`` from tensor i's partials
+    ``parts[first[i] : first[i] + count[i]]``."""
+    _launch_chunk_sums(groups, parts)
+    n = out.numel()
+    if n:
+        norms_finalize_kernel[(n,)](parts, first, count, out, n, BLOCK=FINAL_BLOCK)
+
+
+def launch_stats(
+    groups: list[tuple[str, bool, int, torch.Tensor]],
+    parts: torch.Tensor,
+    host_slots: int,
+    n_slots: int,
+    host_params: int,
+    seed_params: int,
+    out: torch.Tensor,
+    *,
+    eps: float,
+    cap: float,
+) -> None:
+    """The two launches of ``gradient_stats``: chunk sums, then the four numbers from
+    the host tensors' partials ``[0, host_slots)`` and the seed's ``[host_slots, n_slots)``."""
+    _launch_chunk_sums(groups, parts)
+    stats_finalize_kernel[(1,)](
+        parts, host_slots, n_slots, host_params, seed_params, out, EPS=eps, CAP=cap, BLOCK=FINAL_BLOCK
+    )
+
+
+def _dense_plan(tensors: list[torch.Tensor], device: torch.device) -> tuple[_Plan, torch.Tensor]:
+    """The plan of the list and room for its fp64 partials (dense layouts are read in
+    place; other strided views are first copied to a contiguous tensor)."""
+    dense = [t if t.is_contiguous() or is_dense(t) else t.contiguous() for t in tensors]
+    plan = _plan(dense, device)
+    return plan, torch.empty(max(plan.n_partials, 1), dtype=torch.float64, device=device)
 
 
 def norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """fp32 ``[N]``: the L2 norm of every tensor."""
+    """fp32 ``[N]``: the L2 norm of every tensor (host work in Python)."""
     out = torch.empty(len(tensors), dtype=torch.float32, device=device)
     if not tensors:
         return out
-    plan, parts = _chunk_sums(tensors, device)
-    n = len(tensors)
-    norms_finalize_kernel[(n,)](parts, plan.firsts, plan.counts, out, n, BLOCK=FINAL_BLOCK)
+    plan, parts = _dense_plan(tensors, device)
+    launch_norms(plan.groups, parts, plan.firsts, plan.counts, out)
     return out
 
 
@@ -192,18 +229,12 @@ def gradient_stats(
     eps: float,
     cap: float,
 ) -> torch.Tensor:
-    """fp32 ``[4]``: ``[host_norm, seed_norm, ratio, nonfinite]`` (see ``kasmina::gradient_stats``)."""
+    """fp32 ``[4]``: ``[host_norm, seed_norm, ratio, nonfinite]`` (see ``kasmina::gradient_stats``;
+    host work in Python)."""
     out = torch.empty(4, dtype=torch.float32, device=device)
-    plan, parts = _chunk_sums([*host_grads, *seed_grads], device)
-    stats_finalize_kernel[(1,)](
-        parts,
-        plan.host_firsts[len(host_grads)],
-        plan.n_partials,
-        host_params,
-        seed_params,
-        out,
-        EPS=eps,
-        CAP=cap,
-        BLOCK=FINAL_BLOCK,
+    plan, parts = _dense_plan([*host_grads, *seed_grads], device)
+    host_slots = plan.host_firsts[len(host_grads)]
+    launch_stats(
+        plan.groups, parts, host_slots, plan.n_partials, host_params, seed_params, out, eps=eps, cap=cap
     )
     return out

@@ -8,7 +8,8 @@
 // parameters straight from the Python lists here costs a few ns each. The
 // lists are read on every call (nothing is cached), so replaced .grad tensors
 // (zero_grad(set_to_none=True)) and replaced parameters are always seen.
-// Parameters whose .grad is None are skipped. The op itself is called through
+// Parameters whose .grad is None are skipped. The op (kasmina::gradient_stats,
+// or kasmina::triton_gradient_stats for the Triton backend) is called through
 // the dispatcher, so its CPU or CUDA kernel runs exactly as from Python.
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
@@ -32,23 +33,24 @@ void defined_grads(const pybind11::list& params, const char* name, std::vector<a
   }
 }
 
-at::Tensor param_gradient_stats(const pybind11::list& host_params, const pybind11::list& seed_params,
-                                int64_t host_count, int64_t seed_count) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("kasmina::gradient_stats", "")
-                             .typed<at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t)>();
-  std::vector<at::Tensor> host, seed;
-  defined_grads(host_params, "host_params", host);
-  defined_grads(seed_params, "seed_params", seed);
-  return op.call(host, seed, host_count, seed_count);
+using GradientStats = c10::TypedOperatorHandle<at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t)>;
+
+GradientStats find_op(const char* name) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow(name, "")
+      .typed<at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t)>();
 }
 
 }  // namespace
-}  // namespace kasmina
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "kasmina-fast's op library (torch.library registrations) and one telemetry helper";
-  m.def("param_gradient_stats", &kasmina::param_gradient_stats, pybind11::arg("host_params"),
-        pybind11::arg("seed_params"), pybind11::arg("host_count"), pybind11::arg("seed_count"),
-        "kasmina::gradient_stats of the .grad of two lists of parameters (None grads skipped).");
+at::Tensor param_gradient_stats(const pybind11::list& host_params, const pybind11::list& seed_params,
+                                int64_t host_count, int64_t seed_count, bool triton) {
+  static const GradientStats native = find_op("kasmina::gradient_stats");
+  static const GradientStats triton_op = find_op("kasmina::triton_gradient_stats");
+  std::vector<at::Tensor> host, seed;
+  defined_grads(host_params, "host_params", host);
+  defined_grads(seed_params, "seed_params", seed);
+  return (triton ? triton_op : native).call(host, seed, host_count, seed_count);
 }
+
+}  // namespace kasmina

@@ -16,7 +16,7 @@
 #include <string>
 
 #include "../cuda/blend_kernels.cuh"
-#include "../cuda/chunk_table.h"
+#include "../chunk_table.h"
 #include "../cuda/multi_tensor_norm_kernels.cuh"
 
 namespace {

@@ -33,8 +33,8 @@ _stats_impls = {"reference": _gradient_stats_reference, "cpp": _stats_native, "c
 if backends.triton_usable():
     from kasmina_fast.ops import triton_ops
 
-    _foreach_impls["triton"] = triton_ops.triton_foreach_norm._opoverload
-    _stats_impls["triton"] = triton_ops.triton_gradient_stats._opoverload
+    _foreach_impls["triton"] = triton_ops.triton_foreach_norm
+    _stats_impls["triton"] = triton_ops.triton_gradient_stats
 backends.register("foreach_norm", _foreach_impls)
 backends.register("gradient_stats", _stats_impls)
 
@@ -81,6 +81,11 @@ def _native_param_stats():
 
 
 _param_stats_native = _native_param_stats()
+# the routes whose op the C++ reader can call: kasmina::gradient_stats, and
+# kasmina::triton_gradient_stats when the extension defines it (triton=True)
+_reader_ops = {_stats_native: False}
+if "triton" in _stats_impls and _extension.has_kernel("triton_gradient_stats", "CPU"):
+    _reader_ops[_stats_impls["triton"]] = True
 
 
 def param_gradient_stats(
@@ -97,8 +102,9 @@ def param_gradient_stats(
     first = host_params[0] if host_params else seed_params[0] if seed_params else None
     on_cuda = isinstance(first, Tensor) and first.is_cuda
     route = (backends.CUDA if on_cuda else backends.CPU).gradient_stats
-    if _param_stats_native is not None and route is _stats_native:
-        return _param_stats_native(host_params, seed_params, host_count, seed_count)
+    triton = _reader_ops.get(route)
+    if _param_stats_native is not None and triton is not None:
+        return _param_stats_native(host_params, seed_params, host_count, seed_count, triton)
     host, seed = _grads(host_params, "host_params"), _grads(seed_params, "seed_params")
     return route(host, seed, host_count, seed_count)
 

@@ -52,12 +52,12 @@ def ste_fake(host: Tensor, seed: Tensor) -> Tensor:
     return torch.empty_like(host)
 
 
-def _foreach_norm_fake(tensors: Sequence[Tensor]) -> Tensor:
+def foreach_norm_fake(tensors: Sequence[Tensor]) -> Tensor:
     _checks.check_foreach_norm(tensors)
     return torch.empty(len(tensors), dtype=torch.float32, device=_checks.list_device(tensors))
 
 
-def _gradient_stats_fake(
+def gradient_stats_fake(
     host_grads: Sequence[Tensor], seed_grads: Sequence[Tensor], host_params: int, seed_params: int
 ) -> Tensor:
     _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
@@ -112,8 +112,8 @@ def _register_fakes() -> None:
         "blend": blend_fake,
         "blend_backward": blend_backward_fake,
         "ste": ste_fake,
-        "foreach_norm": _foreach_norm_fake,
-        "gradient_stats": _gradient_stats_fake,
+        "foreach_norm": foreach_norm_fake,
+        "gradient_stats": gradient_stats_fake,
     }
     if _extension.has_kernel("triton_blend", "Autograd"):
         # the Triton ops defined in C++ (their kernels come from ops/triton_ops.py)
@@ -122,6 +122,8 @@ def _register_fakes() -> None:
             "triton_blend_backward": blend_backward_fake,
             "triton_ste": ste_fake,
         }
+    if _extension.has_kernel("triton_foreach_norm", "Autograd"):
+        fakes |= {"triton_foreach_norm": foreach_norm_fake, "triton_gradient_stats": gradient_stats_fake}
     for name, fn in fakes.items():
         torch.library.register_fake(_q(name), fn, lib=_lib)
 

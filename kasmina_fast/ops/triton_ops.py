@@ -8,7 +8,10 @@ autograd (csrc/ops.cpp) and the functions here are registered as their CPU and
 CUDA kernels: an eager step then runs no Python autograd.Function (a tiny
 fwd+bwd with the kernels stubbed out: 69 -> 42 us of host time on the 2-core
 CPU VM, bench/RESULTS.md). Without it, they are ``torch.library.custom_op``s with
-Python autograd. The norm ops are ``custom_op``s (no autograd). All of them
+Python autograd. The norm ops (no autograd) are likewise defined in C++, which
+does their host work and calls ``triton_kernels.norms``' launchers with the
+chunk tables (csrc/python/triton_norms.cpp); without the extension they are
+``custom_op``s that do it in Python. All of them
 are plain ops, not ``triton_op``s, so that the very same registration runs the
 kernels on CUDA tensors and, under ``TRITON_INTERPRET=1``, on CPU tensors (how
 CI tests them). Layouts the kernels do not walk (non-dense views, mismatched
@@ -19,6 +22,7 @@ Imported only when the Triton backend is usable (see
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -106,20 +110,12 @@ else:
     )
 
 
-@torch.library.custom_op("kasmina::triton_foreach_norm", mutates_args=())
-def triton_foreach_norm(tensors: list[Tensor]) -> Tensor:
+def _foreach_norm(tensors: list[Tensor]) -> Tensor:
     _checks.check_foreach_norm(tensors)
     return norms.norms(list(tensors), _checks.list_device(tensors))
 
 
-@triton_foreach_norm.register_fake
-def _(tensors):
-    _checks.check_foreach_norm(tensors)
-    return torch.empty(len(tensors), dtype=torch.float32, device=_checks.list_device(tensors))
-
-
-@torch.library.custom_op("kasmina::triton_gradient_stats", mutates_args=())
-def triton_gradient_stats(
+def _gradient_stats(
     host_grads: list[Tensor], seed_grads: list[Tensor], host_params: int, seed_params: int
 ) -> Tensor:
     _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
@@ -135,7 +131,33 @@ def triton_gradient_stats(
     )
 
 
-@triton_gradient_stats.register_fake
-def _(host_grads, seed_grads, host_params, seed_params):
-    _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
-    return torch.empty(4, dtype=torch.float32, device=_checks.list_device(host_grads, seed_grads))
+if _extension.has_kernel("triton_foreach_norm", "CPU"):
+    # The C++ library defines the norm ops and does their host work (checks, dense
+    # copies, the cached chunk table: csrc/python/triton_norms.cpp); it calls these
+    # launchers with the tables. The fakes are in registration.py.
+    from kasmina_fast import _C
+
+    _C.set_triton_norm_launcher(
+        norms.BLOCK,
+        norms.launch_norms,
+        functools.partial(norms.launch_stats, eps=reference.HOST_NORM_EPS, cap=reference.RATIO_CAP),
+    )
+    triton_foreach_norm = torch.ops.kasmina.triton_foreach_norm.default
+    triton_gradient_stats = torch.ops.kasmina.triton_gradient_stats.default
+else:
+    # Without the extension: Python custom ops that build the chunk table in Python.
+    triton_foreach_norm = torch.library.custom_op(
+        "kasmina::triton_foreach_norm", _foreach_norm, mutates_args=()
+    )
+    triton_foreach_norm.register_fake(registration.foreach_norm_fake)
+    # (an explicit schema: the annotation `int` would be inferred as SymInt, unlike csrc/ops.cpp)
+    triton_gradient_stats = torch.library.custom_op(
+        "kasmina::triton_gradient_stats",
+        _gradient_stats,
+        mutates_args=(),
+        schema="(Tensor[] host_grads, Tensor[] seed_grads, int host_params, int seed_params) -> Tensor",
+    )
+    triton_gradient_stats.register_fake(registration.gradient_stats_fake)
+    triton_foreach_norm, triton_gradient_stats = (
+        op._opoverload for op in (triton_foreach_norm, triton_gradient_stats)
+    )

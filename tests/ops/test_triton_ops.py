@@ -17,7 +17,13 @@ pytestmark = pytest.mark.skipif(
     reason="the Triton ops run on CPU tensors only in the interpreter",
 )
 
-NAMES = ("triton_blend", "triton_blend_backward", "triton_ste")
+NAMES = (
+    "triton_blend",
+    "triton_blend_backward",
+    "triton_ste",
+    "triton_foreach_norm",
+    "triton_gradient_stats",
+)
 
 
 @pytest.mark.parametrize("i", range(5))
@@ -46,8 +52,8 @@ def test_opcheck_triton_norms():
 
 
 def test_without_extension_the_triton_ops_are_custom_ops():
-    """KASMINA_FAST_NO_EXTENSION=1: the Triton blend/STE ops are Python custom ops with
-    Python autograd, and still match the reference and pass opcheck."""
+    """KASMINA_FAST_NO_EXTENSION=1: the Triton ops are Python custom ops (Python autograd,
+    chunk tables built in Python), and still match the reference and pass opcheck."""
     proc = run_python(
         """
         import torch, kasmina_fast
@@ -66,7 +72,17 @@ def test_without_extension_the_triton_ops_are_custom_ops():
         want = torch.autograd.grad(reference.blend(h, s, a).square().sum(), (h, s, a))
         for g, w in zip(grads, want):
             torch.testing.assert_close(g, w)
-        for name in ("triton_blend", "triton_blend_backward", "triton_ste"):
+        # the norm ops build their chunk tables in Python here
+        ts = [torch.randn(5000), torch.randn(7, dtype=torch.bfloat16), torch.randn(9, 4).t()]
+        ts.append(torch.randn(9)[1:])  # a 4-byte offset
+        torch.library.opcheck(torch.ops.kasmina.triton_foreach_norm.default, (ts,))
+        with kasmina_fast.use_backend("triton"):
+            norms = kasmina_fast.foreach_norm(ts)
+            stats = kasmina_fast.gradient_stats(ts[:1], ts[1:], 10, 3)
+        torch.testing.assert_close(norms, reference.foreach_norm(ts))
+        torch.testing.assert_close(stats, reference.gradient_stats(ts[:1], ts[1:], 10, 3))
+        for name in ("triton_blend", "triton_blend_backward", "triton_ste", "triton_foreach_norm",
+                     "triton_gradient_stats"):
             print(getattr(torch.ops.kasmina, name).default._schema)
         print("OK")
         """,
@@ -76,7 +92,7 @@ def test_without_extension_the_triton_ops_are_custom_ops():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
     # the C++ schemas (csrc/ops.cpp) are the ones the custom ops infer
     schemas = [str(getattr(torch.ops.kasmina, name).default._schema) for name in NAMES]
-    assert proc.stdout.splitlines()[:3] == schemas
+    assert proc.stdout.splitlines()[: len(NAMES)] == schemas
 
 
 def test_with_extension_autograd_is_cpp():
@@ -89,3 +105,92 @@ def test_with_extension_autograd_is_cpp():
     out = torch.ops.kasmina.triton_blend(h, s, a)
     assert type(out.grad_fn).__name__ == "CppFunction"  # not a Python autograd.Function
     assert type(torch.ops.kasmina.triton_ste(h, s).grad_fn).__name__ == "CppFunction"
+
+
+def _needs_cpp_norms():
+    from kasmina_fast import _extension
+
+    if not _extension.has_kernel("triton_foreach_norm", "CPU"):
+        pytest.skip("the C++ extension (with its Python part) is not built here")
+
+
+def test_with_extension_the_norm_host_work_is_cpp():
+    """The list is checked and tabled in C++; Python sees only the launch."""
+    _needs_cpp_norms()
+    from kasmina_fast.triton_kernels import norms
+
+    seen = []
+    real = norms.launch_norms
+
+    def spy(groups, parts, first, count, out):
+        seen.append([(dtype, aligned, n) for dtype, aligned, n, _ in groups])
+        real(groups, parts, first, count, out)
+
+    from kasmina_fast import _C
+    from kasmina_fast.ops import triton_ops  # (registers the launchers)
+
+    base = torch.randn(2 * norms.BLOCK + 9)
+    ts = [base[: norms.BLOCK + 1], base[1:], torch.randn(3, dtype=torch.float16)]  # base[1:]: 4-byte offset
+    stats = triton_ops.triton_gradient_stats
+    try:
+        _C.set_triton_norm_launcher(norms.BLOCK, spy, stats_launcher())
+        got = torch.ops.kasmina.triton_foreach_norm(ts)
+    finally:
+        register_launchers()
+    torch.testing.assert_close(got, torch.stack([t.double().norm() for t in ts]).float())
+    assert seen == [[("float32", True, 2), ("float32", False, 3), ("float16", True, 1)]]
+    assert stats is torch.ops.kasmina.triton_gradient_stats.default
+
+
+def stats_launcher():
+    import functools
+
+    from kasmina_fast.triton_kernels import norms
+
+    from kasmina_fast import reference
+
+    return functools.partial(norms.launch_stats, eps=reference.HOST_NORM_EPS, cap=reference.RATIO_CAP)
+
+
+def register_launchers():
+    from kasmina_fast.triton_kernels import norms
+
+    from kasmina_fast import _C
+
+    _C.set_triton_norm_launcher(norms.BLOCK, norms.launch_norms, stats_launcher())
+
+
+def test_a_failing_launch_names_the_op():
+    _needs_cpp_norms()
+    from kasmina_fast import _C
+
+    def broken(*args):
+        raise KeyError("no such kernel")
+
+    try:
+        _C.set_triton_norm_launcher(4096, broken, broken)
+        with pytest.raises(
+            RuntimeError, match=r"kasmina::triton_foreach_norm: the Triton launch failed.*no such"
+        ):
+            torch.ops.kasmina.triton_foreach_norm([torch.randn(3)])
+        with pytest.raises(RuntimeError, match=r"kasmina::triton_gradient_stats: the Triton launch failed"):
+            torch.ops.kasmina.triton_gradient_stats([torch.randn(3)], [], 0, 0)
+    finally:
+        register_launchers()
+    torch.testing.assert_close(torch.ops.kasmina.triton_foreach_norm([torch.ones(4)]), torch.tensor([2.0]))
+
+
+def test_plan_cache_sees_new_values_and_survives_eviction():
+    """The cached tables hold addresses and sizes only: values written in place are
+    read again, and more lists than the cache holds (16) all stay correct."""
+    _needs_cpp_norms()
+    lists = [[torch.randn(n + 1), torch.randn(2 * n + 3, dtype=torch.float64)] for n in range(20)]
+    for _ in range(2):
+        for ts in lists:
+            got = torch.ops.kasmina.triton_foreach_norm(ts)
+            torch.testing.assert_close(got, torch.stack([t.double().norm() for t in ts]).float())
+    ts = lists[0]
+    ts[0].mul_(3)
+    got = torch.ops.kasmina.triton_gradient_stats(ts[:1], ts[1:], 0, 0)
+    want = torch.tensor([ts[0].double().norm(), ts[1].norm(), ts[1].norm() / ts[0].double().norm(), 0.0])
+    torch.testing.assert_close(got, want.float())

@@ -1,0 +1,87 @@
+// See norm_plan.h.
+#include "norm_plan.h"
+
+#include <list>
+#include <mutex>
+#include <tuple>
+#include <utility>
+
+#include "chunk_table.h"
+
+namespace kasmina {
+namespace {
+
+constexpr size_t kCachedPlans = 16;
+
+// address, numel, dtype of every tensor; the device, the chunk and the grouping
+struct PlanKey {
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> tensors;
+  int device_type, device_index;
+  int64_t chunk;
+  bool split_alignment;
+  bool operator==(const PlanKey& o) const {
+    return device_type == o.device_type && device_index == o.device_index && chunk == o.chunk &&
+           split_alignment == o.split_alignment && tensors == o.tensors;
+  }
+};
+
+int64_t address(const at::Tensor& t) { return reinterpret_cast<int64_t>(t.const_data_ptr()); }
+
+NormPlan build_plan(const std::vector<at::Tensor>& ts, const at::Device& device, int64_t chunk,
+                    bool split_alignment) {
+  std::vector<ChunkSource> sources;
+  sources.reserve(ts.size());
+  for (const at::Tensor& t : ts) {
+    const int dtype = static_cast<int>(t.scalar_type());
+    const int aligned = split_alignment && address(t) % 16 == 0 ? 1 : 0;
+    sources.push_back({address(t), t.numel(), dtype * 2 + aligned});
+  }
+  const ChunkTable table = build_chunk_table(sources, chunk);
+  auto upload = [&](const std::vector<int64_t>& v) {
+    return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(device);
+  };
+  NormPlan plan;
+  for (const ChunkGroup& g : table.groups) {
+    plan.groups.push_back({static_cast<at::ScalarType>(g.dtype / 2), g.dtype % 2 == 1, g.n_chunks, upload(g.table)});
+  }
+  plan.first = upload(table.first);
+  plan.count = upload(table.count);
+  plan.host_first = table.first;
+  plan.host_first.push_back(table.n_partials);
+  plan.n_partials = table.n_partials;
+  return plan;
+}
+
+}  // namespace
+
+NormPlan cached_norm_plan(const std::vector<at::Tensor>& ts, const at::Device& device, int64_t chunk,
+                          bool split_alignment) {
+  static std::mutex mutex;
+  static std::list<std::pair<PlanKey, NormPlan>> cache;  // most recent first
+  PlanKey key{{}, static_cast<int>(device.type()), device.index(), chunk, split_alignment};
+  key.tensors.reserve(ts.size());
+  for (const at::Tensor& t : ts) {
+    key.tensors.emplace_back(address(t), t.numel(), static_cast<int64_t>(t.scalar_type()));
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    if (it->first == key) {
+      cache.splice(cache.begin(), cache, it);
+      return cache.front().second;
+    }
+  }
+  cache.emplace_front(std::move(key), build_plan(ts, device, chunk, split_alignment));
+  if (cache.size() > kCachedPlans) cache.pop_back();
+  return cache.front().second;
+}
+
+std::vector<at::Tensor> dense_list(at::TensorList a, at::TensorList b) {
+  std::vector<at::Tensor> ts;
+  ts.reserve(a.size() + b.size());
+  for (at::TensorList list : {a, b}) {
+    for (const at::Tensor& t : list) ts.push_back(t.is_non_overlapping_and_dense() ? t : t.contiguous());
+  }
+  return ts;
+}
+
+}  // namespace kasmina

@@ -1,0 +1,44 @@
+// The plan of one tensor list for the multi-tensor norm kernels: its chunk
+// table (chunk_table.h) on the list's device, cached by the list's signature.
+//
+// Used by the CUDA launchers (cuda/multi_tensor_norm.cu) and by the Triton
+// backend's C++ front end (python/triton_norms.cpp). A training loop hands the
+// same .grad tensors every call, so the table is built and uploaded once and
+// a call costs a lookup (about 10 ns a tensor): nothing is copied host to
+// device after the first call, which also lets a CUDA graph capture it.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace kasmina {
+
+struct NormPlan {
+  struct Group {
+    at::ScalarType dtype;
+    bool aligned;      // every chunk start of the group is 16-byte aligned (split_alignment only)
+    int64_t n_chunks;
+    at::Tensor table;  // int64 [4, n_chunks] on the device: address, first element, length, slot
+  };
+  std::vector<Group> groups;
+  at::Tensor first, count;         // per tensor, int64, on the device
+  std::vector<int64_t> host_first; // per tensor, then n_partials
+  int64_t n_partials = 0;
+};
+
+// The plan of `ts` (dense tensors, see dense_list) for `chunk`-element chunks,
+// grouped by dtype, and also by 16-byte alignment of the address when
+// `split_alignment` (the Triton kernel specialises on it). Returned by value:
+// the tensors are reference counted, so no other thread's eviction can pull
+// them away while the caller uses them. The cache holds the 16 most recent plans.
+NormPlan cached_norm_plan(const std::vector<at::Tensor>& ts, const at::Device& device, int64_t chunk,
+                          bool split_alignment);
+
+// The tensors of a and b in order; dense layouts (contiguous, channels_last,
+// any non-overlapping dense permutation) as they are, other strided views as
+// a contiguous copy.
+std::vector<at::Tensor> dense_list(at::TensorList a, at::TensorList b = {});
+
+}  // namespace kasmina
