@@ -121,3 +121,24 @@ def test_norms_deterministic(backend):
         c = kasmina_fast.gradient_stats(ts[:2], ts[2:], 7, 3)
         d = kasmina_fast.gradient_stats(ts[:2], ts[2:], 7, 3)
     assert torch.equal(a, b) and torch.equal(c, d)
+
+
+def test_list_reader_takes_plain_tensors_only():
+    """kasmina_fast._C reads lists of exact torch.Tensor in C++ (csrc/python/list_ops.cpp);
+    a list with anything else (a Parameter, a non-tensor) goes the torch.ops way, same result."""
+    from kasmina_fast import _extension
+
+    if not _extension.has_kernel("foreach_norm", "CPU"):
+        pytest.skip("the C++ extension is not built here")
+    from kasmina_fast import _C
+
+    ts = [torch.randn(5), torch.randn(3, 4)]
+    want = torch.stack([t.double().norm() for t in ts]).float()
+    torch.testing.assert_close(_C.foreach_norm_list(ts, False), want)
+    torch.testing.assert_close(_C.gradient_stats_list(ts[:1], ts[1:], 0, 0, False)[:2], want)
+    mixed = [torch.nn.Parameter(ts[0].clone()), ts[1]]
+    assert _C.foreach_norm_list(mixed, False) is None
+    assert _C.gradient_stats_list(ts, mixed, 0, 0, False) is None
+    with with_backend("cpp"):
+        torch.testing.assert_close(kasmina_fast.foreach_norm(mixed), want)
+        torch.testing.assert_close(kasmina_fast.gradient_stats(mixed[:1], mixed[1:])[:2], want)
