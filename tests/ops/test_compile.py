@@ -98,3 +98,20 @@ def test_export_traces_the_ops():
     args = (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(2, 1, 1, 1))
     ep = torch.export.export(M(), args)
     torch.testing.assert_close(ep.module()(*args), M()(*args))
+
+
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
+def test_norm_wrappers_compile_fullgraph(backend):
+    """foreach_norm and gradient_stats trace without a graph break (the wrappers' C++
+    list readers are eager-only) and give the eager reference's numbers."""
+    ts = [torch.randn(5), torch.randn(3, 4), torch.randn(7, dtype=torch.float64)]
+
+    def telemetry(a, b, c):
+        return kasmina_fast.foreach_norm([a, b, c]), kasmina_fast.gradient_stats([a], [b, c], 10, 3)
+
+    counter = CompileCounterWithBackend("eager")
+    with with_backend(backend):
+        norms, stats = torch.compile(telemetry, backend=counter, fullgraph=True)(*ts)
+    torch.testing.assert_close(norms, kasmina_fast.reference.foreach_norm(ts))
+    torch.testing.assert_close(stats, kasmina_fast.reference.gradient_stats(ts[:1], ts[1:], 10, 3))
+    assert counter.frame_count == 1
