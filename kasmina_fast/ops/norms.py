@@ -40,9 +40,10 @@ backends.register("gradient_stats", _stats_impls)
 
 
 # Routes whose op is in the C++ extension: the wrappers below hand their Python
-# lists to kasmina_fast._C (csrc/python/list_ops.cpp), which reads them in C++
-# (a torch.ops call converts 1000 tensors in ~85 us; bench/RESULTS.md). The
-# value says whether the op is the triton_ one. Empty without the module part.
+# lists to kasmina_fast._C (csrc/python/list_ops.cpp, and param_gradient_stats.cpp
+# for parameter lists), which reads them in C++ (a torch.ops call converts 1000
+# tensors in ~85 us; bench/RESULTS.md). The value says whether the op is the
+# triton_ one. Empty without the module part.
 _list_reader_ops: dict = {}
 if _extension.LOADED:
     try:
@@ -98,41 +99,23 @@ def gradient_stats(
     return route(host_grads, seed_grads, host_params, seed_params)
 
 
-def _native_param_stats():
-    if not _extension.LOADED:
-        return None
-    try:
-        from kasmina_fast import _C
-    except ImportError:  # pragma: no cover - a build without the module part
-        return None
-    return getattr(_C, "param_gradient_stats", None)
-
-
-_param_stats_native = _native_param_stats()
-# the routes whose op the C++ reader can call: kasmina::gradient_stats, and
-# kasmina::triton_gradient_stats when the extension defines it (triton=True)
-_reader_ops = {_stats_native: False}
-if "triton" in _stats_impls and _extension.has_kernel("triton_gradient_stats", "CPU"):
-    _reader_ops[_stats_impls["triton"]] = True
-
-
 def param_gradient_stats(
     host_params: list[Tensor], seed_params: list[Tensor], host_count: int = 0, seed_count: int = 0
 ) -> Tensor:
     """:func:`gradient_stats` of the ``.grad`` of two parameter lists; parameters whose
     ``.grad`` is None are skipped. Same result as building the two gradient lists in
-    Python, but when the route for their device is the C++ op (``cpp`` on CPU,
-    ``cuda`` on CUDA) the lists are read in C++: 31 us instead of 155 us of host time
-    for 1000 parameters on 2 CPU cores (bench/RESULTS.md). The lists are read on every
+    Python, but when the route for their device is an op of the C++ extension (``cpp``
+    on CPU, ``cuda`` on CUDA, ``triton``) the lists are read in C++: 31 us instead of
+    155 us of host time for 1000 parameters on 2 CPU cores (bench/RESULTS.md). The lists are read on every
     call, so replaced ``.grad`` tensors are seen. The device is the first parameter's."""
     host_params, seed_params = list(host_params), list(seed_params)
     host_count, seed_count = int(host_count), int(seed_count)
     first = host_params[0] if host_params else seed_params[0] if seed_params else None
     on_cuda = isinstance(first, Tensor) and first.is_cuda
     route = (backends.CUDA if on_cuda else backends.CPU).gradient_stats
-    triton = _reader_ops.get(route)
-    if _param_stats_native is not None and triton is not None:
-        return _param_stats_native(host_params, seed_params, host_count, seed_count, triton)
+    triton = _list_reader_ops.get(route)
+    if triton is not None:
+        return _C.param_gradient_stats(host_params, seed_params, host_count, seed_count, triton)
     host, seed = _grads(host_params, "host_params"), _grads(seed_params, "seed_params")
     return route(host, seed, host_count, seed_count)
 
