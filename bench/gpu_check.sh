@@ -58,6 +58,10 @@ step "host time per step, by layer (cProfile of tiny steps; full table in bench.
   >"$out/bench.log" 2>&1 || status=1
 grep -A6 "^==" "$out/bench.log"
 
+step "host time of a norm call over 1000 gradients (full table in bench.log)"
+(cd bench && timeout 60 "$PY" list_host_cost.py --calls 300 --repeats 5) >>"$out/bench.log" 2>&1 || status=1
+grep -A9 "best of" "$out/bench.log"
+
 step "device time per kernel, learnable blend [256,64,32,32] fp32 (profiler; full table in bench.log)"
 for b in cuda triton; do
   (cd bench && timeout 60 "$PY" profile_step.py --backend "$b" --steps 30) >>"$out/bench.log" 2>&1 || status=1

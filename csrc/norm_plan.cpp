@@ -3,7 +3,6 @@
 
 #include <list>
 #include <mutex>
-#include <tuple>
 #include <utility>
 
 #include "chunk_table.h"
@@ -15,19 +14,32 @@ constexpr size_t kCachedPlans = 16;
 
 // address, numel, dtype of every tensor; the device, the chunk and the grouping
 struct PlanKey {
-  std::vector<std::tuple<int64_t, int64_t, int64_t>> tensors;
+  struct Entry {
+    int64_t address, numel;
+    int dtype;
+  };
+  std::vector<Entry> tensors;
   int device_type, device_index;
   int64_t chunk;
   bool split_alignment;
-  bool operator==(const PlanKey& o) const {
-    return device_type == o.device_type && device_index == o.device_index && chunk == o.chunk &&
-           split_alignment == o.split_alignment && tensors == o.tensors;
-  }
 };
 
 int64_t address(const at::Tensor& t) { return reinterpret_cast<int64_t>(t.const_data_ptr()); }
 
-NormPlan build_plan(const std::vector<at::Tensor>& ts, const at::Device& device, int64_t chunk,
+bool matches(const PlanKey& key, at::TensorList ts, const at::Device& device, int64_t chunk, bool split_alignment) {
+  if (key.tensors.size() != ts.size() || key.device_type != static_cast<int>(device.type()) ||
+      key.device_index != device.index() || key.chunk != chunk || key.split_alignment != split_alignment) {
+    return false;
+  }
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const PlanKey::Entry& e = key.tensors[i];
+    const at::Tensor& t = ts[i];
+    if (e.address != address(t) || e.numel != t.numel() || e.dtype != static_cast<int>(t.scalar_type())) return false;
+  }
+  return true;
+}
+
+NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk,
                     bool split_alignment) {
   std::vector<ChunkSource> sources;
   sources.reserve(ts.size());
@@ -54,32 +66,39 @@ NormPlan build_plan(const std::vector<at::Tensor>& ts, const at::Device& device,
 
 }  // namespace
 
-NormPlan cached_norm_plan(const std::vector<at::Tensor>& ts, const at::Device& device, int64_t chunk,
-                          bool split_alignment) {
+NormPlan cached_norm_plan(at::TensorList ts, const at::Device& device, int64_t chunk, bool split_alignment) {
   static std::mutex mutex;
   static std::list<std::pair<PlanKey, NormPlan>> cache;  // most recent first
-  PlanKey key{{}, static_cast<int>(device.type()), device.index(), chunk, split_alignment};
-  key.tensors.reserve(ts.size());
-  for (const at::Tensor& t : ts) {
-    key.tensors.emplace_back(address(t), t.numel(), static_cast<int64_t>(t.scalar_type()));
-  }
-  std::lock_guard<std::mutex> lock(mutex);
-  for (auto it = cache.begin(); it != cache.end(); ++it) {
-    if (it->first == key) {
-      cache.splice(cache.begin(), cache, it);
-      return cache.front().second;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto it = cache.begin(); it != cache.end(); ++it) {
+      if (matches(it->first, ts, device, chunk, split_alignment)) {
+        cache.splice(cache.begin(), cache, it);
+        return cache.front().second;
+      }
     }
   }
-  cache.emplace_front(std::move(key), build_plan(ts, device, chunk, split_alignment));
+  PlanKey key{{}, static_cast<int>(device.type()), device.index(), chunk, split_alignment};
+  key.tensors.reserve(ts.size());
+  for (const at::Tensor& t : ts) key.tensors.push_back({address(t), t.numel(), static_cast<int>(t.scalar_type())});
+  NormPlan plan = build_plan(ts, device, chunk, split_alignment);
+  std::lock_guard<std::mutex> lock(mutex);
+  cache.emplace_front(std::move(key), plan);
   if (cache.size() > kCachedPlans) cache.pop_back();
-  return cache.front().second;
+  return plan;
 }
 
-std::vector<at::Tensor> dense_list(at::TensorList a, at::TensorList b) {
-  std::vector<at::Tensor> ts;
+TensorRefs dense_list(at::TensorList a, at::TensorList b) {
+  TensorRefs ts;
   ts.reserve(a.size() + b.size());
   for (at::TensorList list : {a, b}) {
-    for (const at::Tensor& t : list) ts.push_back(t.is_non_overlapping_and_dense() ? t : t.contiguous());
+    for (const at::Tensor& t : list) {
+      if (t.is_non_overlapping_and_dense()) {
+        ts.borrow(t);
+      } else {
+        ts.own(t.contiguous());
+      }
+    }
   }
   return ts;
 }

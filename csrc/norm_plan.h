@@ -10,6 +10,8 @@
 
 #include <ATen/ATen.h>
 
+#include "tensor_refs.h"
+
 #include <cstdint>
 #include <vector>
 
@@ -32,13 +34,14 @@ struct NormPlan {
 // grouped by dtype, and also by 16-byte alignment of the address when
 // `split_alignment` (the Triton kernel specialises on it). Returned by value:
 // the tensors are reference counted, so no other thread's eviction can pull
-// them away while the caller uses them. The cache holds the 16 most recent plans.
-NormPlan cached_norm_plan(const std::vector<at::Tensor>& ts, const at::Device& device, int64_t chunk,
-                          bool split_alignment);
+// them away while the caller uses them. The cache holds the 16 most recent
+// plans; a hit compares the list with the cached signature in place (nothing
+// is allocated).
+NormPlan cached_norm_plan(at::TensorList ts, const at::Device& device, int64_t chunk, bool split_alignment);
 
 // The tensors of a and b in order; dense layouts (contiguous, channels_last,
-// any non-overlapping dense permutation) as they are, other strided views as
-// a contiguous copy.
-std::vector<at::Tensor> dense_list(at::TensorList a, at::TensorList b = {});
+// any non-overlapping dense permutation) as they are (borrowed: a and b must
+// outlive the result), other strided views as a contiguous copy (owned).
+TensorRefs dense_list(at::TensorList a, at::TensorList b = {});
 
 }  // namespace kasmina

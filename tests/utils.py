@@ -108,3 +108,21 @@ def oracle_blend(host, seed, alpha, gout):
 
 def with_backend(name: str):
     return backends.use_backend(name)
+
+
+def lists_sharing_addresses(device: str) -> list[list[torch.Tensor]]:
+    """Gradient lists whose tensors start at the same addresses but differ in what a
+    cached chunk table is keyed on: the number of elements, the dtype, the list's
+    length. A norm op that reused one list's table for another would read the wrong
+    elements; each must match its own fp64 norms."""
+    base = torch.randn(64, device=device)
+    half = torch.randn(48, device=device, dtype=torch.float16)
+    other = torch.randn(5, device=device, dtype=torch.float64)
+    return [
+        [base, other],
+        [base[:32], other],  # same address, fewer elements
+        [base],  # a prefix of the first list
+        [half, other],
+        [half.view(torch.bfloat16), other],  # same address and size, other dtype
+        [base, other, base[1:]],  # one tensor more
+    ]

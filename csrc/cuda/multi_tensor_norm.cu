@@ -50,7 +50,7 @@ at::Tensor foreach_norm_cuda(at::TensorList tensors) {
   const c10::cuda::CUDAGuard guard(device);
   const int64_t n = static_cast<int64_t>(tensors.size());
   at::Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kFloat).device(device));
-  const std::vector<at::Tensor> ts = dense_list(tensors);
+  const TensorRefs ts = dense_list(tensors);
   const NormPlan plan = cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor partial = chunk_sums(plan, device, stream);
@@ -67,7 +67,7 @@ at::Tensor gradient_stats_cuda(at::TensorList host_grads, at::TensorList seed_gr
   const at::Device device = *first_device(host_grads, seed_grads);
   const c10::cuda::CUDAGuard guard(device);
   at::Tensor out = at::empty({4}, at::TensorOptions().dtype(at::kFloat).device(device));
-  const std::vector<at::Tensor> ts = dense_list(host_grads, seed_grads);
+  const TensorRefs ts = dense_list(host_grads, seed_grads);
   const NormPlan plan = cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor partial = chunk_sums(plan, device, stream);

@@ -4,8 +4,9 @@
 // A torch.ops call converts a Python list of tensors element by element
 // (about 85 ns a tensor on 2 CPU cores: 85 us for a 1000-tensor list, more
 // than the whole 60 us budget of such a call on a GPU). Reading the list here
-// costs a few ns a tensor; the op is then called through the dispatcher, so
-// its kernels (and checks) run exactly as from Python. Only exact
+// costs a few ns a tensor (no reference count is taken: tensor_refs.h); the
+// op is then called through the dispatcher, so its kernels (and checks) run
+// exactly as from Python. Only exact
 // torch.Tensor elements qualify: anything else (a subclass, a non-tensor)
 // returns None and kasmina_fast.ops.norms takes the torch.ops route, which
 // handles __torch_function__ and raises the usual errors. Not used under
@@ -13,7 +14,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
-#include <vector>
+#include "../tensor_refs.h"
 
 namespace kasmina {
 namespace {
@@ -26,17 +27,23 @@ Handle find(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
-// False (and nothing kept) when an element is not exactly a torch.Tensor.
-bool plain_tensors(const pybind11::list& list, std::vector<at::Tensor>& out) {
+// The elements of `list` as borrowed tensors (tensor_refs.h), pinned by
+// `pinned`, a tuple of the same objects: the GIL is released during the op,
+// and another thread could empty the list meanwhile. False (and nothing kept)
+// when an element is not exactly a torch.Tensor.
+bool plain_tensors(const pybind11::list& list, pybind11::tuple& pinned, TensorRefs& out) {
   const auto* tensor_type = reinterpret_cast<PyTypeObject*>(THPVariableClass);
-  out.reserve(list.size());
-  for (size_t i = 0; i < list.size(); ++i) {
-    PyObject* obj = PyList_GET_ITEM(list.ptr(), static_cast<Py_ssize_t>(i));
+  pinned = pybind11::reinterpret_steal<pybind11::tuple>(PyList_AsTuple(list.ptr()));
+  if (!pinned) throw pybind11::error_already_set();
+  const Py_ssize_t n = PyTuple_GET_SIZE(pinned.ptr());
+  out.reserve(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* obj = PyTuple_GET_ITEM(pinned.ptr(), i);
     if (Py_TYPE(obj) != tensor_type) {
       out.clear();
       return false;
     }
-    out.push_back(THPVariable_Unpack(obj));
+    out.borrow(THPVariable_Unpack(obj));
   }
   return true;
 }
@@ -46,8 +53,9 @@ bool plain_tensors(const pybind11::list& list, std::vector<at::Tensor>& out) {
 pybind11::object foreach_norm_list(const pybind11::list& tensors, bool triton) {
   static const auto native = find<ForeachNorm, at::Tensor(at::TensorList)>("kasmina::foreach_norm");
   static const auto triton_op = find<ForeachNorm, at::Tensor(at::TensorList)>("kasmina::triton_foreach_norm");
-  std::vector<at::Tensor> ts;
-  if (!plain_tensors(tensors, ts)) return pybind11::none();
+  pybind11::tuple pinned;
+  TensorRefs ts;
+  if (!plain_tensors(tensors, pinned, ts)) return pybind11::none();
   at::Tensor out;
   {
     pybind11::gil_scoped_release no_gil;  // (the Triton kernel takes it back to launch)
@@ -61,8 +69,11 @@ pybind11::object gradient_stats_list(const pybind11::list& host_grads, const pyb
   using Sig = at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t);
   static const auto native = find<GradientStats, Sig>("kasmina::gradient_stats");
   static const auto triton_op = find<GradientStats, Sig>("kasmina::triton_gradient_stats");
-  std::vector<at::Tensor> host, seed;
-  if (!plain_tensors(host_grads, host) || !plain_tensors(seed_grads, seed)) return pybind11::none();
+  pybind11::tuple host_pinned, seed_pinned;
+  TensorRefs host, seed;
+  if (!plain_tensors(host_grads, host_pinned, host) || !plain_tensors(seed_grads, seed_pinned, seed)) {
+    return pybind11::none();
+  }
   at::Tensor out;
   {
     pybind11::gil_scoped_release no_gil;

@@ -11,6 +11,9 @@
 // Parameters whose .grad is None are skipped. The op (kasmina::gradient_stats,
 // or kasmina::triton_gradient_stats for the Triton backend) is called through
 // the dispatcher, so its CPU or CUDA kernel runs exactly as from Python.
+// The .grad tensors are copied (a reference each), not borrowed as the list
+// ops borrow theirs (tensor_refs.h): nothing but the parameter holds a .grad,
+// and a backward running in another thread may replace it mid-call.
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 

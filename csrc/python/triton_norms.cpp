@@ -77,7 +77,7 @@ at::Tensor triton_foreach_norm(at::TensorList tensors) {
   const at::Device device = tensors[0].device();
   c10::OptionalDeviceGuard guard;
   if (device.is_cuda()) guard.reset_device(device);
-  const std::vector<at::Tensor> ts = dense_list(tensors);  // (alive until the kernels are launched)
+  const TensorRefs ts = dense_list(tensors);  // (alive until the kernels are launched)
   const NormPlan plan = cached_norm_plan(ts, device, launcher().chunk, /*split_alignment=*/true);
   const at::Tensor partial = partials(plan, device);
   at::Tensor out =
@@ -94,7 +94,7 @@ at::Tensor triton_gradient_stats(at::TensorList host_grads, at::TensorList seed_
   const at::Device device = *first_device(host_grads, seed_grads);
   c10::OptionalDeviceGuard guard;
   if (device.is_cuda()) guard.reset_device(device);
-  const std::vector<at::Tensor> ts = dense_list(host_grads, seed_grads);  // (alive until the launch)
+  const TensorRefs ts = dense_list(host_grads, seed_grads);  // (alive until the launch)
   const NormPlan plan = cached_norm_plan(ts, device, launcher().chunk, /*split_alignment=*/true);
   const at::Tensor partial = partials(plan, device);
   at::Tensor out = at::empty({4}, at::TensorOptions().dtype(at::kFloat).device(device));

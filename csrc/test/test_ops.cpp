@@ -1,9 +1,14 @@
 // C++ test of the kasmina ops through the dispatcher (run by ctest): values
-// and gradients of blend and ste against ATen, and a bad-input error.
+// and gradients of blend and ste against ATen, and a bad-input error; the
+// reference counts of TensorRefs and dense_list (norm_plan.h).
 #include <torch/torch.h>
 
 #include <cstdlib>
 #include <iostream>
+#include <utility>
+
+#include "../norm_plan.h"
+#include "../tensor_refs.h"
 
 namespace {
 
@@ -18,9 +23,43 @@ void expect(bool ok, const char* what) {
 
 bool close(const at::Tensor& a, const at::Tensor& b) { return at::allclose(a, b, 1e-5, 1e-6); }
 
+// Borrowed handles take no reference; owned ones keep their tensor alive;
+// dense_list borrows dense tensors and owns the copies of strided views.
+void test_tensor_refs() {
+  using kasmina::TensorRefs;
+  auto t = torch::randn({4});
+  const auto count = t.use_count();
+  {
+    TensorRefs refs;
+    refs.borrow(t);
+    refs.own(torch::ones({3}));
+    expect(t.use_count() == count, "TensorRefs::borrow takes no reference");
+    expect(refs.list()[0].is_same(t), "TensorRefs::borrow is the same tensor");
+    expect(refs.list()[1].use_count() == 1 && at::equal(refs.list()[1], torch::ones({3})),
+           "TensorRefs::own holds the one reference");
+    TensorRefs moved = std::move(refs);
+    expect(moved.size() == 2 && refs.size() == 0 && t.use_count() == count, "TensorRefs moves without counting");
+  }
+  expect(t.use_count() == count && t.defined(), "TensorRefs gives back no reference it did not take");
+
+  auto dense = torch::randn({3, 5}).t();  // a transposed view is dense
+  auto strided = torch::randn({6, 2}).slice(0, 0, 6, 2);
+  const auto dense_count = dense.use_count();
+  {
+    const TensorRefs ts = kasmina::dense_list({dense}, {strided});
+    expect(ts.size() == 2 && ts.list()[0].is_same(dense) && dense.use_count() == dense_count,
+           "dense_list borrows a dense tensor");
+    expect(!ts.list()[1].is_same(strided) && ts.list()[1].is_contiguous() && at::equal(ts.list()[1], strided),
+           "dense_list copies a strided view");
+  }
+  expect(dense.use_count() == dense_count, "dense_list gives back no reference it did not take");
+}
+
 }  // namespace
 
 int main() {
+  test_tensor_refs();
+
   auto blend = c10::Dispatcher::singleton()
                    .findSchemaOrThrow("kasmina::blend", "")
                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();

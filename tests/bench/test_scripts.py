@@ -27,6 +27,15 @@ def test_host_breakdown_prints_a_table_per_backend():
     assert rows and float(rows[0].split()[0]) > 0
 
 
+def test_list_host_cost_prints_every_route():
+    out = run("list_host_cost.py", "--calls", "3", "--repeats", "1")
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert len(rows) == 8, out
+    for row in rows:
+        assert row[-1] == "n/a" or float(row[-1]) > 0, row
+    assert [r[0] for r in rows][:5] == ["cpp", "cpp", "cpp", "cpp", "-"], out
+
+
 def test_summarize_reads_pytest_benchmark_json(tmp_path):
     report = tmp_path / "bench.json"
     proc = subprocess.run(

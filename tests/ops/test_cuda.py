@@ -11,7 +11,7 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import kasmina_fast
-from tests.utils import with_backend
+from tests.utils import lists_sharing_addresses, with_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -211,6 +211,17 @@ def test_norms_on_cuda_match_fp64_and_are_deterministic(backend):
     assert torch.equal(a, b) and torch.equal(s1, s2)
     ref = kasmina_fast.reference.gradient_stats(ts[:3], ts[3:], 100, 10)
     torch.testing.assert_close(s1, ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_norm_plans_of_lists_at_the_same_addresses_differ(backend):
+    """The cached chunk table is keyed on address, size and dtype of every tensor
+    and on the list's length (see tests.utils.lists_sharing_addresses)."""
+    with with_backend(backend):
+        for _ in range(2):
+            for ts in lists_sharing_addresses("cuda"):
+                want = torch.stack([torch.linalg.vector_norm(t.double()) for t in ts]).float()
+                torch.testing.assert_close(kasmina_fast.foreach_norm(ts), want, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("backend", NORM_BACKENDS)

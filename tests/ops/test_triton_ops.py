@@ -11,6 +11,7 @@ import torch
 
 import kasmina_fast
 from tests.ops.test_registration import blend_samples, run_python
+from tests.utils import lists_sharing_addresses
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1" or "triton" not in kasmina_fast.available(),
@@ -194,3 +195,13 @@ def test_plan_cache_sees_new_values_and_survives_eviction():
     got = torch.ops.kasmina.triton_gradient_stats(ts[:1], ts[1:], 0, 0)
     want = torch.tensor([ts[0].double().norm(), ts[1].norm(), ts[1].norm() / ts[0].double().norm(), 0.0])
     torch.testing.assert_close(got, want.float())
+
+
+def test_plan_cache_tells_lists_at_the_same_addresses_apart():
+    """The plan is keyed on every tensor's address, size and dtype and on the
+    list's length: lists that share addresses must not share a table."""
+    _needs_cpp_norms()
+    for _ in range(2):  # the second round hits the cache
+        for ts in lists_sharing_addresses("cpu"):
+            got = torch.ops.kasmina.triton_foreach_norm(ts)
+            torch.testing.assert_close(got, torch.stack([t.double().norm() for t in ts]).float())
