@@ -42,8 +42,10 @@ backends.register("gradient_stats", _stats_impls)
 # Routes whose op is in the C++ extension: the wrappers below hand their Python
 # lists to kasmina_fast._C (csrc/python/list_ops.cpp, and param_gradient_stats.cpp
 # for parameter lists), which reads them in C++ (a torch.ops call converts 1000
-# tensors in ~85 us; bench/RESULTS.md). The value says whether the op is the
-# triton_ one. Empty without the module part.
+# tensors in ~85 us; bench/RESULTS.md). Not while compiling, nor under a
+# TorchFunctionMode: both must see the op, which only the torch.ops call shows
+# them. The value says whether the op is the triton_ one. Empty without the
+# module part.
 _list_reader_ops: dict = {}
 if _extension.LOADED:
     try:
@@ -114,7 +116,7 @@ def param_gradient_stats(
     on_cuda = isinstance(first, Tensor) and first.is_cuda
     route = (backends.CUDA if on_cuda else backends.CPU).gradient_stats
     triton = _list_reader_ops.get(route)
-    if triton is not None:
+    if triton is not None and not torch._C._is_torch_function_mode_enabled():
         return _C.param_gradient_stats(host_params, seed_params, host_count, seed_count, triton)
     host, seed = _grads(host_params, "host_params"), _grads(seed_params, "seed_params")
     return route(host, seed, host_count, seed_count)

@@ -142,3 +142,43 @@ def test_list_reader_takes_plain_tensors_only():
     with with_backend("cpp"):
         torch.testing.assert_close(kasmina_fast.foreach_norm(mixed), want)
         torch.testing.assert_close(kasmina_fast.gradient_stats(mixed[:1], mixed[1:])[:2], want)
+
+
+@pytest.mark.parametrize("backend", cpu_backends("foreach_norm"))
+def test_a_torch_function_mode_sees_the_norm_ops(backend):
+    """Under a TorchFunctionMode the wrappers (and param_gradient_stats) take the
+    torch.ops way, so the mode sees the op, as it sees every torch function."""
+    from torch.overrides import TorchFunctionMode
+
+    from kasmina_fast.ops import param_gradient_stats
+
+    class Record(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.ops.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    ts = [torch.randn(5), torch.randn(3, 4), torch.randn(2)]
+    params = [torch.nn.Parameter(t.clone()) for t in ts]
+    for p, t in zip(params, ts):
+        p.grad = t.clone()
+    with with_backend(backend):
+        want = (
+            kasmina_fast.foreach_norm(ts),
+            kasmina_fast.gradient_stats(ts[:1], ts[1:], 4, 2),
+            param_gradient_stats(params[:1], params[1:], 4, 2),
+        )
+        with Record() as mode:
+            got = (
+                kasmina_fast.foreach_norm(ts),
+                kasmina_fast.gradient_stats(ts[:1], ts[1:], 4, 2),
+                param_gradient_stats(params[:1], params[1:], 4, 2),
+            )
+    if backend != "reference":  # (the reference runs torch functions, not the ops)
+        names = [n for n in mode.ops if "norm" in n or "stats" in n]
+        assert len(names) == 3, mode.ops
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
