@@ -54,7 +54,7 @@ void blend_forward_dense(const T* h, const T* s, T* o, const std::vector<typenam
                          int64_t N) {
   using A = typename Acc<T>::type;
   const int64_t per = ceil_div(N, kChunk);
-  at::parallel_for(0, B * per, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, B * per, cpu::task_grain(std::min(N, kChunk)), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / per;
       const int64_t lo = b * N + (t % per) * kChunk;
@@ -85,7 +85,8 @@ void blend_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, doub
   using A = typename Acc<T>::type;
   constexpr int64_t L = kLine / sizeof(T);
   const int64_t per = ceil_div(N, kChunk);
-  at::parallel_for(0, B * per, 1, [&](int64_t t0, int64_t t1) {
+  // (five arrays an element against the forward's three: worth threads at half the size)
+  at::parallel_for(0, B * per, cpu::task_grain(2 * std::min(N, kChunk)), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / per;
       const int64_t lo = b * N + (t % per) * kChunk;

@@ -16,6 +16,18 @@ using kasmina::Acc;
 // run and every machine: results are bitwise deterministic.
 constexpr int64_t kChunk = 16384;
 
+// Elements a thread should get at least (ATen's GRAIN_SIZE): less work than
+// that runs on the calling thread, since an OpenMP fork and join costs
+// microseconds, more than a small op's whole kernel.
+constexpr int64_t kMinParallel = 32768;
+
+// The at::parallel_for grain for tasks of `task_elems` elements (on average).
+// Only the assignment of tasks to threads depends on it, never the tasks, so
+// results stay bitwise the same.
+inline int64_t task_grain(int64_t task_elems) {
+  return std::max<int64_t>(1, kMinParallel / std::max<int64_t>(1, task_elems));
+}
+
 // The clamped per-block weights w[b] = clamp(alpha[b], 0, 1) (NaN stays NaN,
 // as in torch.clamp) and the clamp's gradient mask (1 inside [0, 1]).
 template <typename A>

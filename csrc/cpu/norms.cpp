@@ -89,7 +89,12 @@ std::vector<double> sums_of_squares(at::TensorList a, at::TensorList b = {}) {
     for (int64_t lo = 0; lo < numel; lo += kNormChunk) tasks.push_back({i, lo, std::min(lo + kNormChunk, numel)});
   }
   std::vector<double> partial(tasks.size(), 0.0);
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
+  int64_t elems = 0;
+  for (const Task& tk : tasks) elems += tk.hi - tk.lo;
+  const int64_t n_tasks = static_cast<int64_t>(tasks.size());
+  // a task also costs about as much as 256 elements (the dtype dispatch, the tensor's fields)
+  const int64_t grain = cpu::task_grain(n_tasks > 0 ? elems / n_tasks + 256 : 0);
+  at::parallel_for(0, n_tasks, grain, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const Task& tk = tasks[k];
       const at::Tensor& t = tensor(tk.tensor);

@@ -164,6 +164,30 @@ def test_backward_is_deterministic(backend):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("shape", [(2, 4), (16, 64, 4, 4), (3, 40000)], ids=str)
+def test_cpp_result_bits_do_not_depend_on_the_thread_count(shape):
+    """The CPU kernels split the work into fixed tasks and add partial sums in task
+    order; the thread count (and whether a small op runs threaded at all) only moves
+    tasks between threads, so every output, d_alpha included, has the same bits."""
+    if "cpp" not in cpu_backends():
+        pytest.skip("the C++ extension is not built here")
+    gen = torch.Generator().manual_seed(5)
+    host, seed, gout = (torch.randn(shape, generator=gen) for _ in range(3))
+    alpha = torch.rand(shape[0], *[1] * (len(shape) - 1), generator=gen).requires_grad_()
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            with with_backend("cpp"):
+                runs.append(run_blend(kasmina_fast.blend, host, seed, alpha, gout))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("backend", cpu_backends())
 def test_only_requested_gradients(backend):
     """Host frozen, alpha fixed: only the seed receives a gradient, and it is right."""

@@ -123,6 +123,28 @@ def test_norms_deterministic(backend):
     assert torch.equal(a, b) and torch.equal(c, d)
 
 
+@pytest.mark.parametrize("sizes", [[16] * 4, [16] * 1000, [7168] * 14, [100_000, 3, 70_000]], ids=len)
+def test_cpp_norm_bits_do_not_depend_on_the_thread_count(sizes):
+    """Fixed chunks, partials added in chunk order: same bits on 1, 2 or 3 threads,
+    threaded or not."""
+    if "cpp" not in cpu_backends("foreach_norm"):
+        pytest.skip("the C++ extension is not built here")
+    gen = torch.Generator().manual_seed(3)
+    ts = [torch.randn(n, generator=gen) for n in sizes]
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            with with_backend("cpp"):
+                stats = kasmina_fast.gradient_stats(ts[:1], ts[1:], 9, 4)
+                runs.append((kasmina_fast.foreach_norm(ts), stats))
+    finally:
+        torch.set_num_threads(threads)
+    for norms, stats in runs[1:]:
+        assert torch.equal(norms, runs[0][0]) and torch.equal(stats, runs[0][1])
+
+
 def test_list_reader_takes_plain_tensors_only():
     """kasmina_fast._C reads lists of exact torch.Tensor in C++ (csrc/python/list_ops.cpp);
     a list with anything else (a Parameter, a non-tensor) goes the torch.ops way, same result."""
