@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: build the extension with its CUDA kernels, run the GPU tests,
-# then print the benchmark tables. Meant for a fresh CUDA machine with torch,
+# then print the benchmark tables and the GPU issues' speed targets, each with
+# its measured value and met or not (bench/summarize.py). Meant for a fresh CUDA machine with torch,
 # triton, nvcc, ninja, pytest, hypothesis and pytest-benchmark installed and
 # no network; finishes in about 4 minutes on an H100; logs go to RESULTS_DIR
 # (at most 6 files: env.log, build.log, tests.log, bench.log, bench*.json, tables.md).

@@ -1,7 +1,9 @@
 """Print markdown tables from a pytest-benchmark JSON file: per group, the
 median of every backend, its speed-up over the eager reference, and (where
 the case records its bytes) the achieved bandwidth and the ratio to the
-bandwidth floor; for the small-slot chains, the per-op slope.
+bandwidth floor; for the small-slot chains, the per-op slope; then, for a CUDA
+run, every speed target of the GPU issues with the measured value and whether
+it is met (``target_rows``).
 
     pytest bench --benchmark-json=out.json && python bench/summarize.py out.json [--bw GBPS]
 
@@ -18,6 +20,69 @@ from collections import defaultdict
 
 def fmt(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
+
+
+FAST = ("cuda", "triton")
+FLOOR_RATIO = 1.15  # every blend/STE case within 1.15x of its bandwidth floor
+STE_SPEEDUP = 4.0  # STE >= 4x eager
+SMALL_SLOT_RATIO = 0.5  # per op in a chain <= 0.5x eager's
+NORM_LIMITS_US = {"resnet50": 50.0, "tiny14": 8.0, "many1000": 60.0}  # gradient_stats, host call included
+GPT2_BW_SHARE = 0.8  # gpt2_small gradient_stats >= 80% of copy bandwidth
+
+
+def target_rows(groups: dict, chains: dict, bw: float) -> list[tuple[str, str, str, str, bool]]:
+    """(target, case, backend, measured, met) for every target that this run's
+    CUDA groups can check; floor and bandwidth targets need ``bw`` (GB/s)."""
+    rows: list[tuple[str, str, str, str, bool]] = []
+
+    def med(res: dict, label: str) -> float | None:
+        return res.get(label, {}).get("stats", {}).get("median")
+
+    for group, res in groups.items():
+        if not group.endswith("-cuda"):
+            continue
+        op = group.split("-")[0]
+        for backend in FAST:
+            t = med(res, backend)
+            if t is None:
+                continue
+
+            def add(target: str, measured: str, ok: bool) -> None:
+                rows.append((target, group, backend, measured, ok))  # noqa: B023 (called at once)
+
+            nbytes = res[backend]["extra_info"].get("bytes")
+            if op in ("blend", "ste") and "30-tensors" not in group:
+                ref, ref_compiled = med(res, "reference"), med(res, "reference+compile")
+                compiled = med(res, f"{backend}+compile")
+                if nbytes and bw:
+                    ratio = t / (nbytes / (bw * 1e9))
+                    add(f"<= {FLOOR_RATIO}x floor", f"{ratio:.2f}x", ratio <= FLOOR_RATIO)
+                if op == "ste" and ref:
+                    add(f">= {STE_SPEEDUP:.0f}x eager", f"{ref / t:.2f}x", ref / t >= STE_SPEEDUP)
+                if ref_compiled:
+                    add("<= compile(reference)", f"{fmt(t)} vs {fmt(ref_compiled)}", t <= ref_compiled)
+                if compiled:
+                    add("compiled <= eager", f"{fmt(compiled)} vs {fmt(t)}", compiled <= t)
+            elif op == "gradient_stats":
+                name = group[len("gradient_stats-") : -len("-cuda")]
+                if name in NORM_LIMITS_US:
+                    limit = NORM_LIMITS_US[name]
+                    add(f"<= {limit:.0f} us", fmt(t), t * 1e6 <= limit)
+                elif name == "gpt2_small" and nbytes and bw:
+                    share = nbytes / t / (bw * 1e9)
+                    add(f">= {GPT2_BW_SHARE:.0%} of copy bw", f"{share:.0%}", share >= GPT2_BW_SHARE)
+    for group, per_backend in chains.items():
+        ref = per_backend.get("reference", {})
+        if not group.endswith("-cuda") or 1 not in ref or 9 not in ref or ref[9] <= ref[1]:
+            continue
+        ref_slope = (ref[9] - ref[1]) / 8
+        for backend in FAST:
+            t = per_backend.get(backend, {})
+            if 1 in t and 9 in t:
+                ratio = (t[9] - t[1]) / 8 / ref_slope
+                target = f"<= {SMALL_SLOT_RATIO}x eager per op"
+                rows.append((target, group, backend, f"{ratio:.2f}x", ratio <= SMALL_SLOT_RATIO))
+    return rows
 
 
 def main() -> None:
@@ -68,6 +133,16 @@ def main() -> None:
                 slope = (t[9] - t[1]) / 8
                 ratio = f"{slope / ref_slope:.2f}x" if ref_slope else ""
                 print(f"| {group} | {backend} | {fmt(t[1])} | {fmt(t[9])} | {fmt(slope)} | {ratio} |")
+    rows = target_rows(groups, chains, args.bw)
+    if rows:
+        met = sum(r[4] for r in rows)
+        print()
+        print(f"Targets: {met} of {len(rows)} met")
+        print()
+        print("| target | case | backend | measured | met |")
+        print("|---|---|---|---|---|")
+        for target, case, backend, measured, ok in rows:
+            print(f"| {target} | {case} | {backend} | {measured} | {'yes' if ok else '**no**'} |")
 
 
 if __name__ == "__main__":

@@ -50,3 +50,47 @@ def test_summarize_reads_pytest_benchmark_json(tmp_path):
     assert json.loads(report.read_text())["benchmarks"]
     table = run("summarize.py", str(report))
     assert "overhead-blend-8x8-cpu" in table
+
+
+def _bench(group: str, backend: str, median: float, **info) -> dict:
+    return {"group": group, "name": f"{group}[{backend}]", "stats": {"median": median},
+            "extra_info": {"backend": backend, **info}}  # fmt: skip
+
+
+def test_summarize_checks_the_gpu_targets(tmp_path):
+    """A made-up CUDA run: each target row reads the right numbers and says met or not."""
+    mb = 1_000_000
+    floor = 100 * mb / 2000e9  # 50 us at 2000 GB/s
+    benchmarks = [
+        _bench("blend-learnable-x-float32-cuda", "reference", 4 * floor, bytes=100 * mb),
+        _bench("blend-learnable-x-float32-cuda", "cuda", 1.1 * floor, bytes=100 * mb),  # within 1.15x
+        _bench("blend-learnable-x-float32-cuda", "reference+compile", 1.05 * floor, bytes=100 * mb),
+        _bench("ste---x-float32-cuda", "reference", 3 * floor, bytes=100 * mb),
+        _bench("ste---x-float32-cuda", "cuda", 1.2 * floor, bytes=100 * mb),  # 2.5x eager only
+        _bench("ste---x-float32-cuda", "cuda+compile", floor, bytes=100 * mb),
+        _bench("gradient_stats-resnet50-cuda", "cuda", 40e-6, bytes=102 * mb),
+        _bench("gradient_stats-many1000-cuda", "triton", 70e-6, bytes=16 * mb),
+        _bench("gradient_stats-gpt2_small-cuda", "cuda", 498 * mb / 1700e9, bytes=498 * mb),  # 85%
+        _bench("chain-32x64-cuda", "reference@1", 100e-6, chain=1, base="reference"),
+        _bench("chain-32x64-cuda", "reference@9", 900e-6, chain=9, base="reference"),
+        _bench("chain-32x64-cuda", "cuda@1", 60e-6, chain=1, base="cuda"),
+        _bench("chain-32x64-cuda", "cuda@9", 500e-6, chain=9, base="cuda"),  # 55 us / 100 us
+        _bench("gradient_stats-resnet50-cpu", "cpp", 1e-3, bytes=102 * mb),  # not a GPU target
+    ]
+    report = tmp_path / "gpu.json"
+    report.write_text(json.dumps({"machine_info": {"cpu": {}}, "datetime": "now", "benchmarks": benchmarks}))
+    out = run("summarize.py", str(report), "--bw", "2000")
+    table = out.split("| target | case | backend | measured | met |")[1].splitlines()[2:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("|")]
+    rows = {(c[0], c[1]): (c[3], c[4]) for c in cells if c[2] == "cuda" or "many1000" in c[1]}
+    assert rows[("<= 1.15x floor", "blend-learnable-x-float32-cuda")] == ("1.10x", "yes")
+    assert rows[("<= compile(reference)", "blend-learnable-x-float32-cuda")][1] == "**no**"
+    assert rows[(">= 4x eager", "ste---x-float32-cuda")] == ("2.50x", "**no**")
+    assert rows[("<= 1.15x floor", "ste---x-float32-cuda")][1] == "**no**"
+    assert rows[("<= 50 us", "gradient_stats-resnet50-cuda")] == ("40.0 us", "yes")
+    assert rows[("<= 60 us", "gradient_stats-many1000-cuda")] == ("70.0 us", "**no**")
+    assert rows[(">= 80% of copy bw", "gradient_stats-gpt2_small-cuda")] == ("85%", "yes")
+    assert rows[("<= 0.5x eager per op", "chain-32x64-cuda")] == ("0.55x", "**no**")
+    assert rows[("compiled <= eager", "ste---x-float32-cuda")] == ("50.0 us vs 60.0 us", "yes")
+    assert len(cells) == len(rows) == 9, cells  # nothing from the CPU group
+    assert "Targets: 4 of 9 met" in out
