@@ -66,7 +66,9 @@ NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk,
 
 }  // namespace
 
-NormPlan cached_norm_plan(at::TensorList ts, const at::Device& device, int64_t chunk, bool split_alignment) {
+NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int64_t chunk, bool split_alignment) {
+  const at::TensorList ts = refs.list();
+  if (refs.owns_any()) return build_plan(ts, device, chunk, split_alignment);
   static std::mutex mutex;
   static std::list<std::pair<PlanKey, NormPlan>> cache;  // most recent first
   {

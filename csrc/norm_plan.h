@@ -30,14 +30,18 @@ struct NormPlan {
   int64_t n_partials = 0;
 };
 
-// The plan of `ts` (dense tensors, see dense_list) for `chunk`-element chunks,
-// grouped by dtype, and also by 16-byte alignment of the address when
-// `split_alignment` (the Triton kernel specialises on it). Returned by value:
-// the tensors are reference counted, so no other thread's eviction can pull
-// them away while the caller uses them. The cache holds the 16 most recent
-// plans; a hit compares the list with the cached signature in place (nothing
-// is allocated).
-NormPlan cached_norm_plan(at::TensorList ts, const at::Device& device, int64_t chunk, bool split_alignment);
+// The plan of `ts` (from dense_list) for `chunk`-element chunks, grouped by
+// dtype, and also by 16-byte alignment of the address when `split_alignment`
+// (the Triton kernel specialises on it). Returned by value: the tensors are
+// reference counted, so no other thread's eviction can pull them away while
+// the caller uses them. The cache holds the 16 most recent plans; a hit
+// compares the list with the cached signature in place (nothing is
+// allocated). A list that holds contiguous copies of strided views is planned
+// afresh on every call and never cached: the copies are new memory each time,
+// so its plan could never be found again, and caching it would only evict the
+// plans of lists that can (on CUDA such a call uploads its table, a host sync,
+// and cannot be captured in a CUDA graph).
+NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, bool split_alignment);
 
 // The tensors of a and b in order; dense layouts (contiguous, channels_last,
 // any non-overlapping dense permutation) as they are (borrowed: a and b must

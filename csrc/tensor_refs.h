@@ -46,6 +46,7 @@ class TensorRefs {
   }
 
   size_t size() const { return refs_.size(); }
+  bool owns_any() const { return !owned_.empty(); }
   at::TensorList list() const { return refs_; }
   operator at::TensorList() const { return refs_; }  // NOLINT(google-explicit-constructor)
 

@@ -205,3 +205,31 @@ def test_plan_cache_tells_lists_at_the_same_addresses_apart():
         for ts in lists_sharing_addresses("cpu"):
             got = torch.ops.kasmina.triton_foreach_norm(ts)
             torch.testing.assert_close(got, torch.stack([t.double().norm() for t in ts]).float())
+
+
+def test_lists_with_strided_views_do_not_evict_cached_plans():
+    """A list holding a strided view is tabled afresh on every call (its contiguous
+    copy is new memory each time) and is not cached, so it cannot push the plans of
+    other lists out of the cache: a dense list's table stays the same tensor."""
+    _needs_cpp_norms()
+    from kasmina_fast.triton_kernels import norms
+
+    from kasmina_fast import _C
+
+    tables = []
+
+    def spy(groups, parts, first, count, out):
+        tables.append(groups[0][3])  # (kept alive: a new table cannot reuse its memory)
+        norms.launch_norms(groups, parts, first, count, out)
+
+    dense = [torch.randn(10), torch.randn(3, 4)]
+    strided = [[torch.randn(2 * n + 4)[::2], torch.randn(5)] for n in range(20)]  # > 16 cached plans
+    try:
+        _C.set_triton_norm_launcher(norms.BLOCK, spy, stats_launcher())
+        for ts in [dense, *strided, dense, strided[0]]:
+            got = torch.ops.kasmina.triton_foreach_norm(ts)
+            torch.testing.assert_close(got, torch.stack([t.double().norm() for t in ts]).float())
+    finally:
+        register_launchers()
+    assert tables[21].data_ptr() == tables[0].data_ptr()  # the dense list's plan, found again
+    assert tables[22].data_ptr() != tables[1].data_ptr()  # a strided list: a new table
