@@ -118,9 +118,9 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _alpha_acc(alpha: torch.Tensor, host: torch.Tensor) -> tuple[torch.Tensor, int]:
-    a = alpha.to(torch.float64 if host.dtype == torch.float64 else torch.float32)
-    return a, (a.stride(0) if a.dim() else 0)
+def _alpha_acc(alpha: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
+    """alpha in the accumulation dtype (no copy when it already is)."""
+    return alpha.to(torch.float64 if host.dtype == torch.float64 else torch.float32)
 
 
 def _alpha_from(a: torch.Tensor, a_stride: int, lo: int) -> torch.Tensor:
@@ -142,7 +142,16 @@ def blend_forward(
     out = torch.empty_like(host)
     if host.numel() == 0:
         return out
-    a, a_stride = _alpha_acc(alpha, host)
+    launch_forward(host, seed, out, _alpha_acc(alpha, host), B, N)
+    return out
+
+
+def launch_forward(
+    host: torch.Tensor, seed: torch.Tensor, out: torch.Tensor, a: torch.Tensor, B: int, N: int
+) -> None:
+    """The forward launches into ``out`` (host's strides), ``a`` alpha in the
+    accumulation dtype; called from C++ (csrc/python/triton_blend.cpp) too."""
+    a_stride = a.stride(0) if a.dim() else 0
     for lo, hi in _sample_slices(B):
         off = lo * N
         grid = (cdiv(N, BLOCK), hi - lo)
@@ -157,7 +166,6 @@ def blend_forward(
             ACC=_acc(host.dtype),
             num_warps=NUM_WARPS,
         )
-    return out
 
 
 def _flat(t: torch.Tensor, offset: int) -> torch.Tensor:
@@ -186,7 +194,26 @@ def blend_backward(
         if mask[2]:
             d_alpha.zero_()
         return d_host, d_seed, d_alpha
-    a, a_stride = _alpha_acc(alpha, host)
+    launch_backward(grad, host, seed, d_host, d_seed, d_alpha, _alpha_acc(alpha, host), mask, B, N)
+    return d_host, d_seed, d_alpha
+
+
+def launch_backward(
+    grad: torch.Tensor,
+    host: torch.Tensor,
+    seed: torch.Tensor,
+    d_host: torch.Tensor,
+    d_seed: torch.Tensor,
+    d_alpha: torch.Tensor,
+    a: torch.Tensor,
+    mask: tuple[bool, bool, bool],
+    B: int,
+    N: int,
+) -> None:
+    """The backward launches into the outputs in ``mask`` (host's strides; ``d_alpha``
+    in alpha's dtype and shape), ``a`` alpha in the accumulation dtype; called from
+    C++ (csrc/python/triton_blend.cpp) too."""
+    a_stride = a.stride(0) if a.dim() else 0
     acc = _acc(host.dtype)
     progs = cdiv(N, BLOCK)
     parts = torch.empty(B * progs if mask[2] else 1, dtype=a.dtype, device=host.device)
@@ -210,17 +237,21 @@ def blend_backward(
             num_warps=NUM_WARPS,
         )
     if mask[2]:
-        da = d_alpha if d_alpha.dtype == a.dtype else torch.empty(alpha.shape, dtype=a.dtype, device=a.device)
+        da = d_alpha if d_alpha.dtype == a.dtype else torch.empty_like(d_alpha, dtype=a.dtype)
         d_alpha_finalize_kernel[(B,)](parts, progs, a, a_stride, da, BLOCK=FINAL_BLOCK, ACC=acc, num_warps=4)
         if da is not d_alpha:
             d_alpha.copy_(da)
-    return d_host, d_seed, d_alpha
 
 
 def copy(src: torch.Tensor) -> torch.Tensor:
     """A copy of a dense tensor in the same layout (the STE's forward)."""
     out = torch.empty_like(src)
+    launch_copy(src, out)
+    return out
+
+
+def launch_copy(src: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` (src's strides) = ``src``; called from C++ too."""
     n = src.numel()
     if n:
         copy_kernel[(cdiv(n, BLOCK),)](_flat(src, 0), _flat(out, 0), n, BLOCK=BLOCK, num_warps=NUM_WARPS)
-    return out

@@ -6,6 +6,7 @@ namespace kasmina {
 at::Tensor param_gradient_stats(const pybind11::list& host_params, const pybind11::list& seed_params,
                                 int64_t host_count, int64_t seed_count, bool triton);
 void set_triton_norm_launcher(int64_t chunk, pybind11::object norms, pybind11::object stats);
+void set_triton_blend_launcher(pybind11::object forward, pybind11::object backward, pybind11::object copy);
 pybind11::object foreach_norm_list(const pybind11::list& tensors, bool triton);
 pybind11::object gradient_stats_list(const pybind11::list& host_grads, const pybind11::list& seed_grads,
                                      int64_t host_params, int64_t seed_params, bool triton);
@@ -30,4 +31,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("norms"), pybind11::arg("stats"),
         "Registers the Python launchers of kasmina::triton_foreach_norm and kasmina::triton_gradient_stats "
         "(csrc/python/triton_norms.cpp).");
+  m.def("set_triton_blend_launcher", &kasmina::set_triton_blend_launcher, pybind11::arg("forward"),
+        pybind11::arg("backward"), pybind11::arg("copy"),
+        "Registers the Python launchers of kasmina::triton_blend, triton_blend_backward and triton_ste "
+        "(csrc/python/triton_blend.cpp).");
 }

@@ -21,6 +21,7 @@
 
 #include "../checks.h"
 #include "../norm_plan.h"
+#include "with_gil.h"
 
 namespace kasmina {
 namespace {
@@ -44,18 +45,6 @@ Launcher& launcher() {
 void check_registered(const char* op) {
   TORCH_CHECK(launcher().chunk > 0, op,
               ": the Triton launcher is not registered (kasmina_fast.ops.triton_ops registers it on import)");
-}
-
-// Runs `call` (which builds Python objects and calls the launcher) with the
-// GIL held; a Python error becomes a RuntimeError that names the op.
-template <typename F>
-void with_gil(const char* op, F&& call) {
-  pybind11::gil_scoped_acquire gil;
-  try {
-    call();
-  } catch (pybind11::error_already_set& e) {
-    TORCH_CHECK(false, op, ": the Triton launch failed: ", e.what());
-  }
 }
 
 pybind11::list groups_of(const NormPlan& plan) {

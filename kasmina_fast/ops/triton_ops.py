@@ -4,13 +4,16 @@
 ``kasmina_fast.triton_kernels``.
 
 With the C++ extension, the blend and STE ops are defined in C++ with C++
-autograd (csrc/ops.cpp) and the functions here are registered as their CPU and
-CUDA kernels: an eager step then runs no Python autograd.Function (a tiny
-fwd+bwd with the kernels stubbed out: 69 -> 42 us of host time on the 2-core
-CPU VM, bench/RESULTS.md). Without it, they are ``torch.library.custom_op``s with
-Python autograd. The norm ops (no autograd) are likewise defined in C++, which
-does their host work and calls ``triton_kernels.norms``' launchers with the
-chunk tables (csrc/python/triton_norms.cpp); without the extension they are
+autograd (csrc/ops.cpp), and their CPU and CUDA kernels are C++ too
+(csrc/python/triton_blend.cpp): checks, layout test, outputs and fallback in
+C++, then one call of ``triton_kernels.blend``'s launchers; an eager step runs
+no Python autograd.Function and no Python kernel (bench/RESULTS.md has the
+host times). The op library built by CMake (no Python module part) gets the
+Python kernels below instead; without any extension the ops are
+``torch.library.custom_op``s with Python autograd. The norm ops (no autograd)
+are likewise defined in C++, which does their host work and calls
+``triton_kernels.norms``' launchers with the chunk tables
+(csrc/python/triton_norms.cpp); without the extension they are
 ``custom_op``s that do it in Python. All of them
 are plain ops, not ``triton_op``s, so that the very same registration runs the
 kernels on CUDA tensors and, under ``TRITON_INTERPRET=1``, on CPU tensors (how
@@ -79,9 +82,19 @@ def _ste(host: Tensor, seed: Tensor) -> Tensor:
     return host.clone(memory_format=torch.preserve_format)
 
 
-if _extension.has_kernel("triton_blend", "Autograd"):
-    # The C++ library defines the schemas and the autograd (csrc/ops.cpp; the
-    # fakes are in registration.py): only the kernels are registered here.
+if _extension.has_kernel("triton_blend", "CPU"):
+    # The C++ extension defines the ops, their autograd (csrc/ops.cpp) and their
+    # CPU/CUDA kernels, which do the host work and call these launchers
+    # (csrc/python/triton_blend.cpp; the fakes are in registration.py).
+    from kasmina_fast import _C
+
+    _C.set_triton_blend_launcher(kernels.launch_forward, kernels.launch_backward, kernels.launch_copy)
+    triton_blend = torch.ops.kasmina.triton_blend.default
+    triton_blend_backward = torch.ops.kasmina.triton_blend_backward.default
+    triton_ste = torch.ops.kasmina.triton_ste.default
+elif _extension.has_kernel("triton_blend", "Autograd"):
+    # The op library without its Python module part (the CMake build): the C++
+    # library defines the schemas and the autograd; the kernels are registered here.
     _lib = torch.library.Library("kasmina", "IMPL")
     for _name, _fn in (
         ("triton_blend", _blend),

@@ -108,6 +108,60 @@ def test_with_extension_autograd_is_cpp():
     assert type(torch.ops.kasmina.triton_ste(h, s).grad_fn).__name__ == "CppFunction"
 
 
+def test_with_extension_the_blend_host_work_is_cpp():
+    """Checks, layout, outputs and alpha's dtype are done in C++; Python gets one
+    launcher call with the outputs to fill. A failing launcher names the op."""
+    from kasmina_fast import _extension
+
+    if not _extension.has_kernel("triton_blend", "CPU"):
+        pytest.skip("the C++ extension (with its Python part) is not built here")
+    from kasmina_fast.triton_kernels import blend as kernels
+
+    from kasmina_fast import _C
+
+    calls = []
+
+    def spy(name, real):
+        def call(*args):
+            calls.append((name, args))
+            real(*args)
+
+        return call
+
+    h = torch.randn(3, 4, 5).contiguous().to(torch.float16)
+    s, g = torch.randn_like(h), torch.randn_like(h)
+    a = torch.rand(3, 1, 1, dtype=torch.float64)
+    try:
+        _C.set_triton_blend_launcher(
+            spy("forward", kernels.launch_forward),
+            spy("backward", kernels.launch_backward),
+            spy("copy", kernels.launch_copy),
+        )
+        out = torch.ops.kasmina.triton_blend(h, s, a)
+        grads = torch.ops.kasmina.triton_blend_backward(g, h, s, a, [True, False, True])
+        ste = torch.ops.kasmina.triton_ste(h, s)
+        strided = torch.ops.kasmina.triton_blend(h[:, ::2], s[:, ::2], a)  # the C++ fallback, no launch
+        _C.set_triton_blend_launcher(*[lambda *args: 1 / 0] * 3)
+        with pytest.raises(RuntimeError, match=r"kasmina::triton_blend: the Triton launch failed.*division"):
+            torch.ops.kasmina.triton_blend(h, s, a)
+    finally:
+        _C.set_triton_blend_launcher(kernels.launch_forward, kernels.launch_backward, kernels.launch_copy)
+    assert [name for name, _ in calls] == ["forward", "backward", "copy"]
+    (_, fwd), (_, bwd), (_, cp) = calls
+    assert fwd[2] is out and fwd[3].dtype == torch.float32 and fwd[4:] == (3, 20)
+    assert bwd[5] is grads[2] and bwd[4].numel() == 0 and bwd[7] == (True, False, True) and bwd[8:] == (3, 20)
+    assert cp[1] is ste
+    w = a.clamp(0, 1)
+    torch.testing.assert_close(out.double(), torch.lerp(h.double(), s.double(), w), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(
+        strided.double(), torch.lerp(h[:, ::2].double(), s[:, ::2].double(), w), rtol=2e-3, atol=2e-3
+    )
+    torch.testing.assert_close(
+        grads[2], (g.double() * (s.double() - h.double())).sum((1, 2), keepdim=True), rtol=1e-2, atol=1e-2
+    )
+    assert torch.equal(ste, h)
+
+
 def _needs_cpp_norms():
     from kasmina_fast import _extension
 
