@@ -126,3 +126,16 @@ def lists_sharing_addresses(device: str) -> list[list[torch.Tensor]]:
         [half.view(torch.bfloat16), other],  # same address and size, other dtype
         [base, other, base[1:]],  # one tensor more
     ]
+
+
+def on_thread_counts(fn, counts=(1, 2, 3)) -> list:
+    """``fn()`` run once with each CPU thread count in turn (the count is restored)."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in counts:
+            torch.set_num_threads(n)
+            results.append(fn())
+        return results
+    finally:
+        torch.set_num_threads(threads)

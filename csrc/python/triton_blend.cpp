@@ -96,16 +96,17 @@ void set_triton_blend_launcher(pybind11::object forward, pybind11::object backwa
   l.registered = true;
 }
 
+namespace {
+
+// the same kernels for CPU (TRITON_INTERPRET=1) and CUDA tensors
+void register_kernels(torch::Library& m) {
+  m.impl("triton_blend", &triton_blend);
+  m.impl("triton_blend_backward", &triton_blend_backward);
+  m.impl("triton_ste", &triton_ste);
+}
+
+}  // namespace
 }  // namespace kasmina
 
-TORCH_LIBRARY_IMPL(kasmina, CPU, m) {
-  m.impl("triton_blend", &kasmina::triton_blend);
-  m.impl("triton_blend_backward", &kasmina::triton_blend_backward);
-  m.impl("triton_ste", &kasmina::triton_ste);
-}
-
-TORCH_LIBRARY_IMPL(kasmina, CUDA, m) {
-  m.impl("triton_blend", &kasmina::triton_blend);
-  m.impl("triton_blend_backward", &kasmina::triton_blend_backward);
-  m.impl("triton_ste", &kasmina::triton_ste);
-}
+TORCH_LIBRARY_IMPL(kasmina, CPU, m) { kasmina::register_kernels(m); }
+TORCH_LIBRARY_IMPL(kasmina, CUDA, m) { kasmina::register_kernels(m); }

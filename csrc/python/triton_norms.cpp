@@ -104,14 +104,16 @@ void set_triton_norm_launcher(int64_t chunk, pybind11::object norms, pybind11::o
   l.chunk = chunk;
 }
 
+namespace {
+
+// the same kernels for CPU (TRITON_INTERPRET=1) and CUDA tensors
+void register_kernels(torch::Library& m) {
+  m.impl("triton_foreach_norm", &triton_foreach_norm);
+  m.impl("triton_gradient_stats", &triton_gradient_stats);
+}
+
+}  // namespace
 }  // namespace kasmina
 
-TORCH_LIBRARY_IMPL(kasmina, CPU, m) {
-  m.impl("triton_foreach_norm", &kasmina::triton_foreach_norm);
-  m.impl("triton_gradient_stats", &kasmina::triton_gradient_stats);
-}
-
-TORCH_LIBRARY_IMPL(kasmina, CUDA, m) {
-  m.impl("triton_foreach_norm", &kasmina::triton_foreach_norm);
-  m.impl("triton_gradient_stats", &kasmina::triton_gradient_stats);
-}
+TORCH_LIBRARY_IMPL(kasmina, CPU, m) { kasmina::register_kernels(m); }
+TORCH_LIBRARY_IMPL(kasmina, CUDA, m) { kasmina::register_kernels(m); }

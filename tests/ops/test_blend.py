@@ -17,6 +17,7 @@ from tests.utils import (
     assert_close_rel,
     cpu_backends,
     make,
+    on_thread_counts,
     oracle_blend,
     run_blend,
     targets,
@@ -174,15 +175,8 @@ def test_cpp_result_bits_do_not_depend_on_the_thread_count(shape):
     gen = torch.Generator().manual_seed(5)
     host, seed, gout = (torch.randn(shape, generator=gen) for _ in range(3))
     alpha = torch.rand(shape[0], *[1] * (len(shape) - 1), generator=gen).requires_grad_()
-    threads = torch.get_num_threads()
-    runs = []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            with with_backend("cpp"):
-                runs.append(run_blend(kasmina_fast.blend, host, seed, alpha, gout))
-    finally:
-        torch.set_num_threads(threads)
+    with with_backend("cpp"):
+        runs = on_thread_counts(lambda: run_blend(kasmina_fast.blend, host, seed, alpha, gout))
     for run in runs[1:]:
         for a, b in zip(runs[0], run):
             assert torch.equal(a, b)

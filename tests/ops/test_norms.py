@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import kasmina_fast
-from tests.utils import assert_close_rel, cpu_backends, make, with_backend
+from tests.utils import assert_close_rel, cpu_backends, make, on_thread_counts, with_backend
 
 
 def want_norms(ts):
@@ -131,16 +131,10 @@ def test_cpp_norm_bits_do_not_depend_on_the_thread_count(sizes):
         pytest.skip("the C++ extension is not built here")
     gen = torch.Generator().manual_seed(3)
     ts = [torch.randn(n, generator=gen) for n in sizes]
-    threads = torch.get_num_threads()
-    runs = []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            with with_backend("cpp"):
-                stats = kasmina_fast.gradient_stats(ts[:1], ts[1:], 9, 4)
-                runs.append((kasmina_fast.foreach_norm(ts), stats))
-    finally:
-        torch.set_num_threads(threads)
+    with with_backend("cpp"):
+        runs = on_thread_counts(
+            lambda: (kasmina_fast.foreach_norm(ts), kasmina_fast.gradient_stats(ts[:1], ts[1:], 9, 4))
+        )
     for norms, stats in runs[1:]:
         assert torch.equal(norms, runs[0][0]) and torch.equal(stats, runs[0][1])
 
