@@ -8,9 +8,8 @@ autograd (csrc/ops.cpp), and their CPU and CUDA kernels are C++ too
 (csrc/python/triton_blend.cpp): checks, layout test, outputs and fallback in
 C++, then one call of ``triton_kernels.blend``'s launchers; an eager step runs
 no Python autograd.Function and no Python kernel (bench/RESULTS.md has the
-host times). The op library built by CMake (no Python module part) gets the
-Python kernels below instead; without any extension the ops are
-``torch.library.custom_op``s with Python autograd. The norm ops (no autograd)
+host times). Without the extension the ops are ``torch.library.custom_op``s
+with Python autograd and the Python kernels below. The norm ops (no autograd)
 are likewise defined in C++, which does their host work and calls
 ``triton_kernels.norms``' launchers with the chunk tables
 (csrc/python/triton_norms.cpp); without the extension they are
@@ -89,19 +88,6 @@ if _extension.has_kernel("triton_blend", "CPU"):
     from kasmina_fast import _C
 
     _C.set_triton_blend_launcher(kernels.launch_forward, kernels.launch_backward, kernels.launch_copy)
-    triton_blend = torch.ops.kasmina.triton_blend.default
-    triton_blend_backward = torch.ops.kasmina.triton_blend_backward.default
-    triton_ste = torch.ops.kasmina.triton_ste.default
-elif _extension.has_kernel("triton_blend", "Autograd"):
-    # The op library without its Python module part (the CMake build): the C++
-    # library defines the schemas and the autograd; the kernels are registered here.
-    _lib = torch.library.Library("kasmina", "IMPL")
-    for _name, _fn in (
-        ("triton_blend", _blend),
-        ("triton_blend_backward", _blend_backward),
-        ("triton_ste", _ste),
-    ):
-        torch.library.impl(f"kasmina::{_name}", ("cpu", "cuda"), _fn, lib=_lib)
     triton_blend = torch.ops.kasmina.triton_blend.default
     triton_blend_backward = torch.ops.kasmina.triton_blend_backward.default
     triton_ste = torch.ops.kasmina.triton_ste.default
