@@ -6,16 +6,9 @@
 #include "layout.h"
 
 namespace kasmina {
-namespace {
-
-at::ScalarType acc_type(const at::Tensor& host) {
-  return host.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-}  // namespace
 
 at::Tensor blend_fallback(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha, at::Tensor out) {
-  const at::ScalarType acc = acc_type(host);
+  const at::ScalarType acc = acc_dtype(host);
   out.copy_(at::lerp(host.to(acc), seed.to(acc), alpha.clamp(0, 1).to(acc)));
   return out;
 }
@@ -23,7 +16,7 @@ at::Tensor blend_fallback(const at::Tensor& host, const at::Tensor& seed, const 
 void blend_backward_fallback(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
                              const at::Tensor& alpha, std::array<bool, 3> mask, at::Tensor& d_host, at::Tensor& d_seed,
                              at::Tensor& d_alpha) {
-  const at::ScalarType acc = acc_type(host);
+  const at::ScalarType acc = acc_dtype(host);
   const at::Tensor w = alpha.clamp(0, 1).to(acc);
   const at::Tensor g = grad.to(acc);
   if (mask[0]) d_host.copy_(g * (1 - w));

@@ -55,6 +55,14 @@ inline Blocks backward_blocks(const at::Tensor& grad, const at::Tensor& host, co
   return blk;
 }
 
+// The dtype the blend kernels compute in: fp64 for fp64, else fp32.
+inline at::ScalarType acc_dtype(const at::Tensor& host) {
+  return host.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// alpha in that dtype (no copy when it already is), as the kernels read it.
+inline at::Tensor alpha_acc(const at::Tensor& alpha, const at::Tensor& host) { return alpha.to(acc_dtype(host)); }
+
 // Strided fallback of blend and its backward (ATen ops, correct for any
 // layout, several passes), in fp32 (fp64 for fp64) like the dense kernels.
 at::Tensor blend_fallback(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha, at::Tensor out);

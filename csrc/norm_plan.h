@@ -12,6 +12,7 @@
 
 #include "tensor_refs.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -42,6 +43,11 @@ struct NormPlan {
 // plans of lists that can (on CUDA such a call uploads its table, a host sync,
 // and cannot be captured in a CUDA graph).
 NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, bool split_alignment);
+
+// Room for the plan's fp64 chunk partials on `device` (at least one element).
+inline at::Tensor norm_partials(const NormPlan& plan, const at::Device& device) {
+  return at::empty({std::max<int64_t>(plan.n_partials, 1)}, at::TensorOptions().dtype(at::kDouble).device(device));
+}
 
 // The tensors of a and b in order; dense layouts (contiguous, channels_last,
 // any non-overlapping dense permutation) as they are (borrowed: a and b must

@@ -77,6 +77,7 @@ std::vector<double> sums_of_squares(at::TensorList a, at::TensorList b = {}) {
   auto tensor = [&](int64_t i) -> const at::Tensor& { return i < na ? a[i] : b[i - na]; };
   std::vector<double> out(n, 0.0);
   std::vector<Task> tasks;
+  int64_t elems = 0;  // in the tasks
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensor(i);
     const int64_t numel = t.numel();
@@ -87,10 +88,9 @@ std::vector<double> sums_of_squares(at::TensorList a, at::TensorList b = {}) {
       continue;
     }
     for (int64_t lo = 0; lo < numel; lo += kNormChunk) tasks.push_back({i, lo, std::min(lo + kNormChunk, numel)});
+    elems += numel;
   }
   std::vector<double> partial(tasks.size(), 0.0);
-  int64_t elems = 0;
-  for (const Task& tk : tasks) elems += tk.hi - tk.lo;
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
   // a task also costs about as much as 256 elements (the dtype dispatch, the tensor's fields)
   const int64_t grain = cpu::task_grain(n_tasks > 0 ? elems / n_tasks + 256 : 0);

@@ -42,13 +42,6 @@ int64_t sm_count() {
 
 dim3 grid_for(int64_t B, int64_t nvec) { return blend_grid(B, nvec, sm_count()); }
 
-at::ScalarType acc_dtype(const at::Tensor& host) {
-  return host.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// alpha in the accumulation dtype (no copy when it already is).
-at::Tensor alpha_acc(const at::Tensor& alpha, const at::Tensor& host) { return alpha.to(acc_dtype(host)); }
-
 }  // namespace
 
 at::Tensor blend_cuda(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha) {

@@ -27,8 +27,7 @@ constexpr int64_t kMaxGrid = 65535 * 8;
 
 // Launches the chunk sums of every dtype group; returns the fp64 partials.
 at::Tensor chunk_sums(const NormPlan& plan, const at::Device& device, cudaStream_t stream) {
-  at::Tensor partial =
-      at::empty({std::max<int64_t>(plan.n_partials, 1)}, at::TensorOptions().dtype(at::kDouble).device(device));
+  at::Tensor partial = norm_partials(plan, device);
   for (const NormPlan::Group& group : plan.groups) {
     const int64_t chunks = group.n_chunks;
     const int64_t* table = group.table.const_data_ptr<int64_t>();

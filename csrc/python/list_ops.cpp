@@ -9,10 +9,9 @@
 // exactly as from Python. Only exact
 // torch.Tensor elements qualify: anything else (a subclass, a non-tensor)
 // returns None and kasmina_fast.ops.norms takes the torch.ops route, which
-// handles __torch_function__ and raises the usual errors; so does an active
-// TorchFunctionMode, which must see the op. Not used under torch.compile (the
-// wrapper checks), where the op is traced as usual.
-#include <ATen/PythonTorchFunctionTLS.h>
+// handles __torch_function__ and raises the usual errors. Not used under
+// torch.compile or a TorchFunctionMode (the wrapper checks), where the op is
+// traced, or seen by the mode, as usual.
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
@@ -32,9 +31,8 @@ Handle find(const char* name) {
 // The elements of `list` as borrowed tensors (tensor_refs.h), pinned by
 // `pinned`, a tuple of the same objects: the GIL is released during the op,
 // and another thread could empty the list meanwhile. False (and nothing kept)
-// when an element is not exactly a torch.Tensor or a TorchFunctionMode is on.
+// when an element is not exactly a torch.Tensor.
 bool plain_tensors(const pybind11::list& list, pybind11::tuple& pinned, TensorRefs& out) {
-  if (at::impl::torch_function_mode_enabled()) return false;
   const auto* tensor_type = reinterpret_cast<PyTypeObject*>(THPVariableClass);
   pinned = pybind11::reinterpret_steal<pybind11::tuple>(PyList_AsTuple(list.ptr()));
   if (!pinned) throw pybind11::error_already_set();

@@ -50,10 +50,6 @@ void launch(const char* op, const at::Device& device, F&& call) {
   with_gil(op, [&] { call(launcher()); });
 }
 
-at::Tensor alpha_acc(const at::Tensor& alpha, const at::Tensor& host) {
-  return alpha.to(host.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-}
-
 at::Tensor triton_blend(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha) {
   check_blend_args(host, seed, alpha, "kasmina::blend");
   at::Tensor out = at::empty_like(host);

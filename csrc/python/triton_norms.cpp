@@ -15,7 +15,6 @@
 // They run on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
 #include <torch/extension.h>
 
-#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -55,10 +54,6 @@ pybind11::list groups_of(const NormPlan& plan) {
   return groups;
 }
 
-at::Tensor partials(const NormPlan& plan, const at::Device& device) {
-  return at::empty({std::max<int64_t>(plan.n_partials, 1)}, at::TensorOptions().dtype(at::kDouble).device(device));
-}
-
 at::Tensor triton_foreach_norm(at::TensorList tensors) {
   const char* op = "kasmina::triton_foreach_norm";
   check_foreach_norm_args(tensors);
@@ -68,7 +63,7 @@ at::Tensor triton_foreach_norm(at::TensorList tensors) {
   if (device.is_cuda()) guard.reset_device(device);
   const TensorRefs ts = dense_list(tensors);  // (alive until the kernels are launched)
   const NormPlan plan = cached_norm_plan(ts, device, launcher().chunk, /*split_alignment=*/true);
-  const at::Tensor partial = partials(plan, device);
+  const at::Tensor partial = norm_partials(plan, device);
   at::Tensor out =
       at::empty({static_cast<int64_t>(tensors.size())}, at::TensorOptions().dtype(at::kFloat).device(device));
   with_gil(op, [&] { launcher().norms(groups_of(plan), partial, plan.first, plan.count, out); });
@@ -85,7 +80,7 @@ at::Tensor triton_gradient_stats(at::TensorList host_grads, at::TensorList seed_
   if (device.is_cuda()) guard.reset_device(device);
   const TensorRefs ts = dense_list(host_grads, seed_grads);  // (alive until the launch)
   const NormPlan plan = cached_norm_plan(ts, device, launcher().chunk, /*split_alignment=*/true);
-  const at::Tensor partial = partials(plan, device);
+  const at::Tensor partial = norm_partials(plan, device);
   at::Tensor out = at::empty({4}, at::TensorOptions().dtype(at::kFloat).device(device));
   const int64_t host_slots = plan.host_first[host_grads.size()];
   with_gil(op, [&] {

@@ -58,6 +58,14 @@ if _extension.LOADED:
             _list_reader_ops |= {_foreach_impls["triton"]: True, _stats_impls["triton"]: True}
 
 
+def _list_reader(route) -> bool | None:
+    """Whether ``route``'s lists are read in C++ (the value of ``_list_reader_ops``),
+    or None: not an extension op, or a TorchFunctionMode is on (it must see the op)."""
+    if torch._C._is_torch_function_mode_enabled():
+        return None
+    return _list_reader_ops.get(route)
+
+
 def _on_cuda(*lists: Sequence[Tensor]) -> bool:
     for ts in lists:
         if len(ts):
@@ -73,7 +81,7 @@ def foreach_norm(tensors: Sequence[Tensor]) -> Tensor:
     """
     tensors = list(tensors)
     route = (backends.CUDA if _on_cuda(tensors) else backends.CPU).foreach_norm
-    triton = _list_reader_ops.get(route)
+    triton = _list_reader(route)
     if triton is not None and not torch.compiler.is_compiling():
         out = _C.foreach_norm_list(tensors, triton)
         if out is not None:
@@ -93,7 +101,7 @@ def gradient_stats(
     host_grads, seed_grads = list(host_grads), list(seed_grads)
     host_params, seed_params = int(host_params), int(seed_params)
     route = (backends.CUDA if _on_cuda(host_grads, seed_grads) else backends.CPU).gradient_stats
-    triton = _list_reader_ops.get(route)
+    triton = _list_reader(route)
     if triton is not None and not torch.compiler.is_compiling():
         out = _C.gradient_stats_list(host_grads, seed_grads, host_params, seed_params, triton)
         if out is not None:
@@ -115,8 +123,8 @@ def param_gradient_stats(
     first = host_params[0] if host_params else seed_params[0] if seed_params else None
     on_cuda = isinstance(first, Tensor) and first.is_cuda
     route = (backends.CUDA if on_cuda else backends.CPU).gradient_stats
-    triton = _list_reader_ops.get(route)
-    if triton is not None and not torch._C._is_torch_function_mode_enabled():
+    triton = _list_reader(route)
+    if triton is not None:
         return _C.param_gradient_stats(host_params, seed_params, host_count, seed_count, triton)
     host, seed = _grads(host_params, "host_params"), _grads(seed_params, "seed_params")
     return route(host, seed, host_count, seed_count)
