@@ -146,7 +146,9 @@ _PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
 _MAX_PLANS = 16
 
 
-def _plan(tensors: list[torch.Tensor], device: torch.device) -> _Plan:
+def _plan(tensors: list[torch.Tensor], device: torch.device, cache: bool = True) -> _Plan:
+    if not cache:
+        return _Plan(tensors, device)
     key = (device, *((t.data_ptr(), t.numel(), t.dtype) for t in tensors))
     plan = _PLANS.get(key)
     if plan is None:
@@ -204,9 +206,11 @@ def launch_stats(
 
 def _dense_plan(tensors: list[torch.Tensor], device: torch.device) -> tuple[_Plan, torch.Tensor]:
     """The plan of the list and room for its fp64 partials (dense layouts are read in
-    place; other strided views are first copied to a contiguous tensor)."""
+    place; other strided views are first copied to a contiguous tensor, new memory on
+    every call, so such a list's plan is not cached, as in csrc/norm_plan.h)."""
     dense = [t if t.is_contiguous() or is_dense(t) else t.contiguous() for t in tensors]
-    plan = _plan(dense, device)
+    copied = any(d is not t for d, t in zip(dense, tensors))
+    plan = _plan(dense, device, cache=not copied)
     return plan, torch.empty(max(plan.n_partials, 1), dtype=torch.float64, device=device)
 
 
