@@ -1,9 +1,11 @@
 """Print markdown tables from a pytest-benchmark JSON file: per group, the
 median of every backend, its speed-up over the eager reference, and (where
 the case records its bytes) the achieved bandwidth and the ratio to the
-bandwidth floor; for the small-slot chains, the per-op slope; then, for a CUDA
-run, every speed target of the GPU issues with the measured value and whether
-it is met (``target_rows``).
+bandwidth floor; for the small-slot chains, the per-op slope; the compiled
+cases side by side per registration (``compile_rows``: which of the C++ op, the
+Triton custom op and the ``triton_op`` compiles fastest); then, for a CUDA run,
+every speed target of the GPU issues with the measured value and whether it is
+met (``target_rows``).
 
     pytest bench --benchmark-json=out.json && python bench/summarize.py out.json [--bw GBPS]
 
@@ -23,6 +25,7 @@ def fmt(seconds: float) -> str:
 
 
 FAST = ("cuda", "triton")
+COMPILED = ("reference", "cuda", "triton", "triton_op")  # "<backend>+compile" labels, in table order
 FLOOR_RATIO = 1.15  # every blend/STE case within 1.15x of its bandwidth floor
 STE_SPEEDUP = 4.0  # STE >= 4x eager
 SMALL_SLOT_RATIO = 0.5  # per op in a chain <= 0.5x eager's
@@ -71,6 +74,11 @@ def target_rows(groups: dict, chains: dict, bw: float) -> list[tuple[str, str, s
                 elif name == "gpt2_small" and nbytes and bw:
                     share = nbytes / t / (bw * 1e9)
                     add(f">= {GPT2_BW_SHARE:.0%} of copy bw", f"{share:.0%}", share >= GPT2_BW_SHARE)
+        # triton_op is timed compiled only; its eager twin runs the same kernels
+        compiled, eager = med(res, "triton_op+compile"), med(res, "triton")
+        if op in ("blend", "ste") and compiled and eager:
+            measured = f"{fmt(compiled)} vs {fmt(eager)} (triton eager)"
+            rows.append(("compiled <= eager", group, "triton_op", measured, compiled <= eager))
     for group, per_backend in chains.items():
         ref = per_backend.get("reference", {})
         if not group.endswith("-cuda") or 1 not in ref or 9 not in ref or ref[9] <= ref[1]:
@@ -82,6 +90,18 @@ def target_rows(groups: dict, chains: dict, bw: float) -> list[tuple[str, str, s
                 ratio = (t[9] - t[1]) / 8 / ref_slope
                 target = f"<= {SMALL_SLOT_RATIO}x eager per op"
                 rows.append((target, group, backend, f"{ratio:.2f}x", ratio <= SMALL_SLOT_RATIO))
+    return rows
+
+
+def compile_rows(groups: dict) -> list[tuple[str, list[float | None], str]]:
+    """(case, median of each ``COMPILED`` registration under torch.compile or None,
+    the fastest of the fast ones) for every case with a compiled fast op."""
+    rows = []
+    for group, res in groups.items():
+        times = [res.get(f"{b}+compile", {}).get("stats", {}).get("median") for b in COMPILED]
+        fast = {b: t for b, t in zip(COMPILED[1:], times[1:]) if t is not None}
+        if fast:
+            rows.append((group, times, min(fast, key=fast.get)))
     return rows
 
 
@@ -133,6 +153,14 @@ def main() -> None:
                 slope = (t[9] - t[1]) / 8
                 ratio = f"{slope / ref_slope:.2f}x" if ref_slope else ""
                 print(f"| {group} | {backend} | {fmt(t[1])} | {fmt(t[9])} | {fmt(slope)} | {ratio} |")
+    compiled = compile_rows(groups)
+    if compiled:
+        print()
+        print("| torch.compile, fwd+bwd | " + " | ".join(COMPILED) + " | fastest registration |")
+        print("|---" * (len(COMPILED) + 2) + "|")
+        for group, times, best in compiled:
+            cells = " | ".join(fmt(t) if t is not None else "" for t in times)
+            print(f"| {group} | {cells} | {best} |")
     rows = target_rows(groups, chains, args.bw)
     if rows:
         met = sum(r[4] for r in rows)

@@ -162,7 +162,7 @@ def test_monitor_check_host_cost(benchmark, backend, impl, numel):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="timed on CUDA only")
-@pytest.mark.parametrize("backend", [b for b in backends_here(DEVICE) if b != "reference"])
+@pytest.mark.parametrize("backend", [b for b in backends_here(DEVICE, compiled=True) if b != "reference"])
 @pytest.mark.parametrize(("op", "kind", "shape", "dtype"), CASES[:6])
 def test_fwd_bwd_compiled_fast(benchmark, backend, op, kind, shape, dtype):
     """torch.compile(fullgraph) around the fast op: the compiled path must not be slower than eager."""

@@ -10,11 +10,15 @@ cpp         the fused C++ kernels of ``kasmina_fast._C``      CPU
 triton      the Triton kernels (``triton_kernels/``)          CUDA; CPU with
                                                              TRITON_INTERPRET=1
 cuda        the CUDA C++ kernels of ``kasmina_fast._C``       CUDA
+triton_op   the Triton blend and STE kernels registered as   CUDA
+            ``torch.library.triton_op`` (``ops/triton_op.py``:
+            ``torch.compile`` traces into them)
 =========== ================================================ =================
 
 ``auto`` (the default) picks per op and device: on the CPU ``cpp``, else
 ``reference``; on CUDA the first available of the op's measured preference
-(``AUTO_CUDA``), else ``reference``. The environment variable
+(``AUTO_CUDA``, which does not list ``triton_op`` until it is measured), else
+``reference``. The environment variable
 ``KASMINA_FAST_BACKEND`` sets the process default; :func:`use_backend` forces
 one backend inside a ``with`` block. The choice is process-wide (not
 per-thread). A forced backend that cannot run a tensor's device raises,
@@ -36,7 +40,7 @@ import torch
 
 from kasmina_fast import _extension
 
-NAMES: tuple[str, ...] = ("reference", "cpp", "triton", "cuda")
+NAMES: tuple[str, ...] = ("reference", "cpp", "triton", "cuda", "triton_op")
 CHOICES: tuple[str, ...] = ("auto", *NAMES)
 
 #: Preference order on CUDA for ``auto`` per op (see bench/RESULTS.md). The
@@ -99,6 +103,10 @@ def status() -> dict[str, str]:
         out["cuda"] = "no CUDA device is visible"
     else:
         out["cuda"] = "available"
+    if not cuda_ok:  # (under TRITON_INTERPRET a triton_op runs but cannot be traced: no CPU route)
+        out["triton_op"] = "no CUDA device is visible"
+    else:
+        out["triton_op"] = out["triton"]
     return out
 
 
@@ -114,7 +122,7 @@ def _devices(name: str) -> tuple[str, ...]:
         return ("cpu",)
     if name == "triton":
         return ("cpu",) if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
-    return ("cuda",)
+    return ("cuda",)  # cuda, triton_op
 
 
 def _unavailable(op: str, name: str, device: str, why: str) -> Callable:

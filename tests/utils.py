@@ -34,7 +34,9 @@ def targets(op: str = "blend") -> list:
     out = [pytest.param("cpu", b, id=f"cpu-{b}") for b in cpu_backends(op)]
     if torch.cuda.is_available():
         has = backends._IMPLS[op]
-        cuda = ["reference"] + [b for b in ("cuda", "triton") if b in kasmina_fast.available() and b in has]
+        cuda = ["reference"] + [
+            b for b in ("cuda", "triton", "triton_op") if b in kasmina_fast.available() and b in has
+        ]
         out += [pytest.param("cuda", b, id=f"cuda-{b}") for b in cuda]
     return out
 

@@ -13,10 +13,12 @@ from kasmina_fast import reference
 CL = torch.channels_last
 
 
-def backends_here(device: str) -> list[str]:
-    """Backends to time on ``device``: the eager reference first, then every fast one."""
+def backends_here(device: str, compiled: bool = False) -> list[str]:
+    """Backends to time on ``device``: the eager reference first, then every fast one.
+    ``triton_op`` only for ``compiled`` cases: eagerly it runs the ``triton`` kernels
+    through a Python custom-op path; what it is for is ``torch.compile``."""
     fast = [b for b in kasmina_fast.available() if b != "reference"]
-    fast = [b for b in fast if (b == "cpp") == (device == "cpu")]
+    fast = [b for b in fast if (b == "cpp") == (device == "cpu") and (compiled or b != "triton_op")]
     return ["reference", *fast]
 
 

@@ -32,6 +32,9 @@ if backends.triton_usable():
     from kasmina_fast.ops import triton_ops
 
     _impls["triton"] = triton_ops.triton_blend
+    from kasmina_fast.ops import triton_op
+
+    _impls["triton_op"] = triton_op.triton_op_blend
 backends.register("blend", _impls)
 
 

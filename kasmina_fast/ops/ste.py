@@ -26,6 +26,9 @@ if backends.triton_usable():
     from kasmina_fast.ops import triton_ops
 
     _impls["triton"] = triton_ops.triton_ste
+    from kasmina_fast.ops import triton_op
+
+    _impls["triton_op"] = triton_op.triton_op_ste
 backends.register("ste", _impls)
 
 

@@ -54,16 +54,26 @@ def _blocks(ref: Tensor, per_sample: bool, others: Sequence[Tensor]) -> tuple[bo
     return True, B, N
 
 
-def _blend(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
+# The Python bodies of the ops: used without the extension, and (with ``wrap`` =
+# ``torch.library.wrap_triton``) by the triton_op registration in ops/triton_op.py.
+# Their schemas are csrc/ops.cpp's.
+BLEND_SCHEMA = "(Tensor host, Tensor seed, Tensor alpha) -> Tensor"
+BLEND_BACKWARD_SCHEMA = (
+    "(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool[] output_mask) -> (Tensor, Tensor, Tensor)"
+)
+STE_SCHEMA = "(Tensor host, Tensor seed) -> Tensor"
+
+
+def blend_body(host: Tensor, seed: Tensor, alpha: Tensor, wrap=None) -> Tensor:
     _checks.check_blend(host, seed, alpha)
     dense, B, N = _blocks(host, alpha.dim() > 0, [seed])
     if not dense:
         return reference.blend_precise(host, seed, alpha)
-    return kernels.blend_forward(host, seed, alpha, B, N)
+    return kernels.blend_forward(host, seed, alpha, B, N, wrap)
 
 
-def _blend_backward(
-    grad: Tensor, host: Tensor, seed: Tensor, alpha: Tensor, output_mask: list[bool]
+def blend_backward_body(
+    grad: Tensor, host: Tensor, seed: Tensor, alpha: Tensor, output_mask: list[bool], wrap=None
 ) -> tuple[Tensor, Tensor, Tensor]:
     _checks.check_blend_backward(grad, host, seed, alpha)
     mask = tuple(bool(m) for m in output_mask)
@@ -71,13 +81,13 @@ def _blend_backward(
     dense, B, N = _blocks(host, alpha.dim() > 0, others)
     if not dense:
         return reference.blend_backward(grad, host, seed, alpha, mask)
-    return kernels.blend_backward(grad, host, seed, alpha, mask, B, N)
+    return kernels.blend_backward(grad, host, seed, alpha, mask, B, N, wrap)
 
 
-def _ste(host: Tensor, seed: Tensor) -> Tensor:
+def ste_body(host: Tensor, seed: Tensor, wrap=None) -> Tensor:
     _checks.check_ste(host, seed)
     if host.numel() and is_dense(host):
-        return kernels.copy(host)
+        return kernels.copy(host, wrap)
     return host.clone(memory_format=torch.preserve_format)
 
 
@@ -93,15 +103,18 @@ if _extension.has_kernel("triton_blend", "CPU"):
     triton_ste = torch.ops.kasmina.triton_ste.default
 else:
     # Without the extension: the same ops as Python custom ops, with Python autograd.
-    triton_blend = torch.library.custom_op("kasmina::triton_blend", _blend, mutates_args=())
+    # (explicit schemas: the bodies' extra ``wrap`` argument is not part of the op)
+    triton_blend = torch.library.custom_op(
+        "kasmina::triton_blend", blend_body, mutates_args=(), schema=BLEND_SCHEMA
+    )
     triton_blend.register_fake(registration.blend_fake)
     triton_blend_backward = torch.library.custom_op(
-        "kasmina::triton_blend_backward", _blend_backward, mutates_args=()
+        "kasmina::triton_blend_backward", blend_backward_body, mutates_args=(), schema=BLEND_BACKWARD_SCHEMA
     )
     triton_blend_backward.register_fake(registration.blend_backward_fake)
     _backward, _setup = blend_autograd(triton_blend_backward)
     triton_blend.register_autograd(_backward, setup_context=_setup)
-    triton_ste = torch.library.custom_op("kasmina::triton_ste", _ste, mutates_args=())
+    triton_ste = torch.library.custom_op("kasmina::triton_ste", ste_body, mutates_args=(), schema=STE_SCHEMA)
     triton_ste.register_fake(registration.ste_fake)
     triton_ste.register_autograd(ste_backward)
     triton_blend, triton_blend_backward, triton_ste = (

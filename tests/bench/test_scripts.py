@@ -68,6 +68,8 @@ def test_summarize_checks_the_gpu_targets(tmp_path):
         _bench("ste---x-float32-cuda", "reference", 3 * floor, bytes=100 * mb),
         _bench("ste---x-float32-cuda", "cuda", 1.2 * floor, bytes=100 * mb),  # 2.5x eager only
         _bench("ste---x-float32-cuda", "cuda+compile", floor, bytes=100 * mb),
+        _bench("ste---x-float32-cuda", "triton", 2 * floor, bytes=100 * mb),
+        _bench("ste---x-float32-cuda", "triton_op+compile", 0.9 * floor, bytes=100 * mb),
         _bench("gradient_stats-resnet50-cuda", "cuda", 40e-6, bytes=102 * mb),
         _bench("gradient_stats-many1000-cuda", "triton", 70e-6, bytes=16 * mb),
         _bench("gradient_stats-gpt2_small-cuda", "cuda", 498 * mb / 1700e9, bytes=498 * mb),  # 85%
@@ -83,6 +85,18 @@ def test_summarize_checks_the_gpu_targets(tmp_path):
     table = out.split("| target | case | backend | measured | met |")[1].splitlines()[2:]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("|")]
     rows = {(c[0], c[1]): (c[3], c[4]) for c in cells if c[2] == "cuda" or "many1000" in c[1]}
+    op_rows = [c for c in cells if c[2] == "triton_op"]
+    assert op_rows == [
+        [
+            "compiled <= eager",
+            "ste---x-float32-cuda",
+            "triton_op",
+            "45.0 us vs 100.0 us (triton eager)",
+            "yes",
+        ]
+    ]
+    triton_rows = {c[0] for c in cells if c[2] == "triton" and "ste" in c[1]}
+    assert triton_rows == {"<= 1.15x floor", ">= 4x eager"}  # (no compiled triton case in this run)
     assert rows[("<= 1.15x floor", "blend-learnable-x-float32-cuda")] == ("1.10x", "yes")
     assert rows[("<= compile(reference)", "blend-learnable-x-float32-cuda")][1] == "**no**"
     assert rows[(">= 4x eager", "ste---x-float32-cuda")] == ("2.50x", "**no**")
@@ -92,5 +106,9 @@ def test_summarize_checks_the_gpu_targets(tmp_path):
     assert rows[(">= 80% of copy bw", "gradient_stats-gpt2_small-cuda")] == ("85%", "yes")
     assert rows[("<= 0.5x eager per op", "chain-32x64-cuda")] == ("0.55x", "**no**")
     assert rows[("compiled <= eager", "ste---x-float32-cuda")] == ("50.0 us vs 60.0 us", "yes")
-    assert len(cells) == len(rows) == 9, cells  # nothing from the CPU group
-    assert "Targets: 4 of 9 met" in out
+    assert len(rows) == 9 and len(cells) == 9 + 1 + 2, cells  # nothing from the CPU group
+    assert "Targets: 5 of 12 met" in out
+    compiled = out.split(
+        "| torch.compile, fwd+bwd | reference | cuda | triton | triton_op | fastest registration |"
+    )
+    assert "| ste---x-float32-cuda |  | 50.0 us |  | 45.0 us | triton_op |" in compiled[1]

@@ -3,6 +3,7 @@ values and all three gradients over dtypes x layouts x alpha kinds x shapes."""
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import hypothesis.strategies as st
@@ -52,16 +53,18 @@ def make_alpha(kind: str, shape, gen, device="cpu"):
     return a.to(torch.float32).to(device).requires_grad_(kind.endswith("learnable"))
 
 
-def check(backend, host, seed, alpha, dtype):
+def check(backend, host, seed, alpha, dtype, fn=None):
+    """``kasmina_fast.blend`` under ``backend`` (or ``fn(host, seed, alpha)`` called
+    directly: a tensor alpha only) against the fp64 oracle."""
     gen = torch.Generator().manual_seed(7)
     gout = make(host.shape, dtype, "contiguous", gen, device=host.device)
     if host.dim() == 4 and host.is_contiguous(memory_format=torch.channels_last):
         gout = gout.contiguous(memory_format=torch.channels_last)
     a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=torch.float64)
     want = oracle_blend(host, seed, a, gout)
-    with with_backend(backend):
+    with with_backend(backend) if fn is None else contextlib.nullcontext():
         got = (
-            run_blend(kasmina_fast.blend, host, seed, alpha, gout)
+            run_blend(fn or kasmina_fast.blend, host, seed, alpha, gout)
             if isinstance(alpha, torch.Tensor)
             else (run_blend(lambda h, s, _a: kasmina_fast.blend(h, s, alpha), host, seed, a, gout))
         )

@@ -15,7 +15,9 @@ from tests.utils import lists_sharing_addresses, with_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-CUDA_BACKENDS = [b for b in ("cuda", "triton") if b in kasmina_fast.available()]
+CUDA_BACKENDS = [b for b in ("cuda", "triton", "triton_op") if b in kasmina_fast.available()]
+# the blend op each backend runs
+BLEND_OPS = {"cuda": "blend", "triton": "triton_blend", "triton_op": "triton_op_blend"}
 CL = torch.channels_last
 
 
@@ -138,7 +140,7 @@ def test_opcheck_on_cuda(per_sample):
 def test_opcheck_bf16_odd_sizes(backend):
     """Not a multiple of the vector width: the scalar kernels run."""
     h, s, a, _ = leaves(shape=(3, 5, 7, 9), dtype=torch.bfloat16)
-    op = torch.ops.kasmina.triton_blend.default if backend == "triton" else torch.ops.kasmina.blend.default
+    op = getattr(torch.ops.kasmina, BLEND_OPS[backend]).default
     torch.library.opcheck(op, (h, s, a))
 
 
