@@ -28,6 +28,7 @@ import torch
 import torch._library.triton
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
+from triton.runtime.jit import JITFunction
 
 from kasmina_fast.ops._autograd import blend_autograd, ste_backward
 from kasmina_fast.ops.triton_ops import (
@@ -41,18 +42,25 @@ from kasmina_fast.ops.triton_ops import (
 from kasmina_fast.triton_kernels import blend as K
 
 
+def _wrap(kernel):
+    """``wrap_triton(kernel)`` for a JIT kernel; under TRITON_INTERPRET the
+    interpreter's kernel itself (it is never traced, and torch < 2.12 refuses to
+    wrap one)."""
+    return wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
+
+
 def _blend(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
-    return blend_body(host, seed, alpha, wrap_triton)
+    return blend_body(host, seed, alpha, _wrap)
 
 
 def _blend_backward(
     grad: Tensor, host: Tensor, seed: Tensor, alpha: Tensor, output_mask: list[bool]
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return blend_backward_body(grad, host, seed, alpha, output_mask, wrap_triton)
+    return blend_backward_body(grad, host, seed, alpha, output_mask, _wrap)
 
 
 def _ste(host: Tensor, seed: Tensor) -> Tensor:
-    return ste_body(host, seed, wrap_triton)
+    return ste_body(host, seed, _wrap)
 
 
 _blend_op = triton_op("kasmina::triton_op_blend", _blend, mutates_args=(), schema=BLEND_SCHEMA)
