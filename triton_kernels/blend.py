@@ -135,8 +135,12 @@ def _alpha_from(a: torch.Tensor, a_stride: int, lo: int) -> torch.Tensor:
 
 
 def _sample_slices(B: int):
-    for start in range(0, B, MAX_GRID_Y):
-        yield start, min(B, start + MAX_GRID_Y)
+    """(first, end) samples of each launch: the grid's axis 1 holds at most MAX_GRID_Y.
+    One launch without a loop, so that a symbolic B (torch.compile of the triton_op)
+    is guarded, not specialised."""
+    if B <= MAX_GRID_Y:
+        return ((0, B),)
+    return [(lo, min(B, lo + MAX_GRID_Y)) for lo in range(0, B, MAX_GRID_Y)]
 
 
 def _wrapped(kernel, wrap):

@@ -109,7 +109,9 @@ class Hopper:  # all that torch's kernel analysis asks of the active driver
 
 driver.set_active(Hopper())
 from torch._functorch.aot_autograd import aot_export_module
+from torch._dynamo.source import ConstantSource
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from kasmina_fast.ops import triton_op as T
 
 
@@ -123,17 +125,28 @@ class Call(torch.nn.Module):
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def nodes(fn, *tensors):
-    with FakeTensorMode() as mode:
-        gm, _ = aot_export_module(Call(fn), [mode.from_tensor(t) for t in tensors], trace_joint=False)
+def fake(mode, t, i, dynamic):
+    if not dynamic:
+        return mode.from_tensor(t)
+    every_dim = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * t.dim())
+    return mode.from_tensor(t, source=ConstantSource(f"x{i}"), symbolic_context=every_dim)
+
+
+def nodes(fn, *tensors, dynamic=False):
+    with FakeTensorMode(shape_env=ShapeEnv() if dynamic else None) as mode:
+        args = [fake(mode, t, i, dynamic) for i, t in enumerate(tensors)]
+        gm, _ = aot_export_module(Call(fn), args, trace_joint=False)
     out = []
     for n in gm.graph.nodes:
         if n.op != "call_function":
             continue
         if "triton_kernel_wrapper" in str(n.target):
-            out.append(["kernel", sorted(n.kwargs["tensors_to_clone"])])
-        elif "getitem" not in str(n.target):
-            out.append([str(n.target).split(".")[-2], None])
+            sizes = n.kwargs["grid"][0]
+            ints = [x for x in sizes if isinstance(x, int)]
+            grid = "static" if len(ints) == len(sizes) else "symbolic" if set(ints) <= {1} else "partly"
+            out.append(["kernel", sorted(n.kwargs["tensors_to_clone"]), grid])
+        elif isinstance(n.target, torch._ops.OpOverload):  # (not getitem, not size arithmetic)
+            out.append([n.target.name().split("::")[-1].split(".")[0], None, None])
     return out
 
 
@@ -156,6 +169,9 @@ print(json.dumps({
     "backward, no d_host": nodes(backward(False, True, True), g, h, s, a),
     "ste": nodes(T.triton_op_ste, h, s),
     "strided blend": nodes(T.triton_op_blend, h[..., ::2], s[..., ::2], a),
+    "blend, dynamic shapes": nodes(T.triton_op_blend, h, s, a, dynamic=True),
+    "backward, dynamic shapes": nodes(backward(True, True, True), g, h, s, a, dynamic=True),
+    "ste, dynamic shapes": nodes(T.triton_op_ste, h, s, dynamic=True),
 }))
 """
 
@@ -184,9 +200,16 @@ def test_under_compile_each_op_is_its_kernels_and_their_outputs():
         "backward, no d_host": [["ds_ptr", "part_ptr"], ["da_ptr"]],
         "ste": [["dst_ptr"]],
     }
+    kernels |= {f"{case}, dynamic shapes": kernels[case] for case in ("blend", "backward", "ste")}
     for case, want in kernels.items():
-        got = [clones for kind, clones in graphs[case] if kind == "kernel"]
+        got = [clones for kind, clones, _ in graphs[case] if kind == "kernel"]
         assert got == want, f"{case}: kernels cloning {got}, want {want}"
-        others = {kind for kind, _ in graphs[case] if kind != "kernel"}
-        assert others <= ALLOCATIONS, f"{case}: more than allocations around the kernels: {others}"
-    assert not any(kind == "kernel" for kind, _ in graphs["strided blend"])  # the reference math
+        # symbolic sizes stay symbolic in every grid axis (padding 1s aside): no
+        # recompile per batch size
+        grids = {grid for kind, _, grid in graphs[case] if kind == "kernel"}
+        assert grids == {"symbolic" if "dynamic" in case else "static"}, f"{case}: {grids} grids"
+        others = {kind for kind, _, _ in graphs[case] if kind != "kernel"}
+        assert others <= ALLOCATIONS | {"sym_size"}, (
+            f"{case}: more than allocations around the kernels: {others}"
+        )
+    assert not any(kind == "kernel" for kind, _, _ in graphs["strided blend"])  # the reference math
