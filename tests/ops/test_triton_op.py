@@ -24,11 +24,7 @@ from tests.utils import DTYPES, make
 pytestmark = pytest.mark.skipif(not backends.triton_usable(), reason="the Triton backend is not usable here")
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1" and "triton_op" in backends._IMPLS.get("blend", {})
-
-
-interpreted = _interpreted()
+interpreted = os.environ.get("TRITON_INTERPRET") == "1" and "triton_op" in backends._IMPLS.get("blend", {})
 
 
 def ops():
