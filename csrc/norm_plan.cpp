@@ -1,16 +1,23 @@
 // See norm_plan.h.
 #include "norm_plan.h"
 
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+#include <iterator>
 #include <list>
 #include <mutex>
 #include <utility>
+
+#ifdef KASMINA_WITH_CUDA
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#endif
 
 #include "chunk_table.h"
 
 namespace kasmina {
 namespace {
 
-constexpr size_t kCachedPlans = 16;
+constexpr size_t kCachedPlans = 16;  // not counting the pinned ones
 
 // address, numel, dtype of every tensor; the device, the chunk and the grouping
 struct PlanKey {
@@ -39,6 +46,10 @@ bool matches(const PlanKey& key, at::TensorList ts, const at::Device& device, in
   return true;
 }
 
+c10::Stream current_stream(const at::Device& device) {
+  return c10::impl::VirtualGuardImpl(device.type()).getStream(device);
+}
+
 NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk,
                     bool split_alignment) {
   std::vector<ChunkSource> sources;
@@ -61,33 +72,103 @@ NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk,
   plan.host_first = table.first;
   plan.host_first.push_back(table.n_partials);
   plan.n_partials = table.n_partials;
+  plan.stream = current_stream(device);
   return plan;
+}
+
+// Keeps the plan's device tables from being reused by the caching allocator
+// before the work queued on `stream` is done (a use on another stream than
+// the upload's).
+void record_on(const NormPlan& plan, const c10::Stream& stream) {
+  if (stream == plan.stream || !stream.device().is_cuda()) return;
+  for (const NormPlan::Group& g : plan.groups) g.table.record_stream(stream);
+  plan.first.record_stream(stream);
+  plan.count.record_stream(stream);
+}
+
+struct CachedPlan {
+  PlanKey key;
+  NormPlan plan;
+  bool pinned;  // used in a CUDA-graph capture: never evicted
+};
+
+struct PlanCache {
+  std::mutex mutex;
+  std::list<CachedPlan> plans;  // most recent first
+  size_t pinned = 0;
+};
+
+// Leaked on purpose: its device tensors must not be freed after the CUDA
+// caching allocator at process exit, and captured graphs may still use them.
+PlanCache& plan_cache() {
+  static PlanCache* cache = new PlanCache();
+  return *cache;
+}
+
+bool stream_is_capturing(const at::Device& device) {
+#ifdef KASMINA_WITH_CUDA
+  if (device.is_cuda()) return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+#endif
+  return false;
 }
 
 }  // namespace
 
-NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int64_t chunk, bool split_alignment) {
+NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int64_t chunk, bool split_alignment,
+                          const char* op) {
+  return cached_norm_plan(refs, device, chunk, split_alignment, op, stream_is_capturing(device));
+}
+
+NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int64_t chunk, bool split_alignment,
+                          const char* op, bool capturing) {
   const at::TensorList ts = refs.list();
+  TORCH_CHECK(!capturing || !refs.owns_any(), op,
+              ": a list that holds a non-dense (strided) view cannot be captured in a CUDA graph: its contiguous copy "
+              "is new memory on every call, so its chunk table is uploaded on every call, which synchronises; "
+              "pass dense tensors (contiguous, channels_last or any dense permutation)");
   if (refs.owns_any()) return build_plan(ts, device, chunk, split_alignment);
-  static std::mutex mutex;
-  static std::list<std::pair<PlanKey, NormPlan>> cache;  // most recent first
+  PlanCache& cache = plan_cache();
   {
-    std::lock_guard<std::mutex> lock(mutex);
-    for (auto it = cache.begin(); it != cache.end(); ++it) {
-      if (matches(it->first, ts, device, chunk, split_alignment)) {
-        cache.splice(cache.begin(), cache, it);
-        return cache.front().second;
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    for (auto it = cache.plans.begin(); it != cache.plans.end(); ++it) {
+      if (matches(it->key, ts, device, chunk, split_alignment)) {
+        cache.plans.splice(cache.plans.begin(), cache.plans, it);
+        CachedPlan& hit = cache.plans.front();
+        if (capturing && !hit.pinned) {
+          hit.pinned = true;
+          ++cache.pinned;
+        }
+        if (!capturing) record_on(hit.plan, current_stream(device));
+        return hit.plan;
       }
     }
   }
+  TORCH_CHECK(!capturing, op,
+              ": this list has no chunk table yet, and uploading one while the stream is capturing a CUDA graph "
+              "would synchronise and invalidate the capture; call ",
+              op, " once with the same tensors before capturing (a warm-up call)");
   PlanKey key{{}, static_cast<int>(device.type()), device.index(), chunk, split_alignment};
   key.tensors.reserve(ts.size());
   for (const at::Tensor& t : ts) key.tensors.push_back({address(t), t.numel(), static_cast<int>(t.scalar_type())});
   NormPlan plan = build_plan(ts, device, chunk, split_alignment);
-  std::lock_guard<std::mutex> lock(mutex);
-  cache.emplace_front(std::move(key), plan);
-  if (cache.size() > kCachedPlans) cache.pop_back();
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  cache.plans.push_front({std::move(key), plan, false});
+  if (cache.plans.size() - cache.pinned > kCachedPlans) {
+    // the least recently used plan that no graph holds
+    for (auto it = std::prev(cache.plans.end());; --it) {
+      if (!it->pinned) {
+        cache.plans.erase(it);
+        break;
+      }
+    }
+  }
   return plan;
+}
+
+std::pair<size_t, size_t> norm_plan_cache_size() {
+  PlanCache& cache = plan_cache();
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  return {cache.plans.size(), cache.pinned};
 }
 
 TensorRefs dense_list(at::TensorList a, at::TensorList b) {

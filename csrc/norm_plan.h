@@ -6,14 +6,28 @@
 // same .grad tensors every call, so the table is built and uploaded once and
 // a call costs a lookup (about 10 ns a tensor): nothing is copied host to
 // device after the first call, which also lets a CUDA graph capture it.
+//
+// Lifetime of the device tables. The kernels read a table while they run,
+// and a captured CUDA graph reads the one it captured at every replay, long
+// after the call. So:
+// - a plan used while the current stream is capturing a CUDA graph is pinned:
+//   never evicted, its table lives as long as the process;
+// - a cached plan used on another stream than the one it was uploaded on has
+//   its tables recorded on that stream (Tensor::record_stream), so an
+//   eviction cannot hand their memory to a new allocation before the kernels
+//   reading them are done;
+// - a list with no cached plan cannot be planned during a capture (the upload
+//   would synchronise and invalidate it): that call raises, naming the op.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/Stream.h>
 
 #include "tensor_refs.h"
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace kasmina {
@@ -29,20 +43,31 @@ struct NormPlan {
   at::Tensor first, count;         // per tensor, int64, on the device
   std::vector<int64_t> host_first; // per tensor, then n_partials
   int64_t n_partials = 0;
+  c10::Stream stream{c10::Stream::DEFAULT, c10::Device(c10::kCPU)};  // the tables were uploaded on it
 };
 
 // The plan of `ts` (from dense_list) for `chunk`-element chunks, grouped by
 // dtype, and also by 16-byte alignment of the address when `split_alignment`
 // (the Triton kernel specialises on it). Returned by value: the tensors are
 // reference counted, so no other thread's eviction can pull them away while
-// the caller uses them. The cache holds the 16 most recent plans; a hit
+// the caller uses them. The cache keeps the most recent plans; a hit
 // compares the list with the cached signature in place (nothing is
 // allocated). A list that holds contiguous copies of strided views is planned
 // afresh on every call and never cached: the copies are new memory each time,
 // so its plan could never be found again, and caching it would only evict the
 // plans of lists that can (on CUDA such a call uploads its table, a host sync,
-// and cannot be captured in a CUDA graph).
-NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, bool split_alignment);
+// and cannot be captured in a CUDA graph). The cache holds 16 plans besides
+// the pinned ones (see above). `op` names the caller in errors. Call it under
+// a device guard for `device` (the current stream is `device`'s).
+NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, bool split_alignment,
+                          const char* op);
+
+// The same, with the capture state given instead of asked of CUDA (tests).
+NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, bool split_alignment,
+                          const char* op, bool capturing);
+
+// Plans in the cache: all of them, and the pinned ones (tests).
+std::pair<size_t, size_t> norm_plan_cache_size();
 
 // Room for the plan's fp64 chunk partials on `device` (at least one element).
 inline at::Tensor norm_partials(const NormPlan& plan, const at::Device& device) {

@@ -50,7 +50,8 @@ at::Tensor foreach_norm_cuda(at::TensorList tensors) {
   const int64_t n = static_cast<int64_t>(tensors.size());
   at::Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kFloat).device(device));
   const TensorRefs ts = dense_list(tensors);
-  const NormPlan plan = cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false);
+  const NormPlan plan =
+      cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false, "kasmina::foreach_norm");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor partial = chunk_sums(plan, device, stream);
   norms_finalize_kernel<<<static_cast<unsigned>(std::min<int64_t>(n, kMaxGrid)), kThreads, 0, stream>>>(
@@ -67,7 +68,8 @@ at::Tensor gradient_stats_cuda(at::TensorList host_grads, at::TensorList seed_gr
   const c10::cuda::CUDAGuard guard(device);
   at::Tensor out = at::empty({4}, at::TensorOptions().dtype(at::kFloat).device(device));
   const TensorRefs ts = dense_list(host_grads, seed_grads);
-  const NormPlan plan = cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false);
+  const NormPlan plan =
+      cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false, "kasmina::gradient_stats");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor partial = chunk_sums(plan, device, stream);
   const int64_t host_slots = plan.host_first[host_grads.size()];

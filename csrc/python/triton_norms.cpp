@@ -62,7 +62,7 @@ at::Tensor triton_foreach_norm(at::TensorList tensors) {
   c10::OptionalDeviceGuard guard;
   if (device.is_cuda()) guard.reset_device(device);
   const TensorRefs ts = dense_list(tensors);  // (alive until the kernels are launched)
-  const NormPlan plan = cached_norm_plan(ts, device, launcher().chunk, /*split_alignment=*/true);
+  const NormPlan plan = cached_norm_plan(ts, device, launcher().chunk, /*split_alignment=*/true, op);
   const at::Tensor partial = norm_partials(plan, device);
   at::Tensor out =
       at::empty({static_cast<int64_t>(tensors.size())}, at::TensorOptions().dtype(at::kFloat).device(device));
@@ -79,7 +79,7 @@ at::Tensor triton_gradient_stats(at::TensorList host_grads, at::TensorList seed_
   c10::OptionalDeviceGuard guard;
   if (device.is_cuda()) guard.reset_device(device);
   const TensorRefs ts = dense_list(host_grads, seed_grads);  // (alive until the launch)
-  const NormPlan plan = cached_norm_plan(ts, device, launcher().chunk, /*split_alignment=*/true);
+  const NormPlan plan = cached_norm_plan(ts, device, launcher().chunk, /*split_alignment=*/true, op);
   const at::Tensor partial = norm_partials(plan, device);
   at::Tensor out = at::empty({4}, at::TensorOptions().dtype(at::kFloat).device(device));
   const int64_t host_slots = plan.host_first[host_grads.size()];

@@ -1,9 +1,13 @@
 // C++ test of the kasmina ops through the dispatcher (run by ctest): values
 // and gradients of blend and ste against ATen, and a bad-input error; the
-// reference counts of TensorRefs and dense_list (norm_plan.h).
+// reference counts of TensorRefs and dense_list, and the plan cache's rules
+// for CUDA-graph captures (norm_plan.h), on CPU tensors.
 #include <torch/torch.h>
 
 #include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
 #include <iostream>
 #include <utility>
 
@@ -55,10 +59,57 @@ void test_tensor_refs() {
   expect(dense.use_count() == dense_count, "dense_list gives back no reference it did not take");
 }
 
+bool raises(const std::function<void()>& f, const char* text) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return std::string(e.what()).find(text) != std::string::npos;
+  }
+  return false;
+}
+
+// A plan used during a capture is pinned: later lists never evict it (a graph
+// replays with its table). A list not planned yet, or one holding a strided
+// view, cannot be planned during a capture: the call raises, naming the op.
+void test_plan_cache_and_captures() {
+  using kasmina::cached_norm_plan;
+  using kasmina::dense_list;
+  const at::Device cpu(at::kCPU);
+  const char* op = "kasmina::test_op";
+  auto plan_of = [&](const std::vector<at::Tensor>& list, bool capturing) {
+    const kasmina::TensorRefs ts = dense_list(list);
+    return cached_norm_plan(ts, cpu, 8, false, op, capturing);
+  };
+  const std::vector<at::Tensor> graphed = {torch::randn({20}), torch::randn({3, 5})};
+  const std::vector<at::Tensor> other = {torch::randn({9})};
+  expect(raises([&] { plan_of(graphed, true); }, "kasmina::test_op: this list has no chunk table yet"),
+         "a first call during a capture raises, naming the op");
+  const auto before = kasmina::norm_plan_cache_size();
+  const void* table = plan_of(graphed, false).groups.at(0).table.const_data_ptr();
+  plan_of(other, false);
+  expect(plan_of(graphed, true).groups.at(0).table.const_data_ptr() == table, "a capture reuses the cached table");
+  expect(kasmina::norm_plan_cache_size().second == before.second + 1, "a plan used in a capture is pinned");
+  std::vector<std::vector<at::Tensor>> lists;  // kept alive: distinct addresses
+  for (int i = 0; i < 40; ++i) {
+    lists.push_back({torch::randn({i + 1})});
+    plan_of(lists.back(), false);
+  }
+  const auto after = kasmina::norm_plan_cache_size();
+  expect(after.first == 16 + after.second, "the cache holds 16 plans besides the pinned ones");
+  expect(plan_of(graphed, true).groups.at(0).table.const_data_ptr() == table, "a pinned plan is never evicted");
+  expect(raises([&] { plan_of(other, true); }, "this list has no chunk table yet"),
+         "an unpinned plan is evicted like any other");
+  const std::vector<at::Tensor> strided = {torch::randn({6, 2}).slice(0, 0, 6, 2)};
+  expect(raises([&] { plan_of(strided, true); }, "kasmina::test_op: a list that holds a non-dense"),
+         "a list with a strided view cannot be captured");
+  expect(plan_of(strided, false).n_partials == 1, "outside a capture a strided view is planned from its copy");
+}
+
 }  // namespace
 
 int main() {
   test_tensor_refs();
+  test_plan_cache_and_captures();
 
   auto blend = c10::Dispatcher::singleton()
                    .findSchemaOrThrow("kasmina::blend", "")

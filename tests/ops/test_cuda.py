@@ -249,6 +249,63 @@ def test_gradient_telemetry_has_no_sync_and_captures_in_a_graph(backend):
 
 
 @pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_captured_norm_graph_outlives_the_plan_cache(backend):
+    """The chunk table a graph captured stays valid after 40 other lists went
+    through the cache (16 plans) and their memory was reused (norm_plan.h)."""
+    ts = [t for t in grads_list() if t.is_contiguous()]
+    with with_backend(backend):
+        kasmina_fast.foreach_norm(ts)  # warm-up: caches the chunk table
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = kasmina_fast.foreach_norm(ts)
+        for i in range(40):
+            kasmina_fast.foreach_norm([torch.randn(1000 + i, device="cuda"), torch.randn(3, device="cuda")])
+        # new allocations that would reuse the blocks of an evicted table
+        junk = [torch.full((4096,), -1, dtype=torch.int64, device="cuda") for _ in range(64)]
+        graph.replay()
+        torch.cuda.synchronize()
+        del junk
+    want = torch.stack([torch.linalg.vector_norm(t.double()) for t in ts]).float()
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_norm_capture_without_a_plan_raises_naming_the_op(backend):
+    fresh = [torch.randn(777, device="cuda"), torch.randn(5, 5, device="cuda")]
+    strided = [torch.randn(300, 2, device="cuda")[::3]]
+    with with_backend(backend):
+        kasmina_fast.foreach_norm(strided)  # outside a capture: computed from a copy
+        torch.cuda.synchronize()
+        for ts, text in [(fresh, "once with the same tensors before capturing"), (strided, "non-dense")]:
+            graph = torch.cuda.CUDAGraph()
+            with pytest.raises(RuntimeError, match=f"kasmina::\\w*foreach_norm: .*{text}"):
+                with torch.cuda.graph(graph):
+                    kasmina_fast.foreach_norm(ts)
+            torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_norms_on_a_side_stream_reuse_the_plan(backend):
+    """A plan uploaded on one stream and used on another (its tables are recorded on it)."""
+    ts = [t for t in grads_list() if t.is_contiguous()]
+    want = torch.stack([torch.linalg.vector_norm(t.double()) for t in ts]).float()
+    side = torch.cuda.Stream()
+    with with_backend(backend):
+        kasmina_fast.foreach_norm(ts)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                out = kasmina_fast.foreach_norm(ts)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
 def test_isolation_monitor_check_is_async(backend):
     from torch import nn
 
