@@ -15,7 +15,9 @@ traffic: one read of every element plus 8 bytes per chunk.
 
 The chunk table is built on the host and cached by the list's (address,
 size, dtype) signature, so a training loop that keeps its ``.grad`` tensors
-uploads it once (and a CUDA graph can capture the launch after a warm-up).
+uploads it once (and a CUDA graph can capture the launch after a warm-up; the
+table of a captured list is kept for the life of the process, see
+csrc/norm_plan.h).
 With the C++ extension, that host work (checks, dense copies, the cached
 table) is done in C++ (csrc/python/triton_norms.cpp, csrc/norm_plan.cpp) and
 only ``launch_norms`` / ``launch_stats`` run here; without it, ``norms`` and
@@ -140,24 +142,60 @@ class _Plan:
         self.host_firsts = [*firsts, slot]
         self.firsts = torch.tensor(firsts, dtype=torch.int64).to(device)
         self.counts = torch.tensor(counts, dtype=torch.int64).to(device)
+        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+
+    def record_on(self, stream: torch.cuda.Stream) -> None:
+        """Keep the tables' memory from reuse until the work queued on ``stream`` is done."""
+        if stream != self.stream:
+            for *_, table in self.groups:
+                table.record_stream(stream)
+            self.firsts.record_stream(stream)
+            self.counts.record_stream(stream)
 
 
+# The same rules as csrc/norm_plan.h: 16 recent plans, plus the pinned plans
+# of lists a CUDA graph captured (the graph reads their tables at each replay).
 _PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
+_PINNED: dict[tuple, _Plan] = {}
 _MAX_PLANS = 16
 
 
-def _plan(tensors: list[torch.Tensor], device: torch.device, cache: bool = True) -> _Plan:
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _plan(tensors: list[torch.Tensor], device: torch.device, op: str, cache: bool = True) -> _Plan:
+    capturing = _capturing(device)
     if not cache:
+        if capturing:
+            raise RuntimeError(
+                f"{op}: a list that holds a non-dense (strided) view cannot be captured in a CUDA "
+                "graph: its contiguous copy is new memory on every call, so its chunk table is "
+                "uploaded on every call, which synchronises; pass dense tensors (contiguous, "
+                "channels_last or any dense permutation)"
+            )
         return _Plan(tensors, device)
     key = (device, *((t.data_ptr(), t.numel(), t.dtype) for t in tensors))
-    plan = _PLANS.get(key)
+    plan = _PINNED.get(key)
     if plan is None:
+        plan = _PLANS.get(key)
+        if plan is not None:
+            _PLANS.move_to_end(key)
+            if capturing:
+                _PINNED[key] = _PLANS.pop(key)
+    if plan is None:
+        if capturing:
+            raise RuntimeError(
+                f"{op}: this list has no chunk table yet, and uploading one while the stream is "
+                "capturing a CUDA graph would synchronise and invalidate the capture; call "
+                f"{op} once with the same tensors before capturing (a warm-up call)"
+            )
         plan = _Plan(tensors, device)
         _PLANS[key] = plan
         if len(_PLANS) > _MAX_PLANS:
             _PLANS.popitem(last=False)
-    else:
-        _PLANS.move_to_end(key)
+    elif device.type == "cuda" and not capturing:
+        plan.record_on(torch.cuda.current_stream(device))
     return plan
 
 
@@ -204,14 +242,18 @@ def launch_stats(
     )
 
 
-def _dense_plan(tensors: list[torch.Tensor], device: torch.device) -> tuple[_Plan, torch.Tensor]:
-    """The plan of the list and room for its fp64 partials (dense layouts are read in
-    place; other strided views are first copied to a contiguous tensor, new memory on
-    every call, so such a list's plan is not cached, as in csrc/norm_plan.h)."""
+def _dense_plan(
+    tensors: list[torch.Tensor], device: torch.device, op: str
+) -> tuple[_Plan, torch.Tensor, list[torch.Tensor]]:
+    """The plan of the list, room for its fp64 partials, and the tensors the plan
+    points at, which the caller keeps alive until the kernels are launched: dense
+    layouts are read in place; other strided views are first copied to a contiguous
+    tensor, new memory on every call, so such a list's plan is not cached, as in
+    csrc/norm_plan.h."""
     dense = [t if t.is_contiguous() or is_dense(t) else t.contiguous() for t in tensors]
     copied = any(d is not t for d, t in zip(dense, tensors))
-    plan = _plan(dense, device, cache=not copied)
-    return plan, torch.empty(max(plan.n_partials, 1), dtype=torch.float64, device=device)
+    plan = _plan(dense, device, op, cache=not copied)
+    return plan, torch.empty(max(plan.n_partials, 1), dtype=torch.float64, device=device), dense
 
 
 def norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -219,8 +261,9 @@ def norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     out = torch.empty(len(tensors), dtype=torch.float32, device=device)
     if not tensors:
         return out
-    plan, parts = _dense_plan(tensors, device)
+    plan, parts, dense = _dense_plan(tensors, device, "kasmina::triton_foreach_norm")
     launch_norms(plan.groups, parts, plan.firsts, plan.counts, out)
+    del dense  # (read by the launch: on CUDA later in stream order, which reuse respects)
     return out
 
 
@@ -236,9 +279,10 @@ def gradient_stats(
     """fp32 ``[4]``: ``[host_norm, seed_norm, ratio, nonfinite]`` (see ``kasmina::gradient_stats``;
     host work in Python)."""
     out = torch.empty(4, dtype=torch.float32, device=device)
-    plan, parts = _dense_plan([*host_grads, *seed_grads], device)
+    plan, parts, dense = _dense_plan([*host_grads, *seed_grads], device, "kasmina::triton_gradient_stats")
     host_slots = plan.host_firsts[len(host_grads)]
     launch_stats(
         plan.groups, parts, host_slots, plan.n_partials, host_params, seed_params, out, eps=eps, cap=cap
     )
+    del dense  # (kept alive until the launch, as in norms)
     return out

@@ -78,6 +78,7 @@ def test_without_extension_the_triton_ops_are_custom_ops():
         # the norm ops build their chunk tables in Python here
         ts = [torch.randn(5000), torch.randn(7, dtype=torch.bfloat16), torch.randn(9, 4).t()]
         ts.append(torch.randn(9)[1:])  # a 4-byte offset
+        ts.append(torch.randn(5000, 2)[::3, 1])  # strided: read from a copy, which must outlive the launch
         torch.library.opcheck(torch.ops.kasmina.triton_foreach_norm.default, (ts,))
         with kasmina_fast.use_backend("triton"):
             norms = kasmina_fast.foreach_norm(ts)
