@@ -66,7 +66,9 @@ class GradientIsolationMonitor:
             host = torch.empty(4, dtype=stats.dtype, pin_memory=True)
             host.copy_(stats, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            # on the stream that ran the copy: the current one of the stats' device,
+            # which need not be the current device
+            event.record(torch.cuda.current_stream(stats.device))
             event.synchronize()
         else:
             host = stats
