@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -21,3 +23,11 @@ def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for the launchers' grids. (``triton.cdiv`` is a constexpr function in
     Triton 3.7: about 2 us a call from host code, against 0.05 us for this.)"""
     return -(-a // b)
+
+
+def launch_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: a guard for ``t``'s device when it is
+    another one (the C++ front ends set the same guard before calling the launchers)."""
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
+        return torch.cuda.device(t.get_device())
+    return contextlib.nullcontext()

@@ -31,7 +31,7 @@ from collections import OrderedDict
 import torch
 import triton
 import triton.language as tl
-from kasmina_fast.triton_kernels.layout import cdiv, is_dense
+from kasmina_fast.triton_kernels.layout import cdiv, is_dense, launch_guard
 
 BLOCK = 4096
 FINAL_BLOCK = 1024
@@ -261,8 +261,9 @@ def norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     out = torch.empty(len(tensors), dtype=torch.float32, device=device)
     if not tensors:
         return out
-    plan, parts, dense = _dense_plan(tensors, device, "kasmina::triton_foreach_norm")
-    launch_norms(plan.groups, parts, plan.firsts, plan.counts, out)
+    with launch_guard(out):
+        plan, parts, dense = _dense_plan(tensors, device, "kasmina::triton_foreach_norm")
+        launch_norms(plan.groups, parts, plan.firsts, plan.counts, out)
     del dense  # (read by the launch: on CUDA later in stream order, which reuse respects)
     return out
 
@@ -279,10 +280,11 @@ def gradient_stats(
     """fp32 ``[4]``: ``[host_norm, seed_norm, ratio, nonfinite]`` (see ``kasmina::gradient_stats``;
     host work in Python)."""
     out = torch.empty(4, dtype=torch.float32, device=device)
-    plan, parts, dense = _dense_plan([*host_grads, *seed_grads], device, "kasmina::triton_gradient_stats")
-    host_slots = plan.host_firsts[len(host_grads)]
-    launch_stats(
-        plan.groups, parts, host_slots, plan.n_partials, host_params, seed_params, out, eps=eps, cap=cap
-    )
+    with launch_guard(out):
+        plan, parts, dense = _dense_plan([*host_grads, *seed_grads], device, "kasmina::triton_gradient_stats")
+        host_slots = plan.host_firsts[len(host_grads)]
+        launch_stats(
+            plan.groups, parts, host_slots, plan.n_partials, host_params, seed_params, out, eps=eps, cap=cap
+        )
     del dense  # (kept alive until the launch, as in norms)
     return out

@@ -35,7 +35,7 @@ from kasmina_fast.ops import _checks, registration
 from kasmina_fast.ops._autograd import blend_autograd, ste_backward
 from kasmina_fast.triton_kernels import blend as kernels
 from kasmina_fast.triton_kernels import norms
-from kasmina_fast.triton_kernels.layout import is_dense
+from kasmina_fast.triton_kernels.layout import is_dense, launch_guard
 
 
 def _blocks(ref: Tensor, per_sample: bool, others: Sequence[Tensor]) -> tuple[bool, int, int]:
@@ -69,7 +69,8 @@ def blend_body(host: Tensor, seed: Tensor, alpha: Tensor, wrap=None) -> Tensor:
     dense, B, N = _blocks(host, alpha.dim() > 0, [seed])
     if not dense:
         return reference.blend_precise(host, seed, alpha)
-    return kernels.blend_forward(host, seed, alpha, B, N, wrap)
+    with launch_guard(host):
+        return kernels.blend_forward(host, seed, alpha, B, N, wrap)
 
 
 def blend_backward_body(
@@ -81,13 +82,15 @@ def blend_backward_body(
     dense, B, N = _blocks(host, alpha.dim() > 0, others)
     if not dense:
         return reference.blend_backward(grad, host, seed, alpha, mask)
-    return kernels.blend_backward(grad, host, seed, alpha, mask, B, N, wrap)
+    with launch_guard(host):
+        return kernels.blend_backward(grad, host, seed, alpha, mask, B, N, wrap)
 
 
 def ste_body(host: Tensor, seed: Tensor, wrap=None) -> Tensor:
     _checks.check_ste(host, seed)
     if host.numel() and is_dense(host):
-        return kernels.copy(host, wrap)
+        with launch_guard(host):
+            return kernels.copy(host, wrap)
     return host.clone(memory_format=torch.preserve_format)
 
 

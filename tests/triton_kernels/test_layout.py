@@ -1,0 +1,64 @@
+"""triton_kernels/layout.py: ``launch_guard``, the device guard of the Python launch
+paths (Triton launches on the current CUDA device, whatever the tensors' device), and
+that every Python entry point that launches kernels takes it. Fake CUDA tensors stand
+in for a second GPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from kasmina_fast.triton_kernels import layout
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+
+@pytest.fixture
+def devices(monkeypatch):
+    """torch.cuda.current_device() = 0; torch.cuda.device(i) records i."""
+    entered = []
+
+    @contextlib.contextmanager
+    def device(i):
+        entered.append(i)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    return entered
+
+
+def test_launch_guard_sets_the_tensors_device_when_it_is_not_current(devices):
+    with FakeTensorMode():
+        on_1, on_0 = torch.empty(2, device="cuda:1"), torch.empty(2, device="cuda:0")
+    with layout.launch_guard(on_1):
+        pass
+    with layout.launch_guard(on_0), layout.launch_guard(torch.empty(2)):
+        pass
+    assert devices == [1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test")
+def test_python_entry_points_take_the_guard(monkeypatch):
+    """The op bodies (no extension, triton_op) and the Python norm paths: one guard
+    around each launch, on the tensors' device."""
+    pytest.importorskip("triton")
+    from kasmina_fast.triton_kernels import norms
+
+    from kasmina_fast.ops import triton_ops
+
+    guarded = []
+
+    def spy(t):
+        guarded.append(t.device)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(triton_ops, "launch_guard", spy)
+    monkeypatch.setattr(norms, "launch_guard", spy)
+    h, s, a = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.rand(2, 1, 1)
+    triton_ops.blend_body(h, s, a)
+    triton_ops.blend_backward_body(torch.randn(2, 3, 4), h, s, a, [True, True, True])
+    triton_ops.ste_body(h, s)
+    norms.norms([h], h.device)
+    norms.gradient_stats([h], [s], 1, 1, h.device, 1e-8, 10.0)
+    assert guarded == [h.device] * 5
