@@ -180,9 +180,12 @@ def _plan(tensors: list[torch.Tensor], device: torch.device, op: str, cache: boo
     if plan is None:
         plan = _PLANS.get(key)
         if plan is not None:
-            _PLANS.move_to_end(key)
+            # (pop and reinsert rather than move_to_end: another thread may have evicted it)
+            _PLANS.pop(key, None)
             if capturing:
-                _PINNED[key] = _PLANS.pop(key)
+                _PINNED[key] = plan
+            else:
+                _PLANS[key] = plan
     if plan is None:
         if capturing:
             raise RuntimeError(
@@ -192,8 +195,11 @@ def _plan(tensors: list[torch.Tensor], device: torch.device, op: str, cache: boo
             )
         plan = _Plan(tensors, device)
         _PLANS[key] = plan
-        if len(_PLANS) > _MAX_PLANS:
-            _PLANS.popitem(last=False)
+        while len(_PLANS) > _MAX_PLANS:
+            try:
+                _PLANS.popitem(last=False)
+            except KeyError:  # emptied by another thread
+                break
     elif device.type == "cuda" and not capturing:
         plan.record_on(torch.cuda.current_stream(device))
     return plan
