@@ -1,7 +1,12 @@
 """Batched gradient norms: ``foreach_norm`` and ``gradient_stats``.
 
 Both read every element once and keep their result on the tensors' device:
-nothing here synchronises with the host.
+nothing here synchronises with the host. On CUDA the ``cuda`` and ``triton``
+backends table each list's chunks on its first call (one upload, which
+synchronises) and reuse the table while the tensors' addresses, sizes and
+dtypes stay the same; make that first call before a CUDA-graph capture (a
+first call inside one raises). A captured list's table is kept for the life of
+the process (csrc/norm_plan.h).
 """
 
 from __future__ import annotations
