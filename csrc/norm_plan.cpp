@@ -3,6 +3,7 @@
 
 #include <c10/core/impl/VirtualGuardImpl.h>
 
+#include <algorithm>
 #include <iterator>
 #include <list>
 #include <mutex>
@@ -60,27 +61,50 @@ NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk,
     sources.push_back({address(t), t.numel(), dtype * 2 + aligned});
   }
   const ChunkTable table = build_chunk_table(sources, chunk);
-  auto upload = [&](const std::vector<int64_t>& v) {
-    return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(device);
+  // Every row in one int64 buffer, uploaded in one copy. On CUDA it goes through
+  // pinned memory without blocking: no host sync, even for a list never seen
+  // (torch's host allocator does not reuse the pinned block before the copy,
+  // queued on the current stream, is done).
+  std::vector<const std::vector<int64_t>*> parts;
+  for (const ChunkGroup& g : table.groups) parts.push_back(&g.table);
+  parts.push_back(&table.first);
+  parts.push_back(&table.count);
+  int64_t total = 0;
+  for (const auto* v : parts) total += static_cast<int64_t>(v->size());
+  at::Tensor rows = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(device.is_cuda()));
+  int64_t* dst = rows.mutable_data_ptr<int64_t>();
+  for (const auto* v : parts) dst = std::copy(v->begin(), v->end(), dst);
+  if (!device.is_cpu()) rows = rows.to(device, /*non_blocking=*/true);
+  int64_t offset = 0;
+  auto take = [&](size_t n) {
+    at::Tensor view = rows.narrow(0, offset, static_cast<int64_t>(n));
+    offset += static_cast<int64_t>(n);
+    return view;
   };
   NormPlan plan;
   for (const ChunkGroup& g : table.groups) {
-    plan.groups.push_back({static_cast<at::ScalarType>(g.dtype / 2), g.dtype % 2 == 1, g.n_chunks, upload(g.table)});
+    const auto dtype = static_cast<at::ScalarType>(g.dtype / 2);
+    plan.groups.push_back({dtype, g.dtype % 2 == 1, g.n_chunks, take(g.table.size())});
   }
-  plan.first = upload(table.first);
-  plan.count = upload(table.count);
+  plan.first = take(table.first.size());
+  plan.count = take(table.count.size());
   plan.host_first = table.first;
   plan.host_first.push_back(table.n_partials);
   plan.n_partials = table.n_partials;
   plan.stream = current_stream(device);
+  if (device.is_cuda()) {
+    plan.uploaded = std::make_shared<c10::Event>(device.type());
+    plan.uploaded->record(plan.stream);
+  }
   return plan;
 }
 
-// Keeps the plan's device tables from being reused by the caching allocator
-// before the work queued on `stream` is done (a use on another stream than
-// the upload's).
+// A use on another stream than the upload's: `stream` waits for the upload,
+// and the caching allocator does not reuse the tables before the work queued
+// on `stream` is done.
 void record_on(const NormPlan& plan, const c10::Stream& stream) {
   if (stream == plan.stream || !stream.device().is_cuda()) return;
+  if (plan.uploaded) plan.uploaded->block(stream);
   for (const NormPlan::Group& g : plan.groups) g.table.record_stream(stream);
   plan.first.record_stream(stream);
   plan.count.record_stream(stream);
@@ -123,8 +147,9 @@ NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int6
                           const char* op, bool capturing) {
   const at::TensorList ts = refs.list();
   TORCH_CHECK(!capturing || !refs.owns_any(), op,
-              ": a list that holds a non-dense (strided) view cannot be captured in a CUDA graph: its contiguous copy "
-              "is new memory on every call, so its chunk table is uploaded on every call, which synchronises; "
+              ": a list that holds a non-dense (strided) view cannot be captured in a CUDA graph: its contiguous "
+              "copy is new memory on every call, so its chunk table is uploaded on every call, a copy that a graph "
+              "cannot hold; "
               "pass dense tensors (contiguous, channels_last or any dense permutation)");
   if (refs.owns_any()) return build_plan(ts, device, chunk, split_alignment);
   PlanCache& cache = plan_cache();
@@ -144,8 +169,8 @@ NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int6
     }
   }
   TORCH_CHECK(!capturing, op,
-              ": this list has no chunk table yet, and uploading one while the stream is capturing a CUDA graph "
-              "would synchronise and invalidate the capture; call ",
+              ": this list has no chunk table yet, and its upload (a copy from host memory) cannot be captured in a "
+              "CUDA graph; call ",
               op, " once with the same tensors before capturing (a warm-up call)");
   PlanKey key{{}, static_cast<int>(device.type()), device.index(), chunk, split_alignment};
   key.tensors.reserve(ts.size());

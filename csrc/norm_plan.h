@@ -12,21 +12,26 @@
 // after the call. So:
 // - a plan used while the current stream is capturing a CUDA graph is pinned:
 //   never evicted, its table lives as long as the process;
-// - a cached plan used on another stream than the one it was uploaded on has
-//   its tables recorded on that stream (Tensor::record_stream), so an
-//   eviction cannot hand their memory to a new allocation before the kernels
-//   reading them are done;
-// - a list with no cached plan cannot be planned during a capture (the upload
-//   would synchronise and invalidate it): that call raises, naming the op.
+// - a cached plan used on another stream than the one it was uploaded on makes
+//   that stream wait for the upload (an event), and has its tables recorded on
+//   it (Tensor::record_stream), so an eviction cannot hand their memory to a
+//   new allocation before the kernels reading them are done;
+// - a list with no cached plan cannot be planned during a capture (its upload,
+//   a copy from pinned host memory, cannot be captured): that call raises,
+//   naming the op.
+// Uploads go through pinned memory without blocking: planning never
+// synchronises with the host.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/Event.h>
 #include <c10/core/Stream.h>
 
 #include "tensor_refs.h"
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -44,6 +49,7 @@ struct NormPlan {
   std::vector<int64_t> host_first; // per tensor, then n_partials
   int64_t n_partials = 0;
   c10::Stream stream{c10::Stream::DEFAULT, c10::Device(c10::kCPU)};  // the tables were uploaded on it
+  std::shared_ptr<c10::Event> uploaded;  // recorded after the upload (CUDA): another stream waits for it
 };
 
 // The plan of `ts` (from dense_list) for `chunk`-element chunks, grouped by
@@ -55,7 +61,7 @@ struct NormPlan {
 // allocated). A list that holds contiguous copies of strided views is planned
 // afresh on every call and never cached: the copies are new memory each time,
 // so its plan could never be found again, and caching it would only evict the
-// plans of lists that can (on CUDA such a call uploads its table, a host sync,
+// plans of lists that can (on CUDA such a call uploads its table every time,
 // and cannot be captured in a CUDA graph). The cache holds 16 plans besides
 // the pinned ones (see above). `op` names the caller in errors. Call it under
 // a device guard for `device` (the current stream is `device`'s).

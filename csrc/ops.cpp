@@ -180,8 +180,11 @@ TORCH_LIBRARY(kasmina, m) {
       "blend_backward(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
   m.def("ste(Tensor host, Tensor seed) -> Tensor");
-  m.def("foreach_norm(Tensor[] tensors) -> Tensor");
-  m.def("gradient_stats(Tensor[] host_grads, Tensor[] seed_grads, int host_params, int seed_params) -> Tensor");
+  // the norm ops: cudagraph_unsafe for Inductor (kasmina_fast/ops/schemas.py: CUDAGRAPH_UNSAFE)
+  const std::vector<at::Tag> unsafe = {at::Tag::cudagraph_unsafe};
+  m.def("foreach_norm(Tensor[] tensors) -> Tensor", unsafe);
+  m.def("gradient_stats(Tensor[] host_grads, Tensor[] seed_grads, int host_params, int seed_params) -> Tensor",
+        unsafe);
   // the Triton backend's ops: kernels registered from Python (kasmina_fast/ops/triton_ops.py)
   m.def("triton_blend(Tensor host, Tensor seed, Tensor alpha) -> Tensor");
   m.def(
@@ -189,10 +192,11 @@ TORCH_LIBRARY(kasmina, m) {
       "-> (Tensor, Tensor, Tensor)");
   m.def("triton_ste(Tensor host, Tensor seed) -> Tensor");
   // (their CPU/CUDA kernels: csrc/python/triton_norms.cpp, which calls the Python launcher)
-  m.def("triton_foreach_norm(Tensor[] tensors) -> Tensor");
+  m.def("triton_foreach_norm(Tensor[] tensors) -> Tensor", unsafe);
   m.def(
       "triton_gradient_stats(Tensor[] host_grads, Tensor[] seed_grads, int host_params, int seed_params) -> "
-      "Tensor");
+      "Tensor",
+      unsafe);
 }
 
 TORCH_LIBRARY_IMPL(kasmina, CPU, m) {

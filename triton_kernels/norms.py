@@ -135,18 +135,28 @@ class _Plan:
                     rows[3].append(slot + c)
             slot += chunks
         self.n_partials = slot
+        # every row in one buffer, one copy; on CUDA through pinned memory, no host sync
+        flat = [x for rows in groups.values() for row in rows for x in row] + firsts + counts
+        staged = torch.tensor(flat, dtype=torch.int64)
+        if device.type == "cuda":
+            staged = staged.pin_memory().to(device, non_blocking=True)
+        sizes = [4 * len(rows[0]) for rows in groups.values()] + [len(firsts), len(counts)]
+        *tables, self.firsts, self.counts = staged.split(sizes)
         self.groups = [
-            (dtype, aligned, len(rows[0]), torch.tensor(rows, dtype=torch.int64).reshape(-1).to(device))
-            for (dtype, aligned), rows in groups.items()
+            (dtype, aligned, len(rows[0]), table)
+            for ((dtype, aligned), rows), table in zip(groups.items(), tables)
         ]
         self.host_firsts = [*firsts, slot]
-        self.firsts = torch.tensor(firsts, dtype=torch.int64).to(device)
-        self.counts = torch.tensor(counts, dtype=torch.int64).to(device)
-        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        self.stream = self.uploaded = None
+        if device.type == "cuda":
+            self.stream = torch.cuda.current_stream(device)
+            self.uploaded = self.stream.record_event()
 
     def record_on(self, stream: torch.cuda.Stream) -> None:
-        """Keep the tables' memory from reuse until the work queued on ``stream`` is done."""
+        """A use on another stream than the upload's: ``stream`` waits for the upload, and
+        the tables' memory is not reused before the work queued on ``stream`` is done."""
         if stream != self.stream:
+            stream.wait_event(self.uploaded)
             for *_, table in self.groups:
                 table.record_stream(stream)
             self.firsts.record_stream(stream)
@@ -171,7 +181,7 @@ def _plan(tensors: list[torch.Tensor], device: torch.device, op: str, cache: boo
             raise RuntimeError(
                 f"{op}: a list that holds a non-dense (strided) view cannot be captured in a CUDA "
                 "graph: its contiguous copy is new memory on every call, so its chunk table is "
-                "uploaded on every call, which synchronises; pass dense tensors (contiguous, "
+                "uploaded on every call, a copy that a graph cannot hold; pass dense tensors (contiguous, "
                 "channels_last or any dense permutation)"
             )
         return _Plan(tensors, device)
@@ -189,8 +199,8 @@ def _plan(tensors: list[torch.Tensor], device: torch.device, op: str, cache: boo
     if plan is None:
         if capturing:
             raise RuntimeError(
-                f"{op}: this list has no chunk table yet, and uploading one while the stream is "
-                "capturing a CUDA graph would synchronise and invalidate the capture; call "
+                f"{op}: this list has no chunk table yet, and its upload (a copy from host memory) "
+                "cannot be captured in a CUDA graph; call "
                 f"{op} once with the same tensors before capturing (a warm-up call)"
             )
         plan = _Plan(tensors, device)

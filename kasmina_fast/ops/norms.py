@@ -2,8 +2,8 @@
 
 Both read every element once and keep their result on the tensors' device:
 nothing here synchronises with the host. On CUDA the ``cuda`` and ``triton``
-backends table each list's chunks on its first call (one upload, which
-synchronises) and reuse the table while the tensors' addresses, sizes and
+backends table each list's chunks on its first call (one upload from pinned
+memory, no sync) and reuse the table while the tensors' addresses, sizes and
 dtypes stay the same; make that first call before a CUDA-graph capture (a
 first call inside one raises). A captured list's table is kept for the life of
 the process (csrc/norm_plan.h).

@@ -20,7 +20,7 @@ from torch import Tensor
 from kasmina_fast import _extension, reference
 from kasmina_fast.ops import _checks
 from kasmina_fast.ops._autograd import blend_autograd, ste_backward
-from kasmina_fast.ops.schemas import NAMESPACE, SCHEMAS
+from kasmina_fast.ops.schemas import CUDAGRAPH_UNSAFE, NAMESPACE, SCHEMAS
 
 _lib: torch.library.Library | None = None
 
@@ -95,8 +95,8 @@ def _gradient_stats_py(host_grads, seed_grads, host_params, seed_params):
 def _define_in_python() -> None:
     global _lib
     _lib = torch.library.Library(NAMESPACE, "DEF")
-    for schema in SCHEMAS.values():
-        _lib.define(schema)
+    for name, schema in SCHEMAS.items():
+        _lib.define(schema, tags=(torch.Tag.cudagraph_unsafe,) if name in CUDAGRAPH_UNSAFE else ())
     for name, fn in {"blend": _blend_py, "blend_backward": _blend_backward_py, "ste": _ste_py}.items():
         torch.library.impl(_q(name), ("cpu", "cuda"), fn, lib=_lib)
     # the list ops must also answer empty lists, which have no device to dispatch on

@@ -160,9 +160,11 @@ if _extension.has_kernel("triton_foreach_norm", "CPU"):
     triton_foreach_norm = torch.ops.kasmina.triton_foreach_norm.default
     triton_gradient_stats = torch.ops.kasmina.triton_gradient_stats.default
 else:
-    # Without the extension: Python custom ops that build the chunk table in Python.
+    # Without the extension: Python custom ops that build the chunk table in Python
+    # (cudagraph_unsafe for Inductor, like every norm op: ops/schemas.py).
+    unsafe = (torch.Tag.cudagraph_unsafe,)
     triton_foreach_norm = torch.library.custom_op(
-        "kasmina::triton_foreach_norm", _foreach_norm, mutates_args=()
+        "kasmina::triton_foreach_norm", _foreach_norm, mutates_args=(), tags=unsafe
     )
     triton_foreach_norm.register_fake(registration.foreach_norm_fake)
     # (an explicit schema: the annotation `int` would be inferred as SymInt, unlike csrc/ops.cpp)
@@ -171,6 +173,7 @@ else:
         _gradient_stats,
         mutates_args=(),
         schema="(Tensor[] host_grads, Tensor[] seed_grads, int host_params, int seed_params) -> Tensor",
+        tags=unsafe,
     )
     triton_gradient_stats.register_fake(registration.gradient_stats_fake)
     triton_foreach_norm, triton_gradient_stats = (

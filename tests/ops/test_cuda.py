@@ -235,8 +235,11 @@ def test_gradient_telemetry_has_no_sync_and_captures_in_a_graph(backend):
         torch.cuda.set_sync_debug_mode("error")
         try:
             kasmina_fast.gradient_stats(ts[:2], ts[2:], 5, 5)
+            fresh = [torch.randn(4321, device="cuda"), torch.randn(7, device="cuda")]
+            fresh_norms = kasmina_fast.foreach_norm(fresh)  # a new table: uploaded without a sync
         finally:
             torch.cuda.set_sync_debug_mode(0)
+        torch.testing.assert_close(fresh_norms, torch.stack([t.norm() for t in fresh]), rtol=1e-5, atol=0)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = kasmina_fast.foreach_norm(ts)

@@ -13,7 +13,7 @@ import torch
 
 import kasmina_fast
 from kasmina_fast import _extension
-from kasmina_fast.ops.schemas import SCHEMAS
+from kasmina_fast.ops.schemas import CUDAGRAPH_UNSAFE, SCHEMAS
 from tests.utils import cpu_backends, with_backend
 
 
@@ -21,6 +21,15 @@ from tests.utils import cpu_backends, with_backend
 def test_schema_is_the_documented_one(name):
     op = getattr(torch.ops.kasmina, name).default
     assert str(op._schema) == f"kasmina::{SCHEMAS[name]}"
+
+
+def test_norm_ops_are_cudagraph_unsafe_for_inductor():
+    """The norm ops and their Triton twins carry the cudagraph_unsafe tag, the others
+    not (ops/schemas.py says why); the extension's definitions (or the Python ones)."""
+    names = [*SCHEMAS, *(f"triton_{n}" for n in ("blend", "ste", *CUDAGRAPH_UNSAFE))]
+    names = [n for n in names if hasattr(torch.ops.kasmina, n)]  # (no triton_ ops without Triton)
+    tagged = {n for n in names if torch.Tag.cudagraph_unsafe in getattr(torch.ops.kasmina, n).default.tags}
+    assert tagged == {*CUDAGRAPH_UNSAFE, *(f"triton_{n}" for n in CUDAGRAPH_UNSAFE)} & set(names)
 
 
 def blend_samples():
@@ -139,6 +148,10 @@ def test_without_extension_falls_back_to_reference():
         torch.library.opcheck(torch.ops.kasmina.foreach_norm.default, ([h.detach(), s.detach()],))
         torch.library.opcheck(torch.ops.kasmina.foreach_norm.default, ([],))
         torch.library.opcheck(torch.ops.kasmina.gradient_stats.default, ([h.detach()], [], 3, 1))
+        from kasmina_fast.ops.schemas import CUDAGRAPH_UNSAFE
+        for name in ("blend", "ste", *CUDAGRAPH_UNSAFE):  # the same tags as csrc/ops.cpp gives
+            tags = getattr(torch.ops.kasmina, name).default.tags
+            assert (torch.Tag.cudagraph_unsafe in tags) == (name in CUDAGRAPH_UNSAFE), name
         out = torch.ops.kasmina.blend(h, s, a)
         out.sum().backward()
         torch.testing.assert_close(a.grad, (s - h).detach().sum((1, 2, 3), keepdim=True))

@@ -80,6 +80,8 @@ def test_without_extension_the_triton_ops_are_custom_ops():
         ts.append(torch.randn(9)[1:])  # a 4-byte offset
         ts.append(torch.randn(5000, 2)[::3, 1])  # strided: read from a copy, which must outlive the launch
         torch.library.opcheck(torch.ops.kasmina.triton_foreach_norm.default, (ts,))
+        for op in (torch.ops.kasmina.triton_foreach_norm, torch.ops.kasmina.triton_gradient_stats):
+            assert torch.Tag.cudagraph_unsafe in op.default.tags  # as csrc/ops.cpp defines them
         with kasmina_fast.use_backend("triton"):
             norms = kasmina_fast.foreach_norm(ts)
             stats = kasmina_fast.gradient_stats(ts[:1], ts[1:], 10, 3)
