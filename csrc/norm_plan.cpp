@@ -92,10 +92,6 @@ NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk,
   plan.host_first.push_back(table.n_partials);
   plan.n_partials = table.n_partials;
   plan.stream = current_stream(device);
-  if (device.is_cuda()) {
-    plan.uploaded = std::make_shared<c10::Event>(device.type());
-    plan.uploaded->record(plan.stream);
-  }
   return plan;
 }
 
@@ -176,6 +172,10 @@ NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int6
   key.tensors.reserve(ts.size());
   for (const at::Tensor& t : ts) key.tensors.push_back({address(t), t.numel(), static_cast<int>(t.scalar_type())});
   NormPlan plan = build_plan(ts, device, chunk, split_alignment);
+  if (device.is_cuda()) {  // (only a cached plan can be used on another stream later)
+    plan.uploaded = std::make_shared<c10::Event>(device.type());
+    plan.uploaded->record(plan.stream);
+  }
   std::lock_guard<std::mutex> lock(cache.mutex);
   cache.plans.push_front({std::move(key), plan, false});
   if (cache.plans.size() - cache.pinned > kCachedPlans) {

@@ -49,7 +49,8 @@ struct NormPlan {
   std::vector<int64_t> host_first; // per tensor, then n_partials
   int64_t n_partials = 0;
   c10::Stream stream{c10::Stream::DEFAULT, c10::Device(c10::kCPU)};  // the tables were uploaded on it
-  std::shared_ptr<c10::Event> uploaded;  // recorded after the upload (CUDA): another stream waits for it
+  // a cached plan's (CUDA): recorded after the upload, another stream waits for it
+  std::shared_ptr<c10::Event> uploaded;
 };
 
 // The plan of `ts` (from dense_list) for `chunk`-element chunks, grouped by

@@ -147,10 +147,8 @@ class _Plan:
             for ((dtype, aligned), rows), table in zip(groups.items(), tables)
         ]
         self.host_firsts = [*firsts, slot]
-        self.stream = self.uploaded = None
-        if device.type == "cuda":
-            self.stream = torch.cuda.current_stream(device)
-            self.uploaded = self.stream.record_event()
+        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        self.uploaded = None  # a cached plan's: recorded after the upload (CUDA)
 
     def record_on(self, stream: torch.cuda.Stream) -> None:
         """A use on another stream than the upload's: ``stream`` waits for the upload, and
@@ -204,12 +202,11 @@ def _plan(tensors: list[torch.Tensor], device: torch.device, op: str, cache: boo
                 f"{op} once with the same tensors before capturing (a warm-up call)"
             )
         plan = _Plan(tensors, device)
+        if plan.stream is not None:  # (only a cached plan can be used on another stream later)
+            plan.uploaded = plan.stream.record_event()
         _PLANS[key] = plan
-        while len(_PLANS) > _MAX_PLANS:
-            try:
-                _PLANS.popitem(last=False)
-            except KeyError:  # emptied by another thread
-                break
+        if len(_PLANS) > _MAX_PLANS:
+            _PLANS.popitem(last=False)
     elif device.type == "cuda" and not capturing:
         plan.record_on(torch.cuda.current_stream(device))
     return plan
