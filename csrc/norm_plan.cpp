@@ -9,11 +9,8 @@
 #include <mutex>
 #include <utility>
 
-#ifdef KASMINA_WITH_CUDA
-#include <c10/cuda/CUDAGraphsC10Utils.h>
-#endif
-
 #include "chunk_table.h"
+#include "stream_scratch.h"
 
 namespace kasmina {
 namespace {
@@ -123,13 +120,6 @@ struct PlanCache {
 PlanCache& plan_cache() {
   static PlanCache* cache = new PlanCache();
   return *cache;
-}
-
-bool stream_is_capturing(const at::Device& device) {
-#ifdef KASMINA_WITH_CUDA
-  if (device.is_cuda()) return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
-#endif
-  return false;
 }
 
 }  // namespace

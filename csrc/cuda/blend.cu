@@ -1,8 +1,8 @@
 // kasmina::blend and kasmina::blend_backward on CUDA: the launchers. The math,
 // memory traffic and work layout are described with the kernels, in
 // blend_kernels.cuh. Launched on the current stream; the backward is one
-// kernel (d_alpha included) plus, when d_alpha is asked for, a memset of B
-// counters.
+// kernel, d_alpha included (its counters and partials are the stream's
+// scratch, stream_scratch.h).
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -13,6 +13,7 @@
 
 #include "../checks.h"
 #include "../layout.h"
+#include "../stream_scratch.h"
 #include "blend_kernels.cuh"
 
 namespace kasmina {
@@ -95,23 +96,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cuda(const at::Ten
     const A* ap = a.const_data_ptr<A>();
     const bool vec = blk.N % V == 0 && aligned16({g, h, s, dh, ds});
     const dim3 grid = grid_for(blk.B, vec ? blk.N / V : blk.N);
-    // d_alpha: in the accumulation dtype (a temporary when alpha's differs),
-    // with B * grid.x partials and B zeroed counters in one scratch buffer
-    at::Tensor da, scratch;
+    // d_alpha: in the accumulation dtype (a temporary when alpha's differs);
+    // with several blocks per sample, B * grid.x partials and B counters from
+    // the stream's scratch, whose counters the kernel leaves at zero (no
+    // allocation, no memset per call: stream_scratch.h)
+    at::Tensor da;
+    CounterScratch scratch;
     A *pp = nullptr, *dap = nullptr;
-    unsigned* counters = nullptr;
     if (mask[2]) {
       da = d_alpha.scalar_type() == a.scalar_type() ? d_alpha : at::empty(alpha.sizes(), a.options());
       dap = da.mutable_data_ptr<A>();
       if (grid.x > 1) {
-        const int64_t part_bytes = blk.B * static_cast<int64_t>(grid.x) * static_cast<int64_t>(sizeof(A));
-        const int64_t count_bytes = blk.B * static_cast<int64_t>(sizeof(unsigned));
-        scratch = at::empty({part_bytes + count_bytes}, a.options().dtype(at::kByte));
-        pp = reinterpret_cast<A*>(scratch.mutable_data_ptr<uint8_t>());
-        counters = reinterpret_cast<unsigned*>(scratch.mutable_data_ptr<uint8_t>() + part_bytes);
-        C10_CUDA_CHECK(cudaMemsetAsync(counters, 0, static_cast<size_t>(count_bytes), stream));
+        scratch = counter_scratch(host.device(), blk.B,
+                                  blk.B * static_cast<int64_t>(grid.x) * static_cast<int64_t>(sizeof(A)));
+        pp = static_cast<A*>(scratch.partials);
       }
     }
+    unsigned* counters = scratch.counters;
     auto launch = [&](auto vec_width, auto with_da) {
       constexpr int VW = decltype(vec_width)::value;
       constexpr bool DA = decltype(with_da)::value;

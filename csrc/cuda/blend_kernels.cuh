@@ -17,8 +17,10 @@
 // allow it). fp16/bf16 compute in fp32; 64-bit indices.
 // d_alpha is deterministic and needs no second kernel: every block writes its
 // partial sum, and the block that finishes a sample last (an integer counter,
-// zeroed by the launcher) adds that sample's partials in index order. Which
-// block comes last changes nothing in the result; no float atomics.
+// zero when the kernel starts) adds that sample's partials in index order.
+// Which block comes last changes nothing in the result; no float atomics.
+// That block also puts the counter back to zero, so the launcher can keep the
+// counters from one launch to the next without a memset (stream_scratch.h).
 #pragma once
 
 #include "../numeric.h"
@@ -76,7 +78,8 @@ __global__ void blend_forward_kernel(const T* __restrict__ host, const T* __rest
 }
 
 // DA: compute d_alpha (host, seed, partial, counter and d_alpha are then
-// non-null; partial holds B * gridDim.x values, counter B zeros). d_host or
+// non-null; partial holds B * gridDim.x values, counter B zeros, left at zero
+// when the kernel ends). d_host or
 // d_seed may be null when not asked for.
 template <typename T, int V, bool DA>
 __global__ void blend_backward_kernel(const T* __restrict__ grad, const T* __restrict__ host,
@@ -126,6 +129,9 @@ __global__ void blend_backward_kernel(const T* __restrict__ grad, const T* __res
         partial[b * gridDim.x + blockIdx.x] = acc;
         __threadfence();  // the partial is visible before the counter says so
         last = atomicAdd(counter + b, 1u) == gridDim.x - 1;
+        // every block of sample b has counted: leave the counter at zero for
+        // the next kernel that uses this scratch (stream_scratch.h)
+        if (last) counter[b] = 0;
       }
       __syncthreads();
       if (last) {  // every partial of sample b is written: add them in index order

@@ -1,7 +1,8 @@
 // C++ test of the kasmina ops through the dispatcher (run by ctest): values
 // and gradients of blend and ste against ATen, and a bad-input error; the
 // reference counts of TensorRefs and dense_list, and the plan cache's rules
-// for CUDA-graph captures (norm_plan.h), on CPU tensors.
+// for CUDA-graph captures (norm_plan.h), and the counter scratch kept per
+// stream (stream_scratch.h), on CPU tensors.
 #include <torch/torch.h>
 
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <utility>
 
 #include "../norm_plan.h"
+#include "../stream_scratch.h"
 #include "../tensor_refs.h"
 
 namespace {
@@ -105,11 +107,48 @@ void test_plan_cache_and_captures() {
   expect(plan_of(strided, false).n_partials == 1, "outside a capture a strided view is planned from its copy");
 }
 
+
+// One buffer per stream, reused while big enough, replaced (counters zeroed)
+// when a request outgrows it; a capture always gets a fresh, zeroed buffer.
+void test_counter_scratch() {
+  using kasmina::counter_scratch;
+  const at::Device cpu(at::kCPU);
+  const size_t kept_before = kasmina::counter_scratch_count();
+  auto zeros = [](const kasmina::CounterScratch& s, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (s.counters[i] != 0u) return false;
+    }
+    return true;
+  };
+  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  kasmina::CounterScratch a = counter_scratch(cpu, 5, 40, false);
+  expect(zeros(a, 5), "a new scratch has its counters at zero");
+  expect(aligned(a.partials) && static_cast<uint8_t*>(a.partials) >= reinterpret_cast<uint8_t*>(a.counters + 5),
+         "the partials follow the counters, 16-byte aligned");
+  expect(a.buffer.nbytes() >= 16 + 40, "room for the counters and the partials");
+  expect(kasmina::counter_scratch_count() == kept_before + 1, "one buffer kept for the stream");
+  a.counters[2] = 0;  // as a kernel leaves them
+  kasmina::CounterScratch b = counter_scratch(cpu, 3, 8, false);
+  expect(b.buffer.is_same(a.buffer), "a smaller request reuses the stream's buffer");
+  a.counters[1] = 7;  // a stale counter: only a new buffer is zeroed
+  kasmina::CounterScratch c = counter_scratch(cpu, 6, 40, false);
+  expect(!c.buffer.is_same(a.buffer) && zeros(c, 6), "a larger request gets a new buffer with zeroed counters");
+  expect(a.buffer.defined() && a.counters[1] == 7u, "the caller's old buffer stays valid while it is held");
+  expect(counter_scratch(cpu, 12, 10, false).buffer.nbytes() >= 48 + 80, "growth is geometric");
+  kasmina::CounterScratch g1 = counter_scratch(cpu, 4, 16, true);
+  kasmina::CounterScratch g2 = counter_scratch(cpu, 4, 16, true);
+  expect(zeros(g1, 4) && zeros(g2, 4) && !g1.buffer.is_same(g2.buffer) &&
+             !g1.buffer.is_same(counter_scratch(cpu, 1, 1, false).buffer),
+         "each capture gets its own zeroed buffer, not the stream's");
+  expect(kasmina::counter_scratch_count() == kept_before + 1, "captures keep no buffer");
+}
+
 }  // namespace
 
 int main() {
   test_tensor_refs();
   test_plan_cache_and_captures();
+  test_counter_scratch();
 
   auto blend = c10::Dispatcher::singleton()
                    .findSchemaOrThrow("kasmina::blend", "")

@@ -154,6 +154,68 @@ def test_device_mismatch_is_refused(backend):
             kasmina_fast.blend(h, h, torch.tensor(0.5))
 
 
+def blend_grads(op, h, s, a, g):
+    """d_host, d_seed, d_alpha of one learnable blend through ``op`` (a
+    ``blend_backward`` op), and the fp64 d_alpha it should give."""
+    got = op(g, h, s, a, [True, True, True])
+    want = (g.double() * (s.double() - h.double())).flatten(1).sum(1).view_as(a)
+    return got, want.where((a >= 0) & (a <= 1), torch.zeros_like(want)).float()
+
+
+@pytest.mark.skipif("cuda" not in kasmina_fast.available(), reason="CUDA kernels not built")
+def test_learnable_backward_scratch_is_reused_across_sizes_and_streams():
+    """The CUDA backward keeps d_alpha's counters per stream, and the kernel puts
+    them back to zero (csrc/stream_scratch.h). Sample counts that shrink and
+    grow, two streams at once, and a captured graph replayed among eager calls
+    all give the fp64 d_alpha, with the same bits on every call."""
+    op = torch.ops.kasmina.blend_backward.default
+    gen = torch.Generator(device="cuda").manual_seed(3)
+
+    def inputs(B, N):  # several blocks per sample (grid.x > 1) for every case
+        h, s, g = (torch.randn(B, N, device="cuda", generator=gen) for _ in range(3))
+        a = torch.rand(B, 1, device="cuda", generator=gen) * 1.2 - 0.1
+        return h, s, a, g
+
+    # vectorised and scalar kernels; sizes that shrink and grow
+    cases = [inputs(B, N) for B, N in [(3, 2**18), (300, 8192), (3, 2**18 + 1), (1, 2**20), (1000, 4096)]]
+    firsts = []
+    for h, s, a, g in cases + cases:  # each case twice: the second run reuses a grown buffer
+        (_, _, da), want = blend_grads(op, h, s, a, g)
+        torch.testing.assert_close(da, want, rtol=1e-4, atol=1e-3)
+        firsts.append(da)
+    for x, y in zip(firsts[: len(cases)], firsts[len(cases) :]):
+        assert torch.equal(x, y)
+
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for st in streams:
+        st.wait_stream(torch.cuda.current_stream())
+    results = [[], []]
+    for _ in range(5):  # the two streams' kernels may overlap: each has its own counters
+        for i, st in enumerate(streams):
+            with torch.cuda.stream(st):
+                results[i].append(blend_grads(op, *cases[i])[0][2])
+    torch.cuda.synchronize()
+    for i in range(2):
+        for da in results[i]:
+            assert torch.equal(da, firsts[i])
+
+    h, s, a, g = cases[1]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        blend_grads(op, h, s, a, g)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        (_, _, static_da), _ = blend_grads(op, h, s, a, g)
+    for _ in range(3):
+        graph.replay()
+        eager = blend_grads(op, *cases[0])[0][2]  # the default stream's scratch, between replays
+        torch.cuda.synchronize()
+        assert torch.equal(static_da, firsts[1])
+        assert torch.equal(eager, firsts[0])
+
+
 @pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 60 * 2**30,
     reason="needs a GPU with 60 GiB",
