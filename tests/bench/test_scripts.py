@@ -112,3 +112,18 @@ def test_summarize_checks_the_gpu_targets(tmp_path):
         "| torch.compile, fwd+bwd | reference | cuda | triton | triton_op | fastest registration |"
     )
     assert "| ste---x-float32-cuda |  | 50.0 us |  | 45.0 us | triton_op |" in compiled[1]
+
+
+def test_gpu_check_parses_and_refuses_an_unknown_part(tmp_path):
+    script = BENCH / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    proc = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out"), "bench", "nonesuch"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "unknown part: nonesuch" in proc.stdout
+    assert not (tmp_path / "out").exists()  # refused before doing anything
