@@ -8,7 +8,7 @@
 //   gradient_stats  norms_math.h on (sum of the host tensors' sumsq, same for the seed's)
 // Work split: one block per chunk of the chunk table (a grid-stride loop when
 // there are more chunks than blocks), 16-byte loads where the chunk is
-// aligned; each block reduces its chunk in a fixed order into one fp64
+// aligned, four in flight per thread; each block reduces its chunk in a fixed order into one fp64
 // partial. A second, small kernel adds partials in a fixed order: per tensor
 // for foreach_norm, per group (host slots, then seed slots) for
 // gradient_stats. Bitwise deterministic, no atomics.
@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "../norms_math.h"
 #include "block_reduce.cuh"
@@ -29,6 +30,24 @@ constexpr int kNormThreads = 256;
 // 256-thread blocks per SM, by register use), so a partly empty last wave
 // costs little; 16384-element chunks made 1.5 to 2 waves.
 constexpr int64_t kNormChunk = 8192;
+// 16-byte loads a thread issues at once (a full fp32 chunk is 8 per thread).
+constexpr int kNormUnroll = 4;
+
+// A 16-byte read-only load in the global address space (ld.global.nc). The
+// chunk table holds plain addresses, from which the compiler can only emit
+// generic loads. (Plain load where this code runs on the CPU, in the tests.)
+template <typename Vec>
+__device__ __forceinline__ Vec load_global_nc(const Vec* p) {
+  static_assert(sizeof(Vec) == 16, "16-byte vectors only");
+#ifdef __CUDA_ARCH__
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  Vec v;
+  memcpy(&v, &u, sizeof v);
+  return v;
+#else
+  return *p;
+#endif
+}
 
 template <typename T>
 __global__ void sumsq_chunks_kernel(const int64_t* __restrict__ table, int64_t n_chunks, double* __restrict__ partial) {
@@ -45,14 +64,26 @@ __global__ void sumsq_chunks_kernel(const int64_t* __restrict__ table, int64_t n
     if (reinterpret_cast<uintptr_t>(p) % 16 == 0) {
       const int64_t nvec = len / V;
       const Vec* pv = reinterpret_cast<const Vec*>(p);
-      for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-        const Vec x = pv[i];
+      auto add = [&acc](const Vec& x) {
 #pragma unroll
         for (int k = 0; k < V; ++k) {
           const double d = static_cast<double>(x.v[k]);
           acc += d * d;
         }
+      };
+      // kNormUnroll loads issued before the first is used: a warp keeps that
+      // many 16-byte loads in flight instead of waiting for each one. The
+      // sum runs over i, i + blockDim.x, ... in that order either way.
+      int64_t i = threadIdx.x;
+      const int64_t stride = blockDim.x;
+      for (; i + (kNormUnroll - 1) * stride < nvec; i += kNormUnroll * stride) {
+        Vec x[kNormUnroll];
+#pragma unroll
+        for (int u = 0; u < kNormUnroll; ++u) x[u] = load_global_nc(pv + i + u * stride);
+#pragma unroll
+        for (int u = 0; u < kNormUnroll; ++u) add(x[u]);
       }
+      for (; i < nvec; i += stride) add(load_global_nc(pv + i));
       tail = nvec * V;
     }
     for (int64_t i = tail + threadIdx.x; i < len; i += blockDim.x) {

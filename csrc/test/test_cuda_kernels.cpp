@@ -293,6 +293,8 @@ void norms_suite() {
   nc.add<c10::BFloat16>(C * 3 + 17, 0);
   nc.add<float>(4096, 0);
   nc.add<c10::Half>(333, 5);
+  nc.add<float>(6802, 0);  // one unrolled pass of 4 vectors a thread, then 1 or 2 single vectors, then 2 scalars
+  nc.add<double>(C, 0);    // aligned fp64: four unrolled passes
   const kasmina::ChunkTable t = kasmina::build_chunk_table(nc.sources, C);
   const int64_t n = static_cast<int64_t>(nc.sources.size());
   for (const unsigned grid : {1u, 3u, 1000u}) {
