@@ -8,11 +8,16 @@
 //   gradient_stats  norms_math.h on (sum of the host tensors' sumsq, same for the seed's)
 // Work split: one block per chunk of the chunk table (a grid-stride loop when
 // there are more chunks than blocks), 16-byte loads where the chunk is
-// aligned, four in flight per thread; each block reduces its chunk in a fixed order into one fp64
-// partial. A second, small kernel adds partials in a fixed order: per tensor
-// for foreach_norm, per group (host slots, then seed slots) for
-// gradient_stats. Bitwise deterministic, no atomics.
-// Memory traffic: one read of every element, plus 8 bytes per chunk.
+// aligned, four in flight per thread; each block reduces its chunk in a fixed
+// order into one fp64 partial. Then the partials are added in a fixed order:
+// - foreach_norm: a second, small kernel, one block per tensor;
+// - gradient_stats: inside the chunk kernel (of the last dtype group, when
+//   the list mixes dtypes): every block counts itself done on an integer
+//   counter, and the block that counts last adds the host slots and the seed
+//   slots and writes the four stats, then puts the counter back to zero
+//   (../stream_scratch.h). One launch per call for a one-dtype list.
+// Bitwise deterministic: which block comes last changes nothing; no float
+// atomics. Memory traffic: one read of every element, plus 8 bytes per chunk.
 #pragma once
 
 #include <cmath>
@@ -49,8 +54,32 @@ __device__ __forceinline__ Vec load_global_nc(const Vec* p) {
 #endif
 }
 
-template <typename T>
-__global__ void sumsq_chunks_kernel(const int64_t* __restrict__ table, int64_t n_chunks, double* __restrict__ partial) {
+// What the gradient_stats finalize needs (unused when STATS is false).
+struct StatsArgs {
+  unsigned* counter = nullptr;  // one counter, zero when the kernel starts, left at zero
+  int64_t host_slots = 0, n_slots = 0, host_params = 0, seed_params = 0;
+  float* out = nullptr;  // [host norm, seed norm, ratio, non-finite flag]
+};
+
+// The four stats from the partials: the host tensors own the slots
+// [0, host_slots), the seed's [host_slots, n_slots) (chunk_table.h numbers
+// slots in list order). Called by every thread of one block; reads through
+// L2, since other blocks of the same launch wrote the partials.
+__device__ __forceinline__ void stats_from_partials(const double* partial, const StatsArgs& a, double* shared) {
+  double host = 0.0, seed = 0.0;
+  for (int64_t k = threadIdx.x; k < a.host_slots; k += blockDim.x) host += __ldcg(partial + k);
+  for (int64_t k = a.host_slots + threadIdx.x; k < a.n_slots; k += blockDim.x) seed += __ldcg(partial + k);
+  host = block_sum(host, shared);
+  seed = block_sum(seed, shared);
+  if (threadIdx.x == 0) gradient_stats_from_sums(host, seed, a.host_params, a.seed_params, a.out);
+}
+
+// STATS: this launch also finalizes gradient_stats (its last block, see above).
+// Every slot of `partial` must be written by this launch or an earlier one on
+// the stream. With n_chunks == 0, one block only finalizes.
+template <typename T, bool STATS = false>
+__global__ void sumsq_chunks_kernel(const int64_t* __restrict__ table, int64_t n_chunks, double* __restrict__ partial,
+                                    StatsArgs stats) {
   __shared__ double shared[32];
   constexpr int V = 16 / sizeof(T);
   struct alignas(16) Vec {
@@ -93,6 +122,19 @@ __global__ void sumsq_chunks_kernel(const int64_t* __restrict__ table, int64_t n
     acc = block_sum(acc, shared);
     if (threadIdx.x == 0) partial[table[3 * n_chunks + c]] = acc;
   }
+  if constexpr (STATS) {
+    __shared__ bool last;
+    if (threadIdx.x == 0) {
+      __threadfence();  // this block's partials are visible before the counter says so
+      last = atomicAdd(stats.counter, 1u) == gridDim.x - 1;
+      if (last) *stats.counter = 0;  // every block has counted: ready for the next launch
+    }
+    __syncthreads();
+    if (last) {
+      __threadfence();
+      stats_from_partials(partial, stats, shared);
+    }
+  }
 }
 
 // out[i] = fp32(sqrt(sum of tensor i's partials [first_i, first_i + count_i))), in order.
@@ -105,19 +147,6 @@ __global__ void norms_finalize_kernel(const double* __restrict__ partial, const 
     acc = block_sum(acc, shared);
     if (threadIdx.x == 0) out[i] = static_cast<float>(sqrt(acc));
   }
-}
-
-// One block: the host tensors own the slots [0, host_slots), the seed's
-// [host_slots, n_slots) (chunk_table.h numbers slots in list order).
-__global__ void stats_finalize_kernel(const double* __restrict__ partial, int64_t host_slots, int64_t n_slots,
-                                      int64_t host_params, int64_t seed_params, float* __restrict__ out) {
-  __shared__ double shared[32];
-  double host = 0.0, seed = 0.0;
-  for (int64_t k = threadIdx.x; k < host_slots; k += blockDim.x) host += partial[k];
-  for (int64_t k = host_slots + threadIdx.x; k < n_slots; k += blockDim.x) seed += partial[k];
-  host = block_sum(host, shared);
-  seed = block_sum(seed, shared);
-  if (threadIdx.x == 0) gradient_stats_from_sums(host, seed, host_params, seed_params, out);
 }
 
 }  // namespace kasmina

@@ -10,6 +10,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -265,18 +266,38 @@ struct NormCase {
     want.push_back(ss);
   }
 
-  // runs the chunk kernels with `grid` blocks per group (in `order_kind` 0 forward, 1 reversed)
-  std::vector<double> partials(const kasmina::ChunkTable& t, unsigned grid, int order_kind) const {
+  // runs the chunk kernels with `grid` blocks per group (in `order_kind` 0
+  // forward, 1 reversed, 2 shuffled); with `stats`, the last group's launch
+  // finalizes gradient_stats as the CUDA launcher does (one block alone when
+  // the table has no chunks)
+  std::vector<double> partials(const kasmina::ChunkTable& t, unsigned grid, int order_kind,
+                               const kasmina::StatsArgs* stats = nullptr) const {
     std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(t.n_partials, 1)), -7.0);
-    for (const auto& g : t.groups) {
+    const dim3 bd(kasmina::kNormThreads);
+    if (stats != nullptr && t.groups.empty()) {
+      launch(dim3(1), bd, &kasmina::sumsq_chunks_kernel<float, true>, {}, static_cast<const int64_t*>(nullptr),
+             int64_t{0}, partial.data(), *stats);
+    }
+    for (size_t gi = 0; gi < t.groups.size(); ++gi) {
+      const auto& g = t.groups[gi];
       const unsigned blocks = std::min<unsigned>(grid, static_cast<unsigned>(g.n_chunks));
-      const Order order = order_kind ? reversed(blocks) : Order{};
-      const dim3 gd(blocks), bd(kasmina::kNormThreads);
-      auto run = [&](auto kernel) { launch(gd, bd, kernel, order, g.table.data(), g.n_chunks, partial.data()); };
-      if (g.dtype == 0) run(&kasmina::sumsq_chunks_kernel<float>);
-      if (g.dtype == 1) run(&kasmina::sumsq_chunks_kernel<double>);
-      if (g.dtype == 2) run(&kasmina::sumsq_chunks_kernel<c10::Half>);
-      if (g.dtype == 3) run(&kasmina::sumsq_chunks_kernel<c10::BFloat16>);
+      const Order order = order_kind == 0 ? Order{} : order_kind == 1 ? reversed(blocks) : shuffled(blocks);
+      const bool fin = stats != nullptr && gi + 1 == t.groups.size();
+      auto run = [&](auto plain, auto with_stats) {
+        if (fin) {
+          launch(dim3(blocks), bd, with_stats, order, g.table.data(), g.n_chunks, partial.data(), *stats);
+        } else {
+          launch(dim3(blocks), bd, plain, order, g.table.data(), g.n_chunks, partial.data(), kasmina::StatsArgs{});
+        }
+      };
+      if (g.dtype == 0) run(&kasmina::sumsq_chunks_kernel<float, false>, &kasmina::sumsq_chunks_kernel<float, true>);
+      if (g.dtype == 1) run(&kasmina::sumsq_chunks_kernel<double, false>, &kasmina::sumsq_chunks_kernel<double, true>);
+      if (g.dtype == 2) {
+        run(&kasmina::sumsq_chunks_kernel<c10::Half, false>, &kasmina::sumsq_chunks_kernel<c10::Half, true>);
+      }
+      if (g.dtype == 3) {
+        run(&kasmina::sumsq_chunks_kernel<c10::BFloat16, false>, &kasmina::sumsq_chunks_kernel<c10::BFloat16, true>);
+      }
     }
     return partial;
   }
@@ -310,22 +331,54 @@ void norms_suite() {
              "norm of tensor " + std::to_string(i) + " (grid " + std::to_string(grid) + "): " +
                  std::to_string(norms[i]) + " vs " + std::to_string(want));
     }
-    // gradient stats over every split of the list into host and seed tensors
+    // gradient stats over every split of the list into host and seed tensors,
+    // finalized by the last block of the last launch; the counter is zeroed
+    // once and must be back at zero after every call
+    unsigned counter = 0;
     for (int64_t n_host = 0; n_host <= n; ++n_host) {
-      const int64_t host_slots = n_host < n ? t.first[n_host] : t.n_partials;
       for (const auto& counts : {std::pair<int64_t, int64_t>{0, 0}, {1000, 10}}) {
-        float got[4] = {-7, -7, -7, -7}, want[4];
-        launch(dim3(1), dim3(1024), &kasmina::stats_finalize_kernel, {}, partial.data(), host_slots, t.n_partials,
-               counts.first, counts.second, got);
+        std::vector<std::array<float, 4>> runs;
+        for (int order_kind = 0; order_kind < 3; ++order_kind) {
+          std::array<float, 4> got = {-7, -7, -7, -7};
+          kasmina::StatsArgs a;
+          a.counter = &counter;
+          a.host_slots = n_host < n ? t.first[n_host] : t.n_partials;
+          a.n_slots = t.n_partials;
+          a.host_params = counts.first;
+          a.seed_params = counts.second;
+          a.out = got.data();
+          nc.partials(t, grid, order_kind, &a);
+          expect(counter == 0u, "gradient stats: the counter is back at zero");
+          runs.push_back(got);
+        }
+        float want[4];
         double hs = 0, ss = 0;
         for (int64_t i = 0; i < n; ++i) (i < n_host ? hs : ss) += nc.want[i];
         kasmina::gradient_stats_from_sums(hs, ss, counts.first, counts.second, want);
+        const std::string m = "gradient stats with " + std::to_string(n_host) + " host tensors (grid " +
+                              std::to_string(grid) + ")";
         for (int k = 0; k < 4; ++k) {
-          expect(std::abs(got[k] - want[k]) <= 1e-6 * std::abs(want[k]) + 1e-30,
-                 "gradient stats [" + std::to_string(k) + "] with " + std::to_string(n_host) + " host tensors");
+          expect(std::abs(runs[0][k] - want[k]) <= 1e-6 * std::abs(want[k]) + 1e-30,
+                 m + " [" + std::to_string(k) + "]: " + std::to_string(runs[0][k]) + " vs " + std::to_string(want[k]));
         }
+        expect(runs[1] == runs[0] && runs[2] == runs[0], m + ": the same bits in every block order");
       }
     }
+  }
+  // a list with no chunks: one block finalizes zeros
+  {
+    const kasmina::ChunkTable empty = kasmina::build_chunk_table({}, C);
+    unsigned counter = 0;
+    float got[4] = {-7, -7, -7, -7};
+    kasmina::StatsArgs a;
+    a.counter = &counter;
+    a.host_params = 5;
+    a.seed_params = 5;
+    a.out = got;
+    NormCase none;
+    none.partials(empty, 4, 0, &a);
+    expect(got[0] == 0.f && got[1] == 0.f && got[2] == 0.f && got[3] == 0.f && counter == 0u,
+           "gradient stats of a list with no chunks: zeros");
   }
   // a NaN or an inf anywhere raises the non-finite flag
   for (const double poison : {NAN, INFINITY}) {
@@ -333,10 +386,14 @@ void norms_suite() {
     bad.add<float>(C + 1, 0);
     bad.add<c10::BFloat16>(100, 0, poison);
     const kasmina::ChunkTable tb = kasmina::build_chunk_table(bad.sources, C);
-    const std::vector<double> partial = bad.partials(tb, 4, 0);
+    unsigned counter = 0;
     float got[4];
-    launch(dim3(1), dim3(256), &kasmina::stats_finalize_kernel, {}, partial.data(), tb.first[1], tb.n_partials,
-           int64_t{0}, int64_t{0}, got);
+    kasmina::StatsArgs a;
+    a.counter = &counter;
+    a.host_slots = tb.first[1];
+    a.n_slots = tb.n_partials;
+    a.out = got;
+    bad.partials(tb, 4, 0, &a);
     expect(got[3] == 1.0f, "a non-finite seed gradient sets the flag");
   }
 }

@@ -6,12 +6,14 @@ run in test_blend.py / test_ste.py, which include the CUDA targets."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import kasmina_fast
-from tests.utils import lists_sharing_addresses, with_backend
+from tests.utils import assert_close_rel, lists_sharing_addresses, with_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -275,6 +277,50 @@ def test_norms_on_cuda_match_fp64_and_are_deterministic(backend):
     assert torch.equal(a, b) and torch.equal(s1, s2)
     ref = kasmina_fast.reference.gradient_stats(ts[:3], ts[3:], 100, 10)
     torch.testing.assert_close(s1, ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_norm_matrix_on_cuda(backend):
+    """test_norms.py's lists on CUDA, one after the other on one stream (the
+    partials and the counter of the stream's scratch are reused by lists of
+    every size): foreach_norm against fp64, and gradient_stats, finalized by
+    the last block of its last launch, over three splits of each list."""
+    from tests.ops.test_norms import lists, stats_want, want_norms
+
+    with with_backend(backend):
+        for _ in range(2):
+            for case, ts in lists("cuda").items():
+                got = kasmina_fast.foreach_norm(ts)
+                want = want_norms(ts)
+                assert got.shape == (len(ts),) and got.device.type == "cuda"
+                for i in range(len(ts)):
+                    assert_close_rel(got[i : i + 1], want[i : i + 1].float().double(), 2e-6, f"{case}[{i}]")
+                for k in sorted({0, len(ts) // 2, len(ts)}):
+                    stats = kasmina_fast.gradient_stats(ts[:k], ts[k:], 1000, 10)
+                    want = stats_want(ts[:k], ts[k:], 1000, 10).float().double()
+                    assert_close_rel(stats, want, 2e-6, f"{case} split {k}")
+
+
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_gradient_stats_edges_on_cuda(backend):
+    def c(*values):
+        return torch.tensor(values, device="cuda")
+
+    with with_backend(backend):
+        empty = kasmina_fast.gradient_stats([], [], 0, 0)  # ops on empty lists run on the CPU
+        empty_cuda = kasmina_fast.gradient_stats([torch.zeros(0, device="cuda")], [], 0, 0)  # no chunks
+        only_seed = kasmina_fast.gradient_stats([], [torch.ones(4, device="cuda")], 3, 3)
+        nan = kasmina_fast.gradient_stats([c(1.0, float("nan"))], [torch.ones(2, device="cuda")], 1, 1)
+        inf_seed = kasmina_fast.gradient_stats([torch.ones(2, device="cuda")], [c(float("inf"))], 1, 1)
+        huge = kasmina_fast.gradient_stats(
+            [torch.full((4,), 1e30, device="cuda")], [torch.full((4,), 1e30, device="cuda")], 1, 1
+        )
+    assert torch.equal(empty.cpu(), torch.zeros(4))
+    assert empty_cuda.device.type == "cuda" and torch.equal(empty_cuda.cpu(), torch.zeros(4))
+    assert torch.equal(only_seed.cpu(), torch.tensor([0.0, 2.0, 0.0, 0.0]))
+    assert nan[3] == 1.0 and math.isnan(nan[0]) and math.isnan(nan[2])
+    assert inf_seed[3] == 1.0 and inf_seed[1] == float("inf") and inf_seed[2] == 10.0
+    assert huge[3] == 0.0 and huge[2] == 1.0 and math.isclose(huge[0].item(), 2e30, rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("backend", NORM_BACKENDS)

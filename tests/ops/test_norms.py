@@ -15,26 +15,30 @@ def want_norms(ts):
     return torch.tensor([torch.linalg.vector_norm(t.double()).item() for t in ts], dtype=torch.float64)
 
 
-def lists():
+def lists(device: str = "cpu"):
+    """The lists every backend is checked on (tests/ops/test_cuda.py runs them on CUDA)."""
     gen = torch.Generator().manual_seed(1)
+
+    def mk(shape, dtype=torch.float32, layout="contiguous"):
+        return make(shape, dtype, layout, gen, device=device)
+
     return {
         "empty_list": [],
-        "empty_tensors": [torch.zeros(0), torch.zeros(3, 0), make((5,), torch.float32, generator=gen)],
-        "one_element": [torch.tensor([3.0])],
-        "zero_dim": [torch.tensor(-2.5)],
-        "many_tiny": [make((3,), torch.float32, generator=gen) for _ in range(10_000)],
-        "one_large": [make((300_001,), torch.float32, generator=gen)],
+        "empty_tensors": [torch.zeros(0, device=device), torch.zeros(3, 0, device=device), mk((5,))],
+        "one_element": [torch.tensor([3.0], device=device)],
+        "zero_dim": [torch.tensor(-2.5, device=device)],
+        "many_tiny": [mk((3,)) for _ in range(10_000)],
+        "one_large": [mk((300_001,))],
         "mixed_dtypes": [
-            make((17, 3), d, generator=gen)
-            for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+            mk((17, 3), d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
         ],
         "views": [
-            make((6, 10), torch.float32, "view", gen),
-            make((4, 6, 5, 5), torch.float32, generator=gen).contiguous(memory_format=torch.channels_last),
-            make((8, 9), torch.float64, generator=gen).t(),
-            make((70_000, 3), torch.float32, generator=gen)[::3],
+            mk((6, 10), layout="view"),
+            mk((4, 6, 5, 5), layout="channels_last"),
+            mk((8, 9), torch.float64).t(),
+            mk((70_000, 3))[::3],
         ],
-        "large_values": [torch.full((10,), 1e30), torch.full((4,), 3e38)],
+        "large_values": [torch.full((10,), 1e30, device=device), torch.full((4,), 3e38, device=device)],
     }
 
 
