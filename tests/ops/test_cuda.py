@@ -287,18 +287,24 @@ def test_norm_matrix_on_cuda(backend):
     the last block of its last launch, over three splits of each list."""
     from tests.ops.test_norms import lists, stats_want, want_norms
 
+    cases = lists("cuda")
+    splits = {case: sorted({0, len(ts) // 2, len(ts)}) for case, ts in cases.items()}
+    norms = {case: want_norms(ts).float().double() for case, ts in cases.items()}
+    stats = {
+        (case, k): stats_want(ts[:k], ts[k:], 1000, 10).float().double()
+        for case, ts in cases.items()
+        for k in splits[case]
+    }
     with with_backend(backend):
         for _ in range(2):
-            for case, ts in lists("cuda").items():
+            for case, ts in cases.items():
                 got = kasmina_fast.foreach_norm(ts)
-                want = want_norms(ts)
                 assert got.shape == (len(ts),) and got.device.type == "cuda"
                 for i in range(len(ts)):
-                    assert_close_rel(got[i : i + 1], want[i : i + 1].float().double(), 2e-6, f"{case}[{i}]")
-                for k in sorted({0, len(ts) // 2, len(ts)}):
-                    stats = kasmina_fast.gradient_stats(ts[:k], ts[k:], 1000, 10)
-                    want = stats_want(ts[:k], ts[k:], 1000, 10).float().double()
-                    assert_close_rel(stats, want, 2e-6, f"{case} split {k}")
+                    assert_close_rel(got[i : i + 1], norms[case][i : i + 1], 2e-6, f"{case}[{i}]")
+                for k in splits[case]:
+                    got = kasmina_fast.gradient_stats(ts[:k], ts[k:], 1000, 10)
+                    assert_close_rel(got, stats[(case, k)], 2e-6, f"{case} split {k}")
 
 
 @pytest.mark.parametrize("backend", NORM_BACKENDS)
