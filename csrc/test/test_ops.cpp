@@ -5,9 +5,12 @@
 // stream (stream_scratch.h), on CPU tensors.
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 #include <iostream>
 #include <utility>
@@ -141,6 +144,25 @@ void test_counter_scratch() {
              !g1.buffer.is_same(counter_scratch(cpu, 1, 1, false).buffer),
          "each capture gets its own zeroed buffer, not the stream's");
   expect(kasmina::counter_scratch_count() == kept_before + 1, "captures keep no buffer");
+
+  // threads that share the stream (user threads and the autograd engine's can),
+  // growing the buffer under each other: each gets zeroed counters and
+  // writable partials, whatever replaced its buffer since (without the store's
+  // lock this fails or crashes in some runs: a smoke test, not a proof)
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&bad, t, cpu] {
+      for (int i = 0; i < 300; ++i) {
+        const int64_t n = 1 + (i * 7 + t * 13) % 97, bytes = 8 * (1 + (i * 5 + t) % 301);
+        const kasmina::CounterScratch sc = counter_scratch(cpu, n, bytes, false);
+        for (int64_t k = 0; k < n; ++k) bad += sc.counters[k] != 0u;
+        std::memset(sc.partials, 0x5a, static_cast<size_t>(bytes));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  expect(bad == 0, "concurrent callers get valid, zeroed buffers");
 }
 
 }  // namespace
