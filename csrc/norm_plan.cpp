@@ -1,8 +1,6 @@
 // See norm_plan.h.
 #include "norm_plan.h"
 
-#include <c10/core/impl/VirtualGuardImpl.h>
-
 #include <algorithm>
 #include <iterator>
 #include <list>
@@ -42,10 +40,6 @@ bool matches(const PlanKey& key, at::TensorList ts, const at::Device& device, in
     if (e.address != address(t) || e.numel != t.numel() || e.dtype != static_cast<int>(t.scalar_type())) return false;
   }
   return true;
-}
-
-c10::Stream current_stream(const at::Device& device) {
-  return c10::impl::VirtualGuardImpl(device.type()).getStream(device);
 }
 
 NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk,

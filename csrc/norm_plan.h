@@ -69,7 +69,8 @@ struct NormPlan {
 NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, bool split_alignment,
                           const char* op);
 
-// The same, with the capture state given instead of asked of CUDA (tests).
+// The same, with the capture state given (by a caller that already asked,
+// or by tests) instead of asked of CUDA.
 NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, bool split_alignment,
                           const char* op, bool capturing);
 

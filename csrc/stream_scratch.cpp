@@ -65,6 +65,10 @@ bool stream_is_capturing(const at::Device& device) {
   return false;
 }
 
+c10::Stream current_stream(const at::Device& device) {
+  return c10::impl::VirtualGuardImpl(device.type()).getStream(device);
+}
+
 CounterScratch counter_scratch(const at::Device& device, int64_t n_counters, int64_t partial_bytes) {
   return counter_scratch(device, n_counters, partial_bytes, stream_is_capturing(device));
 }
@@ -72,7 +76,7 @@ CounterScratch counter_scratch(const at::Device& device, int64_t n_counters, int
 CounterScratch counter_scratch(const at::Device& device, int64_t n_counters, int64_t partial_bytes, bool capturing) {
   TORCH_CHECK(n_counters >= 0 && partial_bytes >= 0, "counter_scratch: negative size");
   if (capturing) return view(make(device, n_counters, partial_bytes));
-  const c10::Stream stream = c10::impl::VirtualGuardImpl(device.type()).getStream(device);
+  const c10::Stream stream = current_stream(device);
   const Key key{static_cast<int>(device.type()), static_cast<int>(device.index()), stream.id()};
   Store& s = store();
   const std::lock_guard<std::mutex> lock(s.mutex);

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/Stream.h>
 
 #include <cstdint>
 #include <utility>
@@ -39,12 +40,16 @@ struct CounterScratch {
 // `device`, for the current stream. Call it under a device guard for `device`.
 CounterScratch counter_scratch(const at::Device& device, int64_t n_counters, int64_t partial_bytes);
 
-// The same, with the capture state given instead of asked of CUDA (tests).
+// The same, with the capture state given (by a caller that already asked,
+// or by tests) instead of asked of CUDA.
 CounterScratch counter_scratch(const at::Device& device, int64_t n_counters, int64_t partial_bytes, bool capturing);
 
 // Whether the current stream of `device` is capturing a CUDA graph (false
 // off CUDA, and in a build without CUDA).
 bool stream_is_capturing(const at::Device& device);
+
+// The current stream of `device`, whatever its type.
+c10::Stream current_stream(const at::Device& device);
 
 // Buffers kept (tests).
 size_t counter_scratch_count();

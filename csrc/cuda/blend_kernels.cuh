@@ -90,7 +90,6 @@ __global__ void blend_backward_kernel(const T* __restrict__ grad, const T* __res
   using A = typename Acc<T>::type;
   using VT = Vec<T, V>;
   __shared__ A shared[32];
-  __shared__ bool last;
   const int64_t nvec = N / V;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
@@ -125,17 +124,8 @@ __global__ void blend_backward_kernel(const T* __restrict__ grad, const T* __res
         if (threadIdx.x == 0) d_alpha[b] = inside01(a, acc);
         continue;
       }
-      if (threadIdx.x == 0) {
-        partial[b * gridDim.x + blockIdx.x] = acc;
-        __threadfence();  // the partial is visible before the counter says so
-        last = atomicAdd(counter + b, 1u) == gridDim.x - 1;
-        // every block of sample b has counted: leave the counter at zero for
-        // the next kernel that uses this scratch (stream_scratch.h)
-        if (last) counter[b] = 0;
-      }
-      __syncthreads();
-      if (last) {  // every partial of sample b is written: add them in index order
-        __threadfence();
+      if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = acc;
+      if (last_block_done(counter + b, gridDim.x)) {  // every partial of sample b is written: add them in order
         A sum = 0;
         for (int64_t p = threadIdx.x; p < gridDim.x; p += blockDim.x) sum += __ldcg(partial + b * gridDim.x + p);
         sum = block_sum(sum, shared);

@@ -56,9 +56,9 @@ void chunk_sums(const NormPlan& plan, double* partial, cudaStream_t stream, cons
 
 // The partials (and, for gradient_stats, the counter) from the stream's
 // scratch: no allocation and no memset per call (../stream_scratch.h).
-CounterScratch norm_scratch(const NormPlan& plan, const at::Device& device, int64_t counters) {
+CounterScratch norm_scratch(const NormPlan& plan, const at::Device& device, int64_t counters, bool capturing) {
   return counter_scratch(device, counters,
-                         std::max<int64_t>(plan.n_partials, 1) * static_cast<int64_t>(sizeof(double)));
+                         std::max<int64_t>(plan.n_partials, 1) * static_cast<int64_t>(sizeof(double)), capturing);
 }
 
 }  // namespace
@@ -70,10 +70,11 @@ at::Tensor foreach_norm_cuda(at::TensorList tensors) {
   const int64_t n = static_cast<int64_t>(tensors.size());
   at::Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kFloat).device(device));
   const TensorRefs ts = dense_list(tensors);
+  const bool capturing = stream_is_capturing(device);  // (asked once, for the plan and the scratch)
   const NormPlan plan =
-      cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false, "kasmina::foreach_norm");
+      cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false, "kasmina::foreach_norm", capturing);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const CounterScratch scratch = norm_scratch(plan, device, 0);
+  const CounterScratch scratch = norm_scratch(plan, device, 0, capturing);
   double* partial = static_cast<double*>(scratch.partials);
   chunk_sums(plan, partial, stream, nullptr);
   norms_finalize_kernel<<<static_cast<unsigned>(std::min<int64_t>(n, kMaxGrid)), kThreads, 0, stream>>>(
@@ -90,10 +91,11 @@ at::Tensor gradient_stats_cuda(at::TensorList host_grads, at::TensorList seed_gr
   const c10::cuda::CUDAGuard guard(device);
   at::Tensor out = at::empty({4}, at::TensorOptions().dtype(at::kFloat).device(device));
   const TensorRefs ts = dense_list(host_grads, seed_grads);
+  const bool capturing = stream_is_capturing(device);  // (asked once, for the plan and the scratch)
   const NormPlan plan =
-      cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false, "kasmina::gradient_stats");
+      cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false, "kasmina::gradient_stats", capturing);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const CounterScratch scratch = norm_scratch(plan, device, 1);
+  const CounterScratch scratch = norm_scratch(plan, device, 1, capturing);
   StatsArgs stats;
   stats.counter = scratch.counters;
   stats.host_slots = plan.host_first[host_grads.size()];

@@ -123,17 +123,7 @@ __global__ void sumsq_chunks_kernel(const int64_t* __restrict__ table, int64_t n
     if (threadIdx.x == 0) partial[table[3 * n_chunks + c]] = acc;
   }
   if constexpr (STATS) {
-    __shared__ bool last;
-    if (threadIdx.x == 0) {
-      __threadfence();  // this block's partials are visible before the counter says so
-      last = atomicAdd(stats.counter, 1u) == gridDim.x - 1;
-      if (last) *stats.counter = 0;  // every block has counted: ready for the next launch
-    }
-    __syncthreads();
-    if (last) {
-      __threadfence();
-      stats_from_partials(partial, stats, shared);
-    }
+    if (last_block_done(stats.counter, gridDim.x)) stats_from_partials(partial, stats, shared);
   }
 }
 
