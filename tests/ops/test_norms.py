@@ -99,20 +99,33 @@ def test_gradient_stats_formula(backend, host_scale, seed_scale, hp, sp):
     assert_close_rel(got, stats_want(host, seed, hp, sp).float().double(), 2e-6)
 
 
-@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
-def test_gradient_stats_edges(backend):
-    with with_backend(backend):
-        empty = kasmina_fast.gradient_stats([], [], 0, 0)
-        only_seed = kasmina_fast.gradient_stats([], [torch.ones(4)], 3, 3)
-        nan = kasmina_fast.gradient_stats([torch.tensor([1.0, float("nan")])], [torch.ones(2)], 1, 1)
-        inf_seed = kasmina_fast.gradient_stats([torch.ones(2)], [torch.tensor([float("inf")])], 1, 1)
-        huge = kasmina_fast.gradient_stats([torch.full((4,), 1e30)], [torch.full((4,), 1e30)], 1, 1)
-    assert torch.equal(empty, torch.zeros(4))
-    assert torch.equal(only_seed, torch.tensor([0.0, 2.0, 0.0, 0.0]))
+def check_gradient_stats_edges(device: str = "cpu") -> None:
+    """The formula's edges through the current backend (tests/ops/test_cuda.py runs
+    them on CUDA)."""
+
+    def t(*values):
+        return torch.tensor(values, device=device)
+
+    def full(n, value):
+        return torch.full((n,), value, device=device)
+
+    empty = kasmina_fast.gradient_stats([], [], 0, 0)
+    only_seed = kasmina_fast.gradient_stats([], [full(4, 1.0)], 3, 3)
+    nan = kasmina_fast.gradient_stats([t(1.0, float("nan"))], [full(2, 1.0)], 1, 1)
+    inf_seed = kasmina_fast.gradient_stats([full(2, 1.0)], [t(float("inf"))], 1, 1)
+    huge = kasmina_fast.gradient_stats([full(4, 1e30)], [full(4, 1e30)], 1, 1)
+    assert torch.equal(empty.cpu(), torch.zeros(4))
+    assert torch.equal(only_seed.cpu(), torch.tensor([0.0, 2.0, 0.0, 0.0]))
     assert nan[3] == 1.0 and math.isnan(nan[0]) and math.isnan(nan[2])
     assert inf_seed[3] == 1.0 and inf_seed[1] == float("inf") and inf_seed[2] == 10.0
     # squares overflow fp32 but not the fp64 accumulator: finite, no false alarm
     assert huge[3] == 0.0 and huge[2] == 1.0 and math.isclose(huge[0].item(), 2e30, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
+def test_gradient_stats_edges(backend):
+    with with_backend(backend):
+        check_gradient_stats_edges()
 
 
 @pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
