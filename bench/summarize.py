@@ -5,7 +5,9 @@ bandwidth floor; for the small-slot chains, the per-op slope; the compiled
 cases side by side per registration (``compile_rows``: which of the C++ op, the
 Triton custom op and the ``triton_op`` compiles fastest); then, for a CUDA run,
 every speed target of the GPU issues with the measured value and whether it is
-met (``target_rows``).
+met (``target_rows``), including the whole training step of
+``bench/test_bench_step.py`` compiled against eager and against the compiled
+reference.
 
     pytest bench --benchmark-json=out.json && python bench/summarize.py out.json [--bw GBPS]
 
@@ -74,6 +76,15 @@ def target_rows(groups: dict, chains: dict, bw: float) -> list[tuple[str, str, s
                 elif name == "gpt2_small" and nbytes and bw:
                     share = nbytes / t / (bw * 1e9)
                     add(f">= {GPT2_BW_SHARE:.0%} of copy bw", f"{share:.0%}", share >= GPT2_BW_SHARE)
+        if group.startswith("train-step-"):  # bench/test_bench_step.py: the whole step, same run
+            fast, fast_c, ref_c = med(res, "fast"), med(res, "fast-compiled"), med(res, "reference-compiled")
+            if fast and fast_c:
+                measured = f"{fmt(fast_c)} vs {fmt(fast)}"
+                rows.append(("compiled <= eager", group, "fast", measured, fast_c <= fast))
+            if fast_c and ref_c:
+                measured = f"{fmt(fast_c)} vs {fmt(ref_c)}"
+                rows.append(("<= compile(reference)", group, "fast-compiled", measured, fast_c <= ref_c))
+            continue
         # triton_op is timed compiled only; its eager twin runs the same kernels
         compiled, eager = med(res, "triton_op+compile"), med(res, "triton")
         if op in ("blend", "ste") and compiled and eager:

@@ -78,6 +78,12 @@ def test_summarize_checks_the_gpu_targets(tmp_path):
         _bench("chain-32x64-cuda", "cuda@1", 60e-6, chain=1, base="cuda"),
         _bench("chain-32x64-cuda", "cuda@9", 500e-6, chain=9, base="cuda"),  # 55 us / 100 us
         _bench("gradient_stats-resnet50-cpu", "cpp", 1e-3, bytes=102 * mb),  # not a GPU target
+        _bench("train-step-cnn-b128-cuda", "reference", 3e-3),
+        _bench("train-step-cnn-b128-cuda", "fast", 2e-3),
+        _bench("train-step-cnn-b128-cuda", "reference-compiled", 1.5e-3),
+        _bench("train-step-cnn-b128-cuda", "fast-compiled", 1.8e-3),
+        _bench("train-step-cnn-b32-cpu", "fast", 2e-3),  # not a GPU target
+        _bench("train-step-cnn-b32-cpu", "fast-compiled", 9e-3),
     ]
     report = tmp_path / "gpu.json"
     report.write_text(json.dumps({"machine_info": {"cpu": {}}, "datetime": "now", "benchmarks": benchmarks}))
@@ -106,8 +112,14 @@ def test_summarize_checks_the_gpu_targets(tmp_path):
     assert rows[(">= 80% of copy bw", "gradient_stats-gpt2_small-cuda")] == ("85%", "yes")
     assert rows[("<= 0.5x eager per op", "chain-32x64-cuda")] == ("0.55x", "**no**")
     assert rows[("compiled <= eager", "ste---x-float32-cuda")] == ("50.0 us vs 60.0 us", "yes")
-    assert len(rows) == 9 and len(cells) == 9 + 1 + 2, cells  # nothing from the CPU group
-    assert "Targets: 5 of 12 met" in out
+    step_rows = {(c[0], c[2]): (c[3], c[4]) for c in cells if c[1].startswith("train-step")}
+    assert step_rows == {
+        ("compiled <= eager", "fast"): ("1.80 ms vs 2.00 ms", "yes"),
+        ("<= compile(reference)", "fast-compiled"): ("1.80 ms vs 1.50 ms", "**no**"),
+    }
+    assert not [c for c in cells if c[1].endswith("-cpu")]
+    assert len(rows) == 9 and len(cells) == 9 + 1 + 2 + 2, cells
+    assert "Targets: 6 of 14 met" in out
     compiled = out.split(
         "| torch.compile, fwd+bwd | reference | cuda | triton | triton_op | fastest registration |"
     )
@@ -125,5 +137,5 @@ def test_gpu_check_parses_and_refuses_an_unknown_part(tmp_path):
         check=False,
     )
     assert proc.returncode == 2
-    assert "unknown part: nonesuch" in proc.stdout
+    assert "unknown part: nonesuch (tests bench compiled host step)" in proc.stdout
     assert not (tmp_path / "out").exists()  # refused before doing anything
