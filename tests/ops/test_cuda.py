@@ -277,6 +277,18 @@ def test_norms_on_cuda_match_fp64_and_are_deterministic(backend):
     torch.testing.assert_close(s1, ref, rtol=1e-6, atol=0)
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 16 * 2**30,
+    reason="needs a GPU with 16 GiB",
+)
+@pytest.mark.parametrize("backend", NORM_BACKENDS)
+def test_norms_of_more_than_2_31_elements(backend):
+    from tests.ops.test_norms import check_more_than_2_31_elements
+
+    with with_backend(backend):
+        check_more_than_2_31_elements("cuda")
+
+
 @pytest.mark.parametrize("backend", NORM_BACKENDS)
 def test_norm_matrix_on_cuda(backend):
     """test_norms.py's lists on CUDA, one after the other on one stream (the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -120,6 +121,40 @@ def check_gradient_stats_edges(device: str = "cpu") -> None:
     assert inf_seed[3] == 1.0 and inf_seed[1] == float("inf") and inf_seed[2] == 10.0
     # squares overflow fp32 but not the fp64 accumulator: finite, no false alarm
     assert huge[3] == 0.0 and huge[2] == 1.0 and math.isclose(huge[0].item(), 2e30, rel_tol=1e-6)
+
+
+def check_more_than_2_31_elements(device: str = "cpu") -> None:
+    """One bf16 tensor of 2^31 + 2^20 + 3 elements (4.3 GB) between small ones,
+    through the current backend: ones, except marked values past 2^31 and at
+    their 32-bit aliases, so the sums of squares are exact integers and an
+    offset that wraps at 2^31 or 2^32 reads the wrong marks (or faults).
+    tests/ops/test_cuda.py runs it on CUDA."""
+    n = 2**31 + 2**20 + 3
+    big = torch.ones(n, device=device, dtype=torch.bfloat16)
+    marks = {2**31 + 12345: 64.0, n - 1: 128.0, 12345: 2.0, 2**31 - 1: 4.0, 2**31 + 5: 8.0, 5: 0.0}
+    for i, v in marks.items():
+        big[i] = v
+    want_big = n - len(marks) + sum(v * v for v in marks.values())  # exact in fp64
+    first = torch.full((7,), 3.0, device=device)
+    last = torch.full((5,), 2.0, device=device, dtype=torch.float16)
+    norms = kasmina_fast.foreach_norm([first, big, last]).double().cpu()
+    stats = kasmina_fast.gradient_stats([first, big], [last], 1, 1).double().cpu()
+    del big
+    want = torch.tensor([63.0, want_big, 20.0], dtype=torch.float64).sqrt()
+    torch.testing.assert_close(norms, want.float().double(), rtol=0, atol=0)
+    want_stats = torch.tensor([(63.0 + want_big) ** 0.5, 20.0**0.5], dtype=torch.float64)
+    torch.testing.assert_close(stats[:2], want_stats.float().double(), rtol=0, atol=0)
+    assert stats[3] == 0.0
+
+
+@pytest.mark.skipif(
+    os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 12 * 2**30, reason="needs 12 GiB of memory"
+)
+@pytest.mark.skipif("cpp" not in cpu_backends("gradient_stats"), reason="needs the C++ extension")
+def test_norms_of_more_than_2_31_elements_cpp():
+    """The C++ CPU kernels' 64-bit offsets (3-4 s; the fp64 reference would need 17 GB)."""
+    with with_backend("cpp"):
+        check_more_than_2_31_elements()
 
 
 @pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
