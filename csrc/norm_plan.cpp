@@ -27,7 +27,16 @@ struct PlanKey {
   bool split_alignment;
 };
 
-int64_t address(const at::Tensor& t) { return reinterpret_cast<int64_t>(t.const_data_ptr()); }
+// What t.const_data_ptr() returns (null for an empty tensor), without its
+// checks: a tensor that reached a CPU or CUDA kernel is a plain strided tensor
+// with storage. The checks cost an out-of-line has_storage() call a tensor.
+int64_t address(const at::Tensor& t) {
+  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(impl->has_storage());
+  if (impl->numel() == 0) return 0;
+  const auto* base = static_cast<const char*>(impl->unsafe_storage().data());
+  return reinterpret_cast<int64_t>(base + impl->storage_offset() * impl->itemsize());
+}
 
 bool matches(const PlanKey& key, at::TensorList ts, const at::Device& device, int64_t chunk, bool split_alignment) {
   if (key.tensors.size() != ts.size() || key.device_type != static_cast<int>(device.type()) ||

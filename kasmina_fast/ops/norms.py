@@ -71,6 +71,11 @@ def _list_reader(route) -> bool | None:
     return _list_reader_ops.get(route)
 
 
+def _as_list(ts: Sequence[Tensor]) -> list[Tensor]:
+    """``ts`` itself when it is a list (not copied: 1.3 us of a 1000-tensor call), else a list of it."""
+    return ts if type(ts) is list else list(ts)
+
+
 def _on_cuda(*lists: Sequence[Tensor]) -> bool:
     for ts in lists:
         if len(ts):
@@ -84,7 +89,7 @@ def foreach_norm(tensors: Sequence[Tensor]) -> Tensor:
     Mixed float dtypes are fine (accumulation in at least fp32); empty tensors
     give 0; an empty list gives an empty CPU tensor.
     """
-    tensors = list(tensors)
+    tensors = _as_list(tensors)
     route = (backends.CUDA if _on_cuda(tensors) else backends.CPU).foreach_norm
     triton = _list_reader(route)
     if triton is not None and not torch.compiler.is_compiling():
@@ -103,7 +108,7 @@ def gradient_stats(
     (0 when ``host_norm < 1e-8``; un-normalised when a count is 0) and
     ``nonfinite = 1.0`` when any gradient holds NaN or inf.
     """
-    host_grads, seed_grads = list(host_grads), list(seed_grads)
+    host_grads, seed_grads = _as_list(host_grads), _as_list(seed_grads)
     host_params, seed_params = int(host_params), int(seed_params)
     route = (backends.CUDA if _on_cuda(host_grads, seed_grads) else backends.CPU).gradient_stats
     triton = _list_reader(route)

@@ -164,6 +164,21 @@ def test_gradient_stats_edges(backend):
 
 
 @pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
+def test_norms_take_any_sequence(backend):
+    """Lists are used as they are (not copied); tuples and iterators are listed first."""
+    gen = torch.Generator().manual_seed(5)
+    ts = [make((n,), torch.float32, "contiguous", gen) for n in (3, 40, 1)]
+    with with_backend(backend):
+        want_n = kasmina_fast.foreach_norm(ts)
+        want_s = kasmina_fast.gradient_stats(ts[:2], ts[2:], 10, 3)
+        assert torch.equal(kasmina_fast.foreach_norm(tuple(ts)), want_n)
+        assert torch.equal(kasmina_fast.foreach_norm(iter(ts)), want_n)
+        assert torch.equal(kasmina_fast.gradient_stats(tuple(ts[:2]), iter(ts[2:]), 10, 3), want_s)
+    assert_close_rel(want_n, want_norms(ts).float().double(), 2e-6)
+    assert len(ts) == 3
+
+
+@pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
 def test_norms_deterministic(backend):
     gen = torch.Generator().manual_seed(4)
     ts = [make((100_003,), torch.float32, generator=gen) for _ in range(5)]
