@@ -1,5 +1,7 @@
 // Scratch memory for kernels that count finished blocks with integer
-// counters: the CUDA blend backward's per-sample d_alpha (cuda/blend.cu).
+// counters: the CUDA blend backward's per-sample d_alpha (cuda/blend.cu) and
+// the CUDA gradient_stats, whose last block finalizes (cuda/multi_tensor_norm.cu;
+// foreach_norm there takes only its partials from it).
 //
 // Such a kernel needs its counters at zero when it starts. A fresh buffer
 // needs a memset first: on the host, one more allocation and one more driver
@@ -26,7 +28,6 @@
 #include <c10/core/Stream.h>
 
 #include <cstdint>
-#include <utility>
 
 namespace kasmina {
 
