@@ -3,8 +3,10 @@ tolerance rule (error relative to the largest reference value; NaN never passes)
 
 from __future__ import annotations
 
+import math
 import os
 
+import hypothesis.strategies as st
 import pytest
 import torch
 
@@ -141,3 +143,53 @@ def on_thread_counts(fn, counts=(1, 2, 3)) -> list:
         return results
     finally:
         torch.set_num_threads(threads)
+
+
+#: Layouts an op may be handed, as views of a fresh base tensor (``view_of``).
+VIEWS = (
+    "contiguous",  # the base itself
+    "channels_last",  # 4-D only (else contiguous)
+    "permuted",  # dense, but neither contiguous nor channels_last (dims reversed)
+    "batch_transposed",  # dense, the batch dim not outermost: a sample is not one block
+    "strided",  # every other element along dim ``dim``
+    "expanded",  # dim ``dim`` broadcast from size 1 (stride 0: elements repeat)
+    "offset",  # a contiguous view starting 3 elements into its storage
+)
+
+
+def view_of(shape, kind: str, dim: int = 0):
+    """``(base_shape, fn)``: ``fn(base)`` is a view of a tensor of ``base_shape`` with
+    ``shape`` and the layout ``kind`` (``VIEWS``), so gradients reach the base.
+    ``dim`` picks the dim of ``strided`` and ``expanded`` (taken modulo the rank).
+    Kinds that need more dims than ``shape`` has fall back to ``contiguous``."""
+    shape = tuple(shape)
+    rank = len(shape)
+    d = dim % rank if rank else 0
+    if kind == "channels_last" and rank == 4:
+        return shape, lambda t: t.contiguous(memory_format=torch.channels_last)
+    if kind == "permuted" and rank >= 2:
+        return shape[::-1], lambda t: t.permute(*range(rank - 1, -1, -1))
+    if kind == "batch_transposed" and rank >= 2:
+        return (shape[1], shape[0], *shape[2:]), lambda t: t.transpose(0, 1)
+    if kind == "strided" and rank >= 1:
+        wide = tuple(s * 2 if i == d else s for i, s in enumerate(shape))
+        return wide, lambda t: t[(slice(None),) * d + (slice(None, None, 2),)]
+    if kind == "expanded" and rank >= 1:
+        narrow = tuple(1 if i == d else s for i, s in enumerate(shape))
+        return narrow, lambda t: t.expand(shape)
+    if kind == "offset":
+        n = math.prod(shape)
+        return (n + 3,), lambda t: t[3:].view(shape)
+    return shape, lambda t: t
+
+
+def shapes(min_rank: int = 1, max_rank: int = 4, long: tuple[int, ...] = (33, 4099)):
+    """A hypothesis strategy of shapes: ``min_rank`` to ``max_rank`` dims of 0 to 5
+    elements, one of which may instead be ``long`` (past a 16-byte vector; past
+    one 4096-element kernel block)."""
+    return st.builds(
+        lambda dims, n, at: tuple(n if n and i == at % len(dims) else d for i, d in enumerate(dims)),
+        st.lists(st.integers(0, 5), min_size=min_rank, max_size=max_rank),
+        st.sampled_from([None, *long]),
+        st.integers(0, max_rank - 1),
+    )

@@ -15,13 +15,16 @@ import kasmina_fast
 from tests.utils import (
     DTYPES,
     RTOL,
+    VIEWS,
     assert_close_rel,
     cpu_backends,
     make,
     on_thread_counts,
     oracle_blend,
     run_blend,
+    shapes,
     targets,
+    view_of,
     with_backend,
 )
 
@@ -68,15 +71,36 @@ def check(backend, host, seed, alpha, dtype, fn=None):
             if isinstance(alpha, torch.Tensor)
             else (run_blend(lambda h, s, _a: kasmina_fast.blend(h, s, alpha), host, seed, a, gout))
         )
+    compare(backend, dtype, got, want, host, seed, gout, alpha)
+
+
+def compare(backend, dtype, got, want, host, seed, gout, alpha, alpha_in=None, sums=None):
+    """``got`` = (out, d_host, d_seed, d_alpha) of ``backend`` against the oracle's
+    ``want``; ``host``, ``seed``, ``gout`` and ``alpha_in`` (default ``alpha``) are
+    what the op was handed, ``alpha`` the leaf whose gradient ``got[3]`` is.
+
+    ``sums``: when the leaves are bases of broadcast views, each gradient element is
+    a sum over the view elements that share it, and its rounding error scales with
+    the sum of their magnitudes. ``sums`` = (d_host, d_seed) of the oracle run on
+    ``|gout|`` (those sums exactly) and the largest number of view elements sharing
+    one base element; they widen the yardstick of d_host and d_seed."""
+    alpha_in = alpha if alpha_in is None else alpha_in
     rtol = RTOL[dtype]
+    mag_h, mag_s, fan_in = sums or (None, None, 1)
+    mags = [0.0 if m is None or m.numel() == 0 else m.max().item() for m in (mag_h, mag_s)]
     # The reference rounds alpha to host's dtype (torch.lerp needs one dtype); in
     # 16 bits that error is relative to the inputs, not to the (possibly tiny) result.
     loose = backend == "reference" and dtype in (torch.float16, torch.bfloat16) and host.numel() > 0
     scales = (
-        [max(host.abs().max().item(), seed.abs().max().item()), gout.abs().max().item()] if loose else [0, 0]
+        [max(host.abs().max().item(), seed.abs().max().item()), gout.abs().max().item() * fan_in]
+        if loose
+        else [0, 0]
     )
     for name, g, w, sc in zip(
-        ("out", "d_host", "d_seed"), got[:3], want[:3], (scales[0], scales[1], scales[1])
+        ("out", "d_host", "d_seed"),
+        got[:3],
+        want[:3],
+        (scales[0], max(scales[1], mags[0]), max(scales[1], mags[1])),
     ):
         assert g.dtype == dtype, name
         assert_close_rel(g, w, rtol, f"{backend} {name}", sc)
@@ -87,8 +111,10 @@ def check(backend, host, seed, alpha, dtype, fn=None):
         # d_alpha is a sum of N products: scale the tolerance with the rounding of its inputs
         # a sum's rounding error scales with the sum of its terms' magnitudes, not
         # with the (possibly cancelled) sum itself
-        terms = (gout.double() * (seed.double() - host.double())).abs()
-        sc = terms.sum_to_size(alpha.shape).max().item() if terms.numel() else 0.0
+        terms = (gout.double() * (seed.double() - host.double())).abs().sum_to_size(alpha_in.shape)
+        # an alpha broadcast over samples (stride 0) gets the sum over all of them
+        shared = alpha_in.dim() > 0 and alpha_in.stride(0) == 0 and alpha_in.shape[0] > 1
+        sc = (terms.sum() if shared else terms.max()).item() if terms.numel() else 0.0
         assert_close_rel(got[3], want[3], max(rtol, RTOL[torch.float32]), f"{backend} d_alpha", sc)
 
 
@@ -133,6 +159,81 @@ def test_blend_property(backend, shape, dtype, per_sample, learnable, seed_):
     ashape = (shape[0], *([1] * (len(shape) - 1))) if per_sample else ()
     alpha = (torch.rand(ashape, generator=gen) * 1.4 - 0.2).requires_grad_(learnable)
     check(backend, host, seed, alpha, dtype)
+
+
+ALPHA_VIEWS = ("scalar", "per_sample", "per_sample_strided", "per_sample_expanded", "python")
+#: the arguments of check_views
+VIEW_CASES = dict(
+    shape=shapes(),
+    dtype=st.sampled_from(DTYPES),
+    views=st.tuples(*[st.tuples(st.sampled_from(VIEWS), st.integers(0, 3))] * 3),
+    alpha_kind=st.sampled_from(ALPHA_VIEWS),
+    alpha_dtype=st.sampled_from([torch.float32, torch.float64, None]),
+    learnable=st.booleans(),
+    seed_=st.integers(0, 2**31 - 1),
+)
+
+
+@pytest.mark.parametrize(("device", "backend"), targets())
+@settings(max_examples=40, deadline=None)
+@given(**VIEW_CASES)
+def test_blend_on_views(device, backend, shape, dtype, views, alpha_kind, alpha_dtype, learnable, seed_):
+    """host, seed and the incoming gradient each in its own layout (``VIEWS``: dense
+    but permuted, batch not outermost, strided, broadcast with stride 0, offset), and
+    alpha per sample as a strided or broadcast view or in another dtype than host
+    (None: host's): every backend must equal the fp64 oracle run on the same views,
+    gradients reaching the base tensors through them. The kernels take what is one
+    dense block per sample and leave the rest to the fallback; no layout may be
+    read wrong."""
+    check_views(backend, device, shape, dtype, views, alpha_kind, alpha_dtype, learnable, seed_)
+
+
+def check_views(backend, device, shape, dtype, views, alpha_kind, alpha_dtype, learnable, seed_, fn=None):
+    """test_blend_on_views's check, of ``kasmina_fast.blend`` under ``backend`` or of
+    ``fn(host, seed, alpha)`` (a tensor alpha only) called directly."""
+    gen = torch.Generator().manual_seed(seed_)
+    (hb, hv), (sb, sv), (gb, gv) = (view_of(shape, kind, dim) for kind, dim in views)
+    H, S = make(hb, dtype, generator=gen, device=device), make(sb, dtype, generator=gen, device=device)
+    gout = gv(make(gb, dtype, generator=gen, device=device))
+    B, ones = shape[0], (1,) * (len(shape) - 1)
+    abase, av = {
+        "scalar": ((), lambda a: a),
+        "per_sample": ((B, *ones), lambda a: a),
+        # every other element of a longer vector, 1 element in
+        "per_sample_strided": ((2 * B + 1,), lambda a: a.as_strided((B, *ones), (2, *ones), 1)),
+        "per_sample_expanded": ((1, *ones), lambda a: a.expand(B, *ones)),
+        "python": ((), lambda a: a),
+    }[alpha_kind]
+    A = torch.rand(abase, generator=gen, dtype=torch.float64) * 1.4 - 0.2
+    A = A.to(alpha_dtype or dtype).to(device)
+    learn = learnable and alpha_kind != "python"
+
+    def run(op, H, S, A, gout):
+        h, s = H.clone().requires_grad_(), S.clone().requires_grad_()
+        a = A.clone().requires_grad_(learn)
+        alpha = a.item() if alpha_kind == "python" and op is kasmina_fast.blend else av(a)
+        out = op(hv(h), sv(s), alpha)
+        out.backward(gout)
+        return out.detach(), h.grad, s.grad, a.grad
+
+    want = run(kasmina_fast.reference.blend, *(t.double() for t in (H, S, A, gout)))
+    with with_backend(backend) if fn is None else contextlib.nullcontext():
+        got = run(fn or kasmina_fast.blend, H, S, A, gout)
+    # the sums of magnitudes behind each gradient element, and the largest fan-in
+    _, mag_h, mag_s, _ = run(kasmina_fast.reference.blend, *(t.double() for t in (H, S, A, gout.abs())))
+    fan_in = max(fan_in_of(hv, hb), fan_in_of(sv, sb))
+    a = A.requires_grad_(learn)
+    compare(backend, dtype, got, want, hv(H), sv(S), gout, a, av(a), sums=(mag_h, mag_s, fan_in))
+
+
+def fan_in_of(view, base_shape) -> int:
+    """The largest number of elements of ``view(base)`` that share one base element."""
+    base = torch.zeros(base_shape, dtype=torch.float64, requires_grad=True)
+    v = view(base)
+    if v.numel() == 0:
+        return 1
+    v.backward(torch.ones_like(v))
+    return max(1, int(base.grad.max().item()))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

@@ -5,11 +5,24 @@ from __future__ import annotations
 import math
 import os
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given, settings
 
 import kasmina_fast
-from tests.utils import assert_close_rel, cpu_backends, make, on_thread_counts, with_backend
+from tests.utils import (
+    DTYPES,
+    VIEWS,
+    assert_close_rel,
+    cpu_backends,
+    make,
+    on_thread_counts,
+    shapes,
+    targets,
+    view_of,
+    with_backend,
+)
 
 
 def want_norms(ts):
@@ -176,6 +189,49 @@ def test_norms_take_any_sequence(backend):
         assert torch.equal(kasmina_fast.gradient_stats(tuple(ts[:2]), iter(ts[2:]), 10, 3), want_s)
     assert_close_rel(want_n, want_norms(ts).float().double(), 2e-6)
     assert len(ts) == 3
+
+
+@pytest.mark.parametrize(("device", "backend"), targets("gradient_stats"))
+@settings(max_examples=30, deadline=None)
+@given(
+    specs=st.lists(
+        st.tuples(shapes(min_rank=0), st.sampled_from(DTYPES), st.sampled_from(VIEWS), st.integers(0, 3)),
+        max_size=12,
+    ),
+    windows=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 200)), max_size=3),
+    split=st.integers(0, 15),
+    counts=st.tuples(st.sampled_from([0, 1, 1000]), st.sampled_from([0, 3, 10**9])),
+    seed_=st.integers(0, 2**31 - 1),
+)
+def test_norms_of_views(device, backend, specs, windows, split, counts, seed_):
+    """Lists of views in any layout (tests/utils.py ``VIEWS``: permuted, batch not
+    outermost, strided, broadcast with stride 0, offset), mixed dtypes, and windows
+    into one shared buffer that overlap each other: every norm equals fp64
+    ``vector_norm`` of the view as it reads (a broadcast element counts as often as
+    it appears). Called again after the values change in place, at the same
+    addresses, the results follow the new values (a cached chunk table keeps
+    addresses and sizes, never values)."""
+    gen = torch.Generator().manual_seed(seed_)
+    bases, ts = [], []
+    for shape, dtype, kind, dim in specs:
+        base_shape, view = view_of(shape, kind, dim)
+        bases.append(make(base_shape, dtype, generator=gen, device=device))
+        ts.append(view(bases[-1]))
+    shared = make((256,), torch.float32, generator=gen, device=device)
+    bases.append(shared)
+    ts += [shared[min(a, b) : max(a, b)] for a, b in windows]
+    k = split % (len(ts) + 1)
+    for _ in range(2):
+        with with_backend(backend):
+            norms = kasmina_fast.foreach_norm(ts)
+            stats = kasmina_fast.gradient_stats(ts[:k], ts[k:], *counts)
+        assert norms.dtype == torch.float32 and norms.shape == (len(ts),)
+        want = want_norms(ts).float().double()
+        for i in range(len(ts)):
+            assert_close_rel(norms[i : i + 1], want[i : i + 1], 2e-6, f"{backend} norm[{i}]")
+        assert_close_rel(stats, stats_want(ts[:k], ts[k:], *counts).float().double(), 4e-6, backend)
+        for b in bases:
+            b.mul_(-1.5)
 
 
 @pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))

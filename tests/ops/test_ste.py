@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given, settings
 
 import kasmina_fast
-from tests.utils import DTYPES, cpu_backends, make, with_backend
+from tests.utils import DTYPES, VIEWS, cpu_backends, make, shapes, targets, view_of, with_backend
 
 SHAPES = [(), (0,), (1,), (7,), (2, 3, 5), (4, 3, 5, 7)]
 
@@ -57,3 +59,35 @@ def test_ste_alias_and_seed_only(backend):
         out = kasmina_fast.ste_forward(host, seed)
     out.sum().backward()
     assert torch.equal(seed.grad, torch.ones(3, 4))
+
+
+@pytest.mark.parametrize(("device", "backend"), targets("ste"))
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=shapes(min_rank=0),
+    dtype=st.sampled_from(DTYPES),
+    views=st.tuples(*[st.tuples(st.sampled_from(VIEWS), st.integers(0, 3))] * 3),
+    seed_=st.integers(0, 2**31 - 1),
+)
+def test_ste_on_views(device, backend, shape, dtype, views, seed_):
+    """host, seed and the incoming gradient each in its own layout (tests/utils.py
+    ``VIEWS``, strides 0 included): the value is host bit for bit, in host's layout,
+    and the gradients reaching the bases equal the eager expression's."""
+    gen = torch.Generator().manual_seed(seed_)
+    (hb, hv), (sb, sv), (gb, gv) = (view_of(shape, kind, dim) for kind, dim in views)
+    H, S = make(hb, dtype, generator=gen, device=device), make(sb, dtype, generator=gen, device=device)
+    gout = gv(make(gb, dtype, generator=gen, device=device))
+
+    def run(fn):
+        h, s = H.clone().requires_grad_(), S.clone().requires_grad_()
+        out = fn(hv(h), sv(s))
+        out.backward(gout)
+        return out.detach(), h.grad, s.grad
+
+    with with_backend(backend):
+        out, d_host, d_seed = run(kasmina_fast.ste)
+    _, want_host, want_seed = run(lambda h, s: h + (s - s.detach()))
+    assert torch.equal(out, hv(H)), "value must be host, bit for bit"
+    if backend != "reference":
+        assert out.stride() == torch.empty_like(hv(H)).stride(), "output layout must follow host's"
+    assert torch.equal(d_host, want_host) and torch.equal(d_seed, want_seed)

@@ -16,9 +16,10 @@ import zlib
 
 import pytest
 import torch
+from hypothesis import given, settings
 
 from kasmina_fast import backends
-from tests.ops.test_blend import CASES, check, make_alpha
+from tests.ops.test_blend import CASES, VIEW_CASES, check, check_views, make_alpha
 from tests.utils import DTYPES, make
 
 pytestmark = pytest.mark.skipif(not backends.triton_usable(), reason="the Triton backend is not usable here")
@@ -51,6 +52,16 @@ def test_blend_matches_reference(dtype, shape, layout, alpha_kind):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((str(dtype), layout, alpha_kind, shape)).encode()))
     host, seed = make(shape, dtype, layout, gen), make(shape, dtype, layout, gen)
     check("triton_op", host, seed, make_alpha(alpha_kind, shape, gen), dtype, fn=ops().triton_op_blend)
+
+
+@pytest.mark.skipif(not interpreted, reason="runs the kernels in the interpreter")
+@settings(max_examples=30, deadline=None)
+@given(**VIEW_CASES)
+def test_blend_on_views(shape, dtype, views, alpha_kind, alpha_dtype, learnable, seed_):
+    """Its Python layout test (``triton_ops._blocks``) on permuted, strided, broadcast
+    and offset views, as tests/ops/test_blend.py checks the C++ one."""
+    args = (shape, dtype, views, alpha_kind, alpha_dtype, learnable, seed_)
+    check_views("triton_op", "cpu", *args, fn=ops().triton_op_blend)
 
 
 @pytest.mark.skipif(not interpreted, reason="runs the kernels in the interpreter")
