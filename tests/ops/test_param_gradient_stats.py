@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from torch import nn
 
 from kasmina_fast.ops import gradient_stats, norms, param_gradient_stats
-from tests.utils import cpu_backends, with_backend
+from tests.utils import VIEWS, cpu_backends, make, shapes, view_of, with_backend
 
 native = pytest.mark.skipif(not norms._list_reader_ops, reason="the C++ extension is not loaded")
 
@@ -118,3 +118,27 @@ def test_property_matches_fp64(sizes, split, dtypes, missing, counts):
         with with_backend(backend):
             got = param_gradient_stats(host, seed, *counts)
         torch.testing.assert_close(got, want_stats, rtol=2e-6, atol=0, msg=backend)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    specs=st.lists(st.tuples(shapes(min_rank=0), st.sampled_from(VIEWS), st.integers(0, 3)), max_size=8),
+    split=st.integers(0, 8),
+    seed_=st.integers(0, 2**31 - 1),
+)
+def test_grads_in_any_layout(specs, split, seed_):
+    """``.grad`` tensors that are permuted, strided, broadcast (stride 0) or offset
+    views (tests/utils.py ``VIEWS``) are read as they are, on every CPU route."""
+    gen = torch.Generator().manual_seed(seed_)
+    ps = []
+    for shape, kind, dim in specs:
+        base_shape, view = view_of(shape, kind, dim)
+        p = nn.Parameter(torch.zeros(shape))
+        p.grad = view(make(base_shape, torch.float32, generator=gen))
+        ps.append(p)
+    host, seed = ps[:split], ps[split:]
+    want_stats = want(host, seed, 10, 3)
+    for backend in cpu_backends("gradient_stats"):
+        with with_backend(backend):
+            got = param_gradient_stats(host, seed, 10, 3)
+        torch.testing.assert_close(got, want_stats, rtol=4e-6, atol=0, msg=backend)
