@@ -67,8 +67,10 @@ echo "device-to-device copy: $bw GB/s (read + write)" | tee -a "$out/env.log"
 
 if want tests; then
 step "GPU tests"
-timeout 200 "$PY" -m pytest tests/ops tests/test_backends.py -q -p no:cacheprovider -k "cuda or triton" --durations=20 \
-  2>&1 | tee "$out/tests.log" | grep -E "^(FAILED|ERROR)|passed|failed" | tail -15
+# (-v: one line per test in tests.log, so a run cut by the timeout still names its
+# failures; --durations: what to trim if it is cut)
+timeout 200 "$PY" -m pytest tests/ops tests/test_backends.py -v -p no:cacheprovider -k "cuda or triton" \
+  --durations=20 2>&1 | tee "$out/tests.log" | grep -E " (FAILED|ERROR)|^(FAILED|ERROR)|passed|failed" | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU TESTS FAILED (see $out/tests.log)"; status=1; }
 fi
 
