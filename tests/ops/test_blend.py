@@ -236,6 +236,45 @@ def fan_in_of(view, base_shape) -> int:
     return max(1, int(base.grad.max().item()))
 
 
+#: csrc/cpu/stream.h: the C++ CPU kernels write outputs of this many bytes or more
+#: with streaming stores
+STREAM_BYTES = 8 * 2**20
+
+
+@pytest.mark.skipif("cpp" not in cpu_backends(), reason="needs the C++ extension")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("grads", ["all", "host", "seed", "alpha"])
+def test_cpp_large_outputs_stream_correctly(dtype, grads):
+    """Outputs past STREAM_BYTES go out as whole cache lines with streaming stores;
+    the lines a 16384-element chunk only partly covers (every chunk here: the
+    samples have an odd length) are written plainly. Forward and each gradient
+    subset of the backward against the fp64 oracle."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    N = STREAM_BYTES // size // 3 + 1001  # 3 samples: just over STREAM_BYTES in all
+    gen = torch.Generator().manual_seed(9)
+    host, seed = make((3, N), dtype, generator=gen), make((3, N), dtype, generator=gen)
+    alpha = torch.tensor([[0.3], [0.8], [1.4]], dtype=torch.float32)
+    gout = make((3, N), dtype, generator=gen)
+    assert host.nbytes >= STREAM_BYTES
+    h, s = (
+        host.clone().requires_grad_(grads in ("all", "host")),
+        seed.clone().requires_grad_(grads in ("all", "seed")),
+    )
+    a = alpha.clone().requires_grad_(grads in ("all", "alpha"))
+    with with_backend("cpp"):
+        out = kasmina_fast.blend(h, s, a)
+    out.backward(gout)
+    want = oracle_blend(host, seed, alpha.requires_grad_(), gout)
+    assert_close_rel(out.detach(), want[0], RTOL[dtype], "out")
+    for leaf, w, name in ((h, want[1], "d_host"), (s, want[2], "d_seed")):
+        assert (leaf.grad is not None) == leaf.requires_grad, name
+        if leaf.requires_grad:
+            assert_close_rel(leaf.grad, w, RTOL[dtype], name)
+    if a.requires_grad:
+        sc = (gout.double() * (seed.double() - host.double())).abs().sum(1).max().item()
+        assert_close_rel(a.grad, want[3], RTOL[torch.float32], "d_alpha", sc)
+
+
 @pytest.mark.parametrize("backend", cpu_backends())
 def test_nan_propagates(backend):
     host = torch.randn(2, 3, 4, 4)

@@ -91,3 +91,15 @@ def test_ste_on_views(device, backend, shape, dtype, views, seed_):
     if backend != "reference":
         assert out.stride() == torch.empty_like(hv(H)).stride(), "output layout must follow host's"
     assert torch.equal(d_host, want_host) and torch.equal(d_seed, want_seed)
+
+
+@pytest.mark.skipif("cpp" not in cpu_backends("ste"), reason="needs the C++ extension")
+@pytest.mark.parametrize("extra", [0, 1, 15], ids=lambda e: f"plus{e}")
+def test_cpp_large_copy_streams_correctly(extra):
+    """A forward copy of 8 MiB or more goes out as streaming cache lines, then a
+    plain copy of the bytes past the last whole line (``extra`` elements more)."""
+    n = 8 * 2**20 // 4 + extra
+    host = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    with with_backend("cpp"):
+        out = kasmina_fast.ste(host, torch.zeros(n))
+    assert torch.equal(out, host) and out.data_ptr() != host.data_ptr()
