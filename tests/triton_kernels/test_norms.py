@@ -65,3 +65,31 @@ def test_capture_without_a_plan_raises_naming_the_op(norms):
     norms.capture["on"] = False
     torch.testing.assert_close(norms.norms(strided, cpu), fp64_norms(strided), rtol=1e-6, atol=0)
     assert not norms._PLANS and not norms._PINNED  # a strided list is never cached
+
+
+def test_finalize_adds_more_partials_than_its_block(monkeypatch):
+    """The finalize kernels add a tensor's (foreach_norm) or a group's
+    (gradient_stats) chunk partials FINAL_BLOCK at a time; lowered to 2, tensors of
+    several chunks need several steps. Through the op, as a training loop calls it."""
+    from kasmina_fast.triton_kernels import norms
+
+    import kasmina_fast
+
+    if "triton" not in kasmina_fast.available():
+        pytest.skip("the Triton backend is not usable here")
+    monkeypatch.setattr(norms, "FINAL_BLOCK", 2)
+    gen = torch.Generator().manual_seed(6)
+    ts = [
+        torch.randn(5 * norms.BLOCK + 7, generator=gen),
+        torch.randn(3, generator=gen),
+        torch.randn(2 * norms.BLOCK, generator=gen, dtype=torch.float64),
+        torch.randn(3 * norms.BLOCK, generator=gen).bfloat16(),
+    ]
+    with kasmina_fast.use_backend("triton"):
+        got = kasmina_fast.foreach_norm(ts)
+        stats = kasmina_fast.gradient_stats(ts[:2], ts[2:], 0, 0)
+    torch.testing.assert_close(got, fp64_norms(ts), rtol=2e-6, atol=0)
+    host = torch.linalg.vector_norm(fp64_norms(ts[:2]).double())
+    seed = torch.linalg.vector_norm(fp64_norms(ts[2:]).double())
+    want = torch.stack([host, seed, seed / host, torch.zeros((), dtype=torch.float64)]).float()
+    torch.testing.assert_close(stats, want, rtol=4e-6, atol=0)
