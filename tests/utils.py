@@ -43,6 +43,16 @@ def targets(op: str = "blend") -> list:
     return out
 
 
+def on(device: str, params: list) -> list:
+    """The ``targets()`` entries for ``device``: property tests take fewer examples
+    on CUDA, where each new layout or alignment can cost a Triton compile. None
+    there: one entry, skipped, that says so."""
+    out = [p for p in params if p.values[0] == device]
+    return out or [
+        pytest.param(device, None, marks=pytest.mark.skip(reason=f"needs a {device.upper()} device"))
+    ]
+
+
 def assert_close_rel(
     got: torch.Tensor, want: torch.Tensor, rtol: float, what: str = "", scale: float = 0.0
 ) -> None:
@@ -157,6 +167,14 @@ VIEWS = (
 )
 
 
+def view_triples():
+    """A hypothesis strategy of three ``(kind, dim)`` layouts (``view_of``), for host,
+    seed and the incoming gradient: half the time one layout for all three (what
+    the dense kernels take), else each its own."""
+    view = st.tuples(st.sampled_from(VIEWS), st.integers(0, 3))
+    return st.one_of(view.map(lambda v: (v, v, v)), st.tuples(view, view, view))
+
+
 def view_of(shape, kind: str, dim: int = 0):
     """``(base_shape, fn)``: ``fn(base)`` is a view of a tensor of ``base_shape`` with
     ``shape`` and the layout ``kind`` (``VIEWS``), so gradients reach the base.
@@ -186,9 +204,12 @@ def view_of(shape, kind: str, dim: int = 0):
 def shapes(min_rank: int = 1, max_rank: int = 4, long: tuple[int, ...] = (33, 4099)):
     """A hypothesis strategy of shapes: ``min_rank`` to ``max_rank`` dims of 0 to 5
     elements, one of which may instead be ``long`` (past a 16-byte vector; past
-    one 4096-element kernel block)."""
+    one 4096-element kernel block), the others then at most 3 (at most ~110k
+    elements: the Triton interpreter's time)."""
     return st.builds(
-        lambda dims, n, at: tuple(n if n and i == at % len(dims) else d for i, d in enumerate(dims)),
+        lambda dims, n, at: tuple(
+            (n if i == at % len(dims) else min(d, 3)) if n else d for i, d in enumerate(dims)
+        ),
         st.lists(st.integers(0, 5), min_size=min_rank, max_size=max_rank),
         st.sampled_from([None, *long]),
         st.integers(0, max_rank - 1),

@@ -15,16 +15,17 @@ import kasmina_fast
 from tests.utils import (
     DTYPES,
     RTOL,
-    VIEWS,
     assert_close_rel,
     cpu_backends,
     make,
+    on,
     on_thread_counts,
     oracle_blend,
     run_blend,
     shapes,
     targets,
     view_of,
+    view_triples,
     with_backend,
 )
 
@@ -166,7 +167,7 @@ ALPHA_VIEWS = ("scalar", "per_sample", "per_sample_strided", "per_sample_expande
 VIEW_CASES = dict(
     shape=shapes(),
     dtype=st.sampled_from(DTYPES),
-    views=st.tuples(*[st.tuples(st.sampled_from(VIEWS), st.integers(0, 3))] * 3),
+    views=view_triples(),
     alpha_kind=st.sampled_from(ALPHA_VIEWS),
     alpha_dtype=st.sampled_from([torch.float32, torch.float64, None]),
     learnable=st.booleans(),
@@ -174,7 +175,16 @@ VIEW_CASES = dict(
 )
 
 
-@pytest.mark.parametrize(("device", "backend"), targets())
+@pytest.mark.parametrize(("device", "backend"), on("cuda", targets()))
+@settings(max_examples=12, deadline=None)
+@given(**VIEW_CASES)
+def test_blend_on_views_on_cuda(
+    device, backend, shape, dtype, views, alpha_kind, alpha_dtype, learnable, seed_
+):
+    check_views(backend, device, shape, dtype, views, alpha_kind, alpha_dtype, learnable, seed_)
+
+
+@pytest.mark.parametrize(("device", "backend"), on("cpu", targets()))
 @settings(max_examples=40, deadline=None)
 @given(**VIEW_CASES)
 def test_blend_on_views(device, backend, shape, dtype, views, alpha_kind, alpha_dtype, learnable, seed_):
@@ -184,7 +194,7 @@ def test_blend_on_views(device, backend, shape, dtype, views, alpha_kind, alpha_
     (None: host's): every backend must equal the fp64 oracle run on the same views,
     gradients reaching the base tensors through them. The kernels take what is one
     dense block per sample and leave the rest to the fallback; no layout may be
-    read wrong."""
+    read wrong. (On CUDA: test_blend_on_views_on_cuda, with fewer examples.)"""
     check_views(backend, device, shape, dtype, views, alpha_kind, alpha_dtype, learnable, seed_)
 
 

@@ -17,6 +17,7 @@ from tests.utils import (
     assert_close_rel,
     cpu_backends,
     make,
+    on,
     on_thread_counts,
     shapes,
     targets,
@@ -191,9 +192,7 @@ def test_norms_take_any_sequence(backend):
     assert len(ts) == 3
 
 
-@pytest.mark.parametrize(("device", "backend"), targets("gradient_stats"))
-@settings(max_examples=30, deadline=None)
-@given(
+NORM_VIEW_CASES = dict(
     specs=st.lists(
         st.tuples(shapes(min_rank=0), st.sampled_from(DTYPES), st.sampled_from(VIEWS), st.integers(0, 3)),
         max_size=12,
@@ -203,6 +202,18 @@ def test_norms_take_any_sequence(backend):
     counts=st.tuples(st.sampled_from([0, 1, 1000]), st.sampled_from([0, 3, 10**9])),
     seed_=st.integers(0, 2**31 - 1),
 )
+
+
+@pytest.mark.parametrize(("device", "backend"), on("cuda", targets("gradient_stats")))
+@settings(max_examples=12, deadline=None)
+@given(**NORM_VIEW_CASES)
+def test_norms_of_views_on_cuda(device, backend, specs, windows, split, counts, seed_):
+    test_norms_of_views.hypothesis.inner_test(device, backend, specs, windows, split, counts, seed_)
+
+
+@pytest.mark.parametrize(("device", "backend"), on("cpu", targets("gradient_stats")))
+@settings(max_examples=30, deadline=None)
+@given(**NORM_VIEW_CASES)
 def test_norms_of_views(device, backend, specs, windows, split, counts, seed_):
     """Lists of views in any layout (tests/utils.py ``VIEWS``: permuted, batch not
     outermost, strided, broadcast with stride 0, offset), mixed dtypes, and windows
@@ -210,7 +221,7 @@ def test_norms_of_views(device, backend, specs, windows, split, counts, seed_):
     ``vector_norm`` of the view as it reads (a broadcast element counts as often as
     it appears). Called again after the values change in place, at the same
     addresses, the results follow the new values (a cached chunk table keeps
-    addresses and sizes, never values)."""
+    addresses and sizes, never values). (On CUDA: test_norms_of_views_on_cuda, with fewer examples.)"""
     gen = torch.Generator().manual_seed(seed_)
     bases, ts = [], []
     for shape, dtype, kind, dim in specs:

@@ -8,7 +8,17 @@ import torch
 from hypothesis import given, settings
 
 import kasmina_fast
-from tests.utils import DTYPES, VIEWS, cpu_backends, make, shapes, targets, view_of, with_backend
+from tests.utils import (
+    DTYPES,
+    cpu_backends,
+    make,
+    on,
+    shapes,
+    targets,
+    view_of,
+    view_triples,
+    with_backend,
+)
 
 SHAPES = [(), (0,), (1,), (7,), (2, 3, 5), (4, 3, 5, 7)]
 
@@ -61,18 +71,29 @@ def test_ste_alias_and_seed_only(backend):
     assert torch.equal(seed.grad, torch.ones(3, 4))
 
 
-@pytest.mark.parametrize(("device", "backend"), targets("ste"))
-@settings(max_examples=30, deadline=None)
-@given(
+STE_VIEW_CASES = dict(
     shape=shapes(min_rank=0),
     dtype=st.sampled_from(DTYPES),
-    views=st.tuples(*[st.tuples(st.sampled_from(VIEWS), st.integers(0, 3))] * 3),
+    views=view_triples(),
     seed_=st.integers(0, 2**31 - 1),
 )
+
+
+@pytest.mark.parametrize(("device", "backend"), on("cuda", targets("ste")))
+@settings(max_examples=12, deadline=None)
+@given(**STE_VIEW_CASES)
+def test_ste_on_views_on_cuda(device, backend, shape, dtype, views, seed_):
+    test_ste_on_views.hypothesis.inner_test(device, backend, shape, dtype, views, seed_)
+
+
+@pytest.mark.parametrize(("device", "backend"), on("cpu", targets("ste")))
+@settings(max_examples=30, deadline=None)
+@given(**STE_VIEW_CASES)
 def test_ste_on_views(device, backend, shape, dtype, views, seed_):
     """host, seed and the incoming gradient each in its own layout (tests/utils.py
     ``VIEWS``, strides 0 included): the value is host bit for bit, in host's layout,
-    and the gradients reaching the bases equal the eager expression's."""
+    and the gradients reaching the bases equal the eager expression's. (On CUDA:
+    test_ste_on_views_on_cuda, with fewer examples.)"""
     gen = torch.Generator().manual_seed(seed_)
     (hb, hv), (sb, sv), (gb, gv) = (view_of(shape, kind, dim) for kind, dim in views)
     H, S = make(hb, dtype, generator=gen, device=device), make(sb, dtype, generator=gen, device=device)
