@@ -177,7 +177,8 @@ def view_triples():
 
 def view_of(shape, kind: str, dim: int = 0):
     """``(base_shape, fn)``: ``fn(base)`` is a view of a tensor of ``base_shape`` with
-    ``shape`` and the layout ``kind`` (``VIEWS``), so gradients reach the base.
+    ``shape`` and the layout ``kind`` (``VIEWS``; for ``channels_last``, a copy in
+    that layout), differentiable, so gradients reach the base.
     ``dim`` picks the dim of ``strided`` and ``expanded`` (taken modulo the rank).
     Kinds that need more dims than ``shape`` has fall back to ``contiguous``."""
     shape = tuple(shape)
