@@ -15,6 +15,10 @@ from kasmina_fast import backends
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
+#: csrc/cpu/stream.h: the C++ CPU kernels write outputs of this many bytes or more
+#: with streaming stores
+STREAM_BYTES = 8 * 2**20
+
 #: max |got - want| / max |want| allowed, per dtype, against an fp64 oracle.
 RTOL = {torch.float64: 1e-10, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 

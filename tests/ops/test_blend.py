@@ -15,6 +15,7 @@ import kasmina_fast
 from tests.utils import (
     DTYPES,
     RTOL,
+    STREAM_BYTES,
     assert_close_rel,
     cpu_backends,
     make,
@@ -244,11 +245,6 @@ def fan_in_of(view, base_shape) -> int:
         return 1
     v.backward(torch.ones_like(v))
     return max(1, int(base.grad.max().item()))
-
-
-#: csrc/cpu/stream.h: the C++ CPU kernels write outputs of this many bytes or more
-#: with streaming stores
-STREAM_BYTES = 8 * 2**20
 
 
 @pytest.mark.skipif("cpp" not in cpu_backends(), reason="needs the C++ extension")

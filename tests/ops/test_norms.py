@@ -208,7 +208,7 @@ NORM_VIEW_CASES = dict(
 @settings(max_examples=12, deadline=None)
 @given(**NORM_VIEW_CASES)
 def test_norms_of_views_on_cuda(device, backend, specs, windows, split, counts, seed_):
-    test_norms_of_views.hypothesis.inner_test(device, backend, specs, windows, split, counts, seed_)
+    check_norm_views(device, backend, specs, windows, split, counts, seed_)
 
 
 @pytest.mark.parametrize(("device", "backend"), on("cpu", targets("gradient_stats")))
@@ -221,7 +221,12 @@ def test_norms_of_views(device, backend, specs, windows, split, counts, seed_):
     ``vector_norm`` of the view as it reads (a broadcast element counts as often as
     it appears). Called again after the values change in place, at the same
     addresses, the results follow the new values (a cached chunk table keeps
-    addresses and sizes, never values). (On CUDA: test_norms_of_views_on_cuda, with fewer examples.)"""
+    addresses and sizes, never values). (On CUDA: test_norms_of_views_on_cuda, with
+    fewer examples.)"""
+    check_norm_views(device, backend, specs, windows, split, counts, seed_)
+
+
+def check_norm_views(device, backend, specs, windows, split, counts, seed_):
     gen = torch.Generator().manual_seed(seed_)
     bases, ts = [], []
     for shape, dtype, kind, dim in specs:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 import kasmina_fast
 from tests.utils import (
     DTYPES,
+    STREAM_BYTES,
     cpu_backends,
     make,
     on,
@@ -83,7 +84,7 @@ STE_VIEW_CASES = dict(
 @settings(max_examples=12, deadline=None)
 @given(**STE_VIEW_CASES)
 def test_ste_on_views_on_cuda(device, backend, shape, dtype, views, seed_):
-    test_ste_on_views.hypothesis.inner_test(device, backend, shape, dtype, views, seed_)
+    check_ste_views(device, backend, shape, dtype, views, seed_)
 
 
 @pytest.mark.parametrize(("device", "backend"), on("cpu", targets("ste")))
@@ -94,6 +95,10 @@ def test_ste_on_views(device, backend, shape, dtype, views, seed_):
     ``VIEWS``, strides 0 included): the value is host bit for bit, in host's layout,
     and the gradients reaching the bases equal the eager expression's. (On CUDA:
     test_ste_on_views_on_cuda, with fewer examples.)"""
+    check_ste_views(device, backend, shape, dtype, views, seed_)
+
+
+def check_ste_views(device, backend, shape, dtype, views, seed_):
     gen = torch.Generator().manual_seed(seed_)
     (hb, hv), (sb, sv), (gb, gv) = (view_of(shape, kind, dim) for kind, dim in views)
     H, S = make(hb, dtype, generator=gen, device=device), make(sb, dtype, generator=gen, device=device)
@@ -119,7 +124,7 @@ def test_ste_on_views(device, backend, shape, dtype, views, seed_):
 def test_cpp_large_copy_streams_correctly(extra):
     """A forward copy of 8 MiB or more goes out as streaming cache lines, then a
     plain copy of the bytes past the last whole line (``extra`` elements more)."""
-    n = 8 * 2**20 // 4 + extra
+    n = STREAM_BYTES // 4 + extra
     host = torch.randn(n, generator=torch.Generator().manual_seed(1))
     with with_backend("cpp"):
         out = kasmina_fast.ste(host, torch.zeros(n))
