@@ -2,7 +2,8 @@
 extension): the rules of csrc/norm_plan.h for CUDA-graph captures. A plan used
 during a capture is pinned, never evicted; a list with no plan yet, or one
 holding a strided view, cannot be planned during a capture and raises, naming
-the op. The capture state is simulated (CPU tensors, interpreter)."""
+the op. The capture state is simulated (CPU tensors, interpreter). Also the
+finalize kernels over more partials than their block holds."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import os
 
 import pytest
 import torch
+
+import kasmina_fast
+from tests.ops.test_norms import stats_want
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1" or torch.cuda.is_available(),
@@ -71,13 +75,10 @@ def test_finalize_adds_more_partials_than_its_block(monkeypatch):
     """The finalize kernels add a tensor's (foreach_norm) or a group's
     (gradient_stats) chunk partials FINAL_BLOCK at a time; lowered to 2, tensors of
     several chunks need several steps. Through the op, as a training loop calls it."""
-    from kasmina_fast.triton_kernels import norms
-
-    import kasmina_fast
-    from tests.ops.test_norms import stats_want
-
     if "triton" not in kasmina_fast.available():
         pytest.skip("the Triton backend is not usable here")
+    from kasmina_fast.triton_kernels import norms
+
     monkeypatch.setattr(norms, "FINAL_BLOCK", 2)
     gen = torch.Generator().manual_seed(6)
     ts = [
