@@ -1,12 +1,11 @@
 """Build of kasmina-fast's C++ (and, where possible, CUDA) extension.
 
-The extension ``kasmina_fast._C`` is a shared library of ``torch.library``
-registrations, loaded with ``torch.ops.load_library``; it is also a Python
-module with one function (``param_gradient_stats``, csrc/python/) that the
-gradient telemetry imports.
+The extension ``kasmina_fast._C`` is the op library: a shared library of
+``torch.library`` registrations, loaded with ``torch.ops.load_library``; it is
+also a Python module with one eager-only function (csrc/python/).
 CUDA sources in ``csrc/cuda`` are compiled only when the installed torch is a
 CUDA build and a CUDA toolkit is found; ``KASMINA_FAST_NO_EXTENSION=1`` skips
-the extension altogether (the package then runs on the reference backend).
+the extension altogether (the package then runs the eager reference).
 
 Build against the torch that will run it:
 ``pip install --no-build-isolation -e .``

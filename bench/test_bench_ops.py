@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import backends_here, gradient_list, make_chain, make_norm_step, make_step, passes, sync
 
 import kasmina_fast
+from kasmina_fast.cli.cases import (
+    backends_here,
+    gradient_list,
+    make_chain,
+    make_norm_step,
+    make_step,
+    passes,
+    selected,
+    sync,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -44,7 +53,7 @@ def timed(benchmark, fn, backend: str, rounds: int, warmup: int) -> None:
         fn()
         sync(DEVICE)
 
-    with kasmina_fast.use_backend("auto" if backend == "native" else backend):
+    with selected(backend):
         benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup)
 
 
@@ -82,18 +91,8 @@ def test_norms(benchmark, backend, op):
     timed(benchmark, step, backend, rounds=50, warmup=3)
 
 
-def _norm_impls(device: str) -> set[str]:
-    from kasmina_fast import backends
-
-    usable = {"cpp"} if device == "cpu" else {"cuda", "triton"}
-    return usable & set(backends._IMPLS["gradient_stats"])
-
-
 NORM_LISTS = ["tiny14", "many1000", "resnet50"] + (["gpt2_small"] if DEVICE == "cuda" else [])
-# every backend that has a norm kernel here, forced (auto keeps the reference for norms on CUDA for now)
-NORM_BACKENDS = ["native", "reference"] + [
-    b for b in kasmina_fast.available() if b in ("cpp", "cuda", "triton") and b in _norm_impls(DEVICE)
-]
+NORM_BACKENDS = ["native", *backends_here(DEVICE)]
 
 
 @pytest.mark.parametrize("backend", NORM_BACKENDS)
@@ -120,14 +119,12 @@ def test_gradient_stats_on_model_gradients(benchmark, backend, name):
     timed(benchmark, call, backend, rounds=20 if DEVICE == "cpu" else 100, warmup=2)
 
 
-# the native norm backend of the device, and on CUDA also Triton (both read parameter lists in C++)
+# the library's own kernels of the device, and on CUDA also Triton
 PARAM_BACKEND = {"cpu": "cpp", "cuda": "cuda"}[DEVICE]
-MONITOR_BACKENDS = [PARAM_BACKEND] + (
-    ["triton"] if DEVICE == "cuda" and "triton" in kasmina_fast.available() else []
-)
+MONITOR_BACKENDS = backends_here(DEVICE)[1:]
 
 
-@pytest.mark.skipif(PARAM_BACKEND not in _norm_impls(DEVICE), reason="no native norm kernel here")
+@pytest.mark.skipif(PARAM_BACKEND not in kasmina_fast.available(), reason="no library kernel here")
 @pytest.mark.parametrize("backend", MONITOR_BACKENDS)
 @pytest.mark.parametrize("impl", ["python_lists", "param_gradient_stats"])
 @pytest.mark.parametrize("numel", [16, 4096])
@@ -162,7 +159,7 @@ def test_monitor_check_host_cost(benchmark, backend, impl, numel):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="timed on CUDA only")
-@pytest.mark.parametrize("backend", [b for b in backends_here(DEVICE, compiled=True) if b != "reference"])
+@pytest.mark.parametrize("backend", backends_here(DEVICE)[1:])
 @pytest.mark.parametrize(("op", "kind", "shape", "dtype"), CASES[:6])
 def test_fwd_bwd_compiled_fast(benchmark, backend, op, kind, shape, dtype):
     """torch.compile(fullgraph) around the fast op: the compiled path must not be slower than eager."""
@@ -177,7 +174,7 @@ def test_fwd_bwd_compiled_fast(benchmark, backend, op, kind, shape, dtype):
 @pytest.mark.parametrize("shape", [(32, 64, 16, 16), (128, 64, 16, 16)], ids=lambda s: "x".join(map(str, s)))
 def test_small_slot_chain(benchmark, backend, length, shape):
     """Chains of 1 and 9 per-sample learnable blends, fwd + bwd: per-op cost =
-    (t9 - t1) / 8, compared across backends by bench/summarize.py."""
+    (t9 - t1) / 8, compared across backends by bench/scripts/summarize.py."""
     step = make_chain(length, shape, DEVICE, backend)
     benchmark.group = f"chain-{'x'.join(map(str, shape))}-{DEVICE}"
     benchmark.extra_info.update(backend=f"{backend}@{length}", device=DEVICE, chain=length, base=backend)
@@ -215,6 +212,6 @@ def test_per_call_overhead(benchmark, device, op, impl):
         h.grad = s.grad = None
         fn().backward(g)
 
-    with kasmina_fast.use_backend(impl if impl != "native" else "auto"):
+    with selected(impl):
         benchmark.pedantic(run, rounds=2000, iterations=1, warmup_rounds=100)
     sync(device)

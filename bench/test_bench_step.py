@@ -1,6 +1,6 @@
 """End-to-end training step of a grown network: CNNHost + one seed in BLENDING
 with a gated (learnable per-sample) blend + gradient telemetry every step,
-fast ops vs the reference backend (and the bare host), eager and under
+fast ops vs the eager reference ops (and the bare host), eager and under
 torch.compile, same run.
 
     pytest bench/test_bench_step.py --benchmark-group-by=group
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import kasmina_fast as kf
-from kasmina_fast.cli.cases import sync
+from kasmina_fast.cli.cases import selected, sync
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BATCH = 128 if DEVICE == "cuda" else 32
@@ -60,5 +60,5 @@ def test_training_step(benchmark, variant):
         opt.step()
         sync(DEVICE)
 
-    with kf.use_backend(backend):
+    with selected(backend):
         benchmark.pedantic(step, rounds=30 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=3)

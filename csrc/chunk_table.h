@@ -1,10 +1,9 @@
-// The chunk table of the multi-tensor norm kernels, CUDA (cuda/multi_tensor_norm.cu)
-// and Triton (triton_kernels/norms.py): plain host code; norm_plan.cpp uploads
+// The chunk table of the CUDA multi-tensor norm kernels (cuda/multi_tensor_norm.cu;
+// triton_kernels/norms.py builds the same table in Python): plain host code; norm_plan.cpp uploads
 // and caches it, the emulation test (test/test_cuda_kernels.cpp) checks it.
 //
 // Every tensor of a list is cut into `chunk`-element chunks. Chunks are
-// grouped by a key (the dtype; for Triton the dtype and whether the address
-// is 16-byte aligned): one launch per group; a group's table is four rows of
+// grouped by a key (the dtype): one launch per group; a group's table is four rows of
 // n_chunks int64 each: the tensor's address, the chunk's first element, its
 // length, and the partial slot its sum goes to. Slots are numbered in list
 // order, so tensor i owns the slots [first[i], first[i] + count[i]) and any

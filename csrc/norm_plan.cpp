@@ -24,7 +24,6 @@ struct PlanKey {
   std::vector<Entry> tensors;
   int device_type, device_index;
   int64_t chunk;
-  bool split_alignment;
 };
 
 // What t.const_data_ptr() returns (null for an empty tensor), without its
@@ -38,9 +37,9 @@ int64_t address(const at::Tensor& t) {
   return reinterpret_cast<int64_t>(base + impl->storage_offset() * impl->itemsize());
 }
 
-bool matches(const PlanKey& key, at::TensorList ts, const at::Device& device, int64_t chunk, bool split_alignment) {
+bool matches(const PlanKey& key, at::TensorList ts, const at::Device& device, int64_t chunk) {
   if (key.tensors.size() != ts.size() || key.device_type != static_cast<int>(device.type()) ||
-      key.device_index != device.index() || key.chunk != chunk || key.split_alignment != split_alignment) {
+      key.device_index != device.index() || key.chunk != chunk) {
     return false;
   }
   for (size_t i = 0; i < ts.size(); ++i) {
@@ -51,15 +50,10 @@ bool matches(const PlanKey& key, at::TensorList ts, const at::Device& device, in
   return true;
 }
 
-NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk,
-                    bool split_alignment) {
+NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk) {
   std::vector<ChunkSource> sources;
   sources.reserve(ts.size());
-  for (const at::Tensor& t : ts) {
-    const int dtype = static_cast<int>(t.scalar_type());
-    const int aligned = split_alignment && address(t) % 16 == 0 ? 1 : 0;
-    sources.push_back({address(t), t.numel(), dtype * 2 + aligned});
-  }
+  for (const at::Tensor& t : ts) sources.push_back({address(t), t.numel(), static_cast<int>(t.scalar_type())});
   const ChunkTable table = build_chunk_table(sources, chunk);
   // Every row in one int64 buffer, uploaded in one copy. On CUDA it goes through
   // pinned memory without blocking: no host sync, even for a list never seen
@@ -83,8 +77,7 @@ NormPlan build_plan(at::TensorList ts, const at::Device& device, int64_t chunk,
   };
   NormPlan plan;
   for (const ChunkGroup& g : table.groups) {
-    const auto dtype = static_cast<at::ScalarType>(g.dtype / 2);
-    plan.groups.push_back({dtype, g.dtype % 2 == 1, g.n_chunks, take(g.table.size())});
+    plan.groups.push_back({static_cast<at::ScalarType>(g.dtype), g.n_chunks, take(g.table.size())});
   }
   plan.first = take(table.first.size());
   plan.count = take(table.count.size());
@@ -127,25 +120,24 @@ PlanCache& plan_cache() {
 
 }  // namespace
 
-NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int64_t chunk, bool split_alignment,
-                          const char* op) {
-  return cached_norm_plan(refs, device, chunk, split_alignment, op, stream_is_capturing(device));
+NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int64_t chunk, const char* op) {
+  return cached_norm_plan(refs, device, chunk, op, stream_is_capturing(device));
 }
 
-NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int64_t chunk, bool split_alignment,
-                          const char* op, bool capturing) {
+NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int64_t chunk, const char* op,
+                          bool capturing) {
   const at::TensorList ts = refs.list();
   TORCH_CHECK(!capturing || !refs.owns_any(), op,
               ": a list that holds a non-dense (strided) view cannot be captured in a CUDA graph: its contiguous "
               "copy is new memory on every call, so its chunk table is uploaded on every call, a copy that a graph "
               "cannot hold; "
               "pass dense tensors (contiguous, channels_last or any dense permutation)");
-  if (refs.owns_any()) return build_plan(ts, device, chunk, split_alignment);
+  if (refs.owns_any()) return build_plan(ts, device, chunk);
   PlanCache& cache = plan_cache();
   {
     std::lock_guard<std::mutex> lock(cache.mutex);
     for (auto it = cache.plans.begin(); it != cache.plans.end(); ++it) {
-      if (matches(it->key, ts, device, chunk, split_alignment)) {
+      if (matches(it->key, ts, device, chunk)) {
         cache.plans.splice(cache.plans.begin(), cache.plans, it);
         CachedPlan& hit = cache.plans.front();
         if (capturing && !hit.pinned) {
@@ -161,10 +153,10 @@ NormPlan cached_norm_plan(const TensorRefs& refs, const at::Device& device, int6
               ": this list has no chunk table yet, and its upload (a copy from host memory) cannot be captured in a "
               "CUDA graph; call ",
               op, " once with the same tensors before capturing (a warm-up call)");
-  PlanKey key{{}, static_cast<int>(device.type()), device.index(), chunk, split_alignment};
+  PlanKey key{{}, static_cast<int>(device.type()), device.index(), chunk};
   key.tensors.reserve(ts.size());
   for (const at::Tensor& t : ts) key.tensors.push_back({address(t), t.numel(), static_cast<int>(t.scalar_type())});
-  NormPlan plan = build_plan(ts, device, chunk, split_alignment);
+  NormPlan plan = build_plan(ts, device, chunk);
   if (device.is_cuda()) {  // (only a cached plan can be used on another stream later)
     plan.uploaded = std::make_shared<c10::Event>(device.type());
     plan.uploaded->record(plan.stream);

@@ -1,8 +1,8 @@
 // The plan of one tensor list for the multi-tensor norm kernels: its chunk
 // table (chunk_table.h) on the list's device, cached by the list's signature.
 //
-// Used by the CUDA launchers (cuda/multi_tensor_norm.cu) and by the Triton
-// backend's C++ front end (python/triton_norms.cpp). A training loop hands the
+// Used by the CUDA launchers (cuda/multi_tensor_norm.cu; triton_kernels/norms.py
+// keeps the same rules for the Triton host path). A training loop hands the
 // same .grad tensors every call, so the table is built and uploaded once and
 // a call costs a lookup (about 10 ns a tensor): nothing is copied host to
 // device after the first call, which also lets a CUDA graph capture it.
@@ -40,7 +40,6 @@ namespace kasmina {
 struct NormPlan {
   struct Group {
     at::ScalarType dtype;
-    bool aligned;      // every chunk start of the group is 16-byte aligned (split_alignment only)
     int64_t n_chunks;
     at::Tensor table;  // int64 [4, n_chunks] on the device: address, first element, length, slot
   };
@@ -54,8 +53,7 @@ struct NormPlan {
 };
 
 // The plan of `ts` (from dense_list) for `chunk`-element chunks, grouped by
-// dtype, and also by 16-byte alignment of the address when `split_alignment`
-// (the Triton kernel specialises on it). Returned by value: the tensors are
+// dtype. Returned by value: the tensors are
 // reference counted, so no other thread's eviction can pull them away while
 // the caller uses them. The cache keeps the most recent plans; a hit
 // compares the list with the cached signature in place (nothing is
@@ -66,21 +64,15 @@ struct NormPlan {
 // and cannot be captured in a CUDA graph). The cache holds 16 plans besides
 // the pinned ones (see above). `op` names the caller in errors. Call it under
 // a device guard for `device` (the current stream is `device`'s).
-NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, bool split_alignment,
-                          const char* op);
+NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, const char* op);
 
 // The same, with the capture state given (by a caller that already asked,
 // or by tests) instead of asked of CUDA.
-NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, bool split_alignment,
-                          const char* op, bool capturing);
+NormPlan cached_norm_plan(const TensorRefs& ts, const at::Device& device, int64_t chunk, const char* op,
+                          bool capturing);
 
 // Plans in the cache: all of them, and the pinned ones (tests).
 std::pair<size_t, size_t> norm_plan_cache_size();
-
-// Room for the plan's fp64 chunk partials on `device` (at least one element).
-inline at::Tensor norm_partials(const NormPlan& plan, const at::Device& device) {
-  return at::empty({std::max<int64_t>(plan.n_partials, 1)}, at::TensorOptions().dtype(at::kDouble).device(device));
-}
 
 // The tensors of a and b in order; dense layouts (contiguous, channels_last,
 // any non-overlapping dense permutation) as they are (borrowed: a and b must

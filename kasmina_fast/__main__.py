@@ -35,7 +35,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"device       cuda:{i} {torch.cuda.get_device_name(i)}")
     else:
         print(f"device       cpu ({torch.get_num_threads()} threads), no CUDA device")
-    print(f"selected     {backends.get_backend()}")
+    active = backends.active()
+    print(f"selected     {backends.get_backend()} (CPU: {active['cpu']}, CUDA: {active['cuda']})")
     print("backends:")
     for name, why in backends.status().items():
         print(f"  {name:<10} {why}")

@@ -1,32 +1,33 @@
-"""Backend selection for the ``kasmina`` ops.
+"""Which kernels run the ``kasmina`` ops.
 
-Backends:
+``torch.ops.kasmina`` has one name per op, and the dispatcher picks the kernel
+by device:
 
-=========== ================================================ =================
-name        what runs                                        devices
-=========== ================================================ =================
-reference   the eager PyTorch expressions (``reference.py``) any
-cpp         the fused C++ kernels of ``kasmina_fast._C``      CPU
-triton      the Triton kernels (``triton_kernels/``)          CUDA; CPU with
+=========== ================================================ ==================
+backend     kernels                                          tensors
+=========== ================================================ ==================
+cpp         the C++ CPU kernels of the op library            CPU
+cuda        the CUDA C++ kernels of the op library            CUDA
+triton      the Triton kernels (``triton_kernels/``)         CUDA; CPU under
                                                              TRITON_INTERPRET=1
-cuda        the CUDA C++ kernels of ``kasmina_fast._C``       CUDA
-triton_op   the Triton blend and STE kernels registered as   CUDA
-            ``torch.library.triton_op`` (``ops/triton_op.py``:
-            ``torch.compile`` traces into them)
-=========== ================================================ =================
+=========== ================================================ ==================
 
-``auto`` (the default) picks per op and device: on the CPU ``cpp``, else
-``reference``; on CUDA the first available of the op's measured preference
-(``AUTO_CUDA``, which does not list ``triton_op`` until it is measured), else
-``reference``. The environment variable
-``KASMINA_FAST_BACKEND`` sets the process default; :func:`use_backend` forces
-one backend inside a ``with`` block. The choice is process-wide (not
-per-thread). A forced backend that cannot run a tensor's device raises,
-it never falls back silently.
+The library registers its own kernels at the CPU and CUDA keys. Selecting
+``triton`` registers the Triton kernels (Python functions that launch them)
+at the CUDA key, or at the CPU key under ``TRITON_INTERPRET=1`` (how the
+tests run them without a GPU), over the library's; selecting anything else
+removes them again. ``auto`` (the default) selects ``triton`` only where the
+library has no CUDA kernels (a build without nvcc) and Triton can run, else
+the library's own kernels: the measurements in bench/RESULTS.md favour the
+CUDA C++ blend and STE. ``cpp`` and ``cuda`` both mean "the library's own
+kernels" and differ only in what they require to be available.
 
-The hot path is one attribute lookup: :data:`CPU` and :data:`CUDA` hold, per
-op, the callable for tensors of that device type, rebuilt whenever the
-selection changes.
+The setting is process-wide (not per thread): ``KASMINA_FAST_BACKEND`` sets it
+at import, :func:`use_backend` inside a ``with`` block. A traced, compiled or
+exported graph names only the public ops, so it runs whatever backend is
+selected when it runs. Without the op library (not built, or
+``KASMINA_FAST_NO_EXTENSION=1``) the public functions are the eager reference
+and no backend can be selected.
 """
 
 from __future__ import annotations
@@ -34,47 +35,27 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator
 
 import torch
 
 from kasmina_fast import _extension
 
-NAMES: tuple[str, ...] = ("reference", "cpp", "triton", "cuda", "triton_op")
+NAMES: tuple[str, ...] = ("cpp", "cuda", "triton")
 CHOICES: tuple[str, ...] = ("auto", *NAMES)
-
-#: Preference order on CUDA for ``auto`` per op (see bench/RESULTS.md). The
-#: CUDA and Triton gradient-norm kernels have not been validated or measured on
-#: a GPU yet, so ``auto`` keeps the reference for them until they are (force
-#: "cuda" or "triton" to use them).
-AUTO_CUDA: dict[str, tuple[str, ...]] = {
-    "blend": ("cuda", "triton"),
-    "ste": ("cuda", "triton"),
-    "foreach_norm": (),
-    "gradient_stats": (),
-}
-
-# op -> backend -> callable, filled by the modules of kasmina_fast.ops
-_IMPLS: dict[str, dict[str, Callable]] = {}
+OPS: tuple[str, ...] = ("blend", "blend_backward", "ste", "foreach_norm", "gradient_stats")
 
 
-class _Routes:
-    """The callable of every op for one device type (an attribute per op)."""
-
-    blend: Callable
-    ste: Callable
-    foreach_norm: Callable
-    gradient_stats: Callable
-
-
-#: Routes for CPU tensors and for CUDA tensors. The ops pick one with
-#: ``CUDA if t.is_cuda else CPU`` (a conditional, not an index by bool, which
-#: some Dynamo versions refuse).
-CPU = _Routes()
-CUDA = _Routes()
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _triton_status() -> str:
+    if not _extension.LOADED:
+        return (
+            f"the Triton kernels run as kernels of the op library, which is not loaded ({_extension.REASON})"
+        )
     try:
         tk = importlib.import_module("kasmina_fast.triton_kernels")
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -82,31 +63,20 @@ def _triton_status() -> str:
     return tk.status()
 
 
-def triton_usable() -> bool:
-    """True when the Triton kernels can run here (decided once, at import)."""
-    return _triton_status() == "available"
-
-
 def status() -> dict[str, str]:
     """Every backend with ``"available"`` or the reason it is not usable here."""
-    cuda_ok = torch.cuda.is_available()
-    out = {"reference": "available"}
-    out["cpp"] = "available" if _extension.has_kernel("blend", "CPU") else _extension.REASON or "not built"
-    out["triton"] = _triton_status()
+    out = {"cpp": "available" if _extension.LOADED else _extension.REASON}
     if not _extension.LOADED:
         out["cuda"] = _extension.REASON
-    elif not _extension.has_kernel("blend", "CUDA"):
+    elif not _cuda_kernels:
         out["cuda"] = (
             "the extension was built without CUDA kernels (no CUDA torch or no CUDA toolkit at build time)"
         )
-    elif not cuda_ok:
+    elif not torch.cuda.is_available():
         out["cuda"] = "no CUDA device is visible"
     else:
         out["cuda"] = "available"
-    if not cuda_ok:  # (under TRITON_INTERPRET a triton_op runs but cannot be traced: no CPU route)
-        out["triton_op"] = "no CUDA device is visible"
-    else:
-        out["triton_op"] = out["triton"]
+    out["triton"] = _triton_status()
     return out
 
 
@@ -115,74 +85,65 @@ def available() -> list[str]:
     return [name for name, why in status().items() if why == "available"]
 
 
-def _devices(name: str) -> tuple[str, ...]:
-    if name == "reference":
-        return ("cpu", "cuda")
-    if name == "cpp":
-        return ("cpu",)
-    if name == "triton":
-        return ("cpu",) if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
-    return ("cuda",)  # cuda, triton_op
-
-
-def _unavailable(op: str, name: str, device: str, why: str) -> Callable:
-    def fail(*args, **kwargs):
-        raise RuntimeError(f"kasmina::{op}: backend '{name}' cannot run {device} tensors here: {why}")
-
-    return fail
-
-
 _selected: str = "auto"
-_status_cache: dict[str, str] | None = None
+_triton_lib: torch.library.Library | None = None
+# whether the library itself has CUDA kernels (read before any Triton registration)
+_cuda_kernels: bool = _extension.has_kernel("blend", "CUDA")
 
 
-def _resolve(op: str, device: str, name: str, st: dict[str, str]) -> Callable:
-    impls = _IMPLS[op]
-    if name == "auto":
-        order = ("cpp",) if device == "cpu" else AUTO_CUDA.get(op, ())
-        for cand in order:
-            if st.get(cand) == "available" and cand in impls and device in _devices(cand):
-                return impls[cand]
-        return impls["reference"]
-    if name not in impls:
-        return _unavailable(op, name, device, f"it has no kernel for {op}")
-    if st[name] != "available":
-        return _unavailable(op, name, device, st[name])
-    if device not in _devices(name):
-        return _unavailable(op, name, device, f"it runs on {' and '.join(_devices(name))} only")
-    return impls[name]
+def _triton_key() -> str:
+    """The dispatch key the Triton kernels serve: CPU tensors in the interpreter, else CUDA."""
+    return "CPU" if _interpreted() else "CUDA"
 
 
-def _rebuild() -> None:
-    global _status_cache
-    if _status_cache is None:
-        _status_cache = status()
-    for op in _IMPLS:
-        setattr(CPU, op, _resolve(op, "cpu", _selected, _status_cache))
-        setattr(CUDA, op, _resolve(op, "cuda", _selected, _status_cache))
+def _wants_triton(name: str) -> bool:
+    if name == "triton":
+        return True
+    # auto: Triton is the CUDA kernel where the library has none
+    return name == "auto" and not _cuda_kernels and not _interpreted() and _triton_status() == "available"
 
 
-# dispatch key whose C++ kernel a backend's callable relies on
-_NATIVE_KEY = {"cpp": "CPU", "cuda": "CUDA"}
+def _register_triton(on: bool) -> None:
+    """Registers the Triton kernels over the library's (``on``) or removes them."""
+    global _triton_lib
+    if on == (_triton_lib is not None):
+        return
+    if not on:
+        _triton_lib._destroy()
+        _triton_lib = None
+        return
+    from kasmina_fast.triton_kernels import blend, norms
 
-
-def register(op: str, impls: dict[str, Callable]) -> None:
-    """Called by each op module: the callables of ``op`` per backend.
-
-    ``cpp`` and ``cuda`` entries are kept only when the extension has a kernel
-    for ``op`` at that dispatch key, so a backend never claims an op it lacks.
-    """
-    _IMPLS[op] = {
-        name: fn
-        for name, fn in impls.items()
-        if name not in _NATIVE_KEY or _extension.has_kernel(op, _NATIVE_KEY[name])
+    kernels = {
+        "blend": blend.blend,
+        "blend_backward": blend.blend_backward,
+        "ste": blend.ste,
+        "foreach_norm": norms.foreach_norm,
+        "gradient_stats": norms.gradient_stats,
     }
-    _rebuild()
+    lib = torch.library.Library("kasmina", "IMPL")
+    with warnings.catch_warnings():
+        # "Overriding a previously registered kernel": the override is the point
+        warnings.simplefilter("ignore", UserWarning)
+        for op, fn in kernels.items():
+            lib.impl(op, fn, _triton_key())
+    _triton_lib = lib
 
 
 def get_backend() -> str:
     """The selected backend name (``auto`` unless forced)."""
     return _selected
+
+
+def active() -> dict[str, str]:
+    """The kernels that run CPU and CUDA tensors now: ``{"cpu": ..., "cuda": ...}``
+    (``reference`` without the op library, ``none`` where nothing can run)."""
+    if not _extension.LOADED:
+        return {"cpu": "reference", "cuda": "reference"}
+    triton_on = _triton_lib is not None
+    cpu = "triton" if triton_on and _triton_key() == "CPU" else "cpp"
+    cuda = "triton" if triton_on and _triton_key() == "CUDA" else "cuda" if _cuda_kernels else "none"
+    return {"cpu": cpu, "cuda": cuda}
 
 
 def set_backend(name: str) -> None:
@@ -191,16 +152,16 @@ def set_backend(name: str) -> None:
     if name not in CHOICES:
         raise ValueError(f"kasmina_fast: unknown backend {name!r}; choose one of {', '.join(CHOICES)}")
     if name != "auto":
-        why = (_status_cache or status())[name]
+        why = status()[name]
         if why != "available":
             raise RuntimeError(f"kasmina_fast: backend {name!r} is not available here: {why}")
+    _register_triton(_wants_triton(name))
     _selected = name
-    _rebuild()
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force ``name`` for every op inside the block (process-wide, not thread-safe)."""
+    """Select ``name`` inside the block (process-wide, not thread-safe)."""
     previous = _selected
     set_backend(name)
     try:

@@ -1,5 +1,6 @@
-"""Shared helpers for the tests: input builders, the backends to test, and the
-tolerance rule (error relative to the largest reference value; NaN never passes)."""
+"""Shared helpers for the tests: input builders, the backends to test, the oracles
+(``kasmina_fast.reference`` in fp64), the tolerance rule (error relative to the
+largest reference value; NaN never passes), and the lifecycle tests' slot."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import kasmina_fast
-from kasmina_fast import backends
+from kasmina_fast import SeedSlot, TaskConfig, reference
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -24,25 +25,23 @@ RTOL = {torch.float64: 1e-10, torch.float32: 2e-6, torch.float16: 1e-3, torch.bf
 
 
 def cpu_backends(op: str = "blend") -> list[str]:
-    """Backends that can run ``op`` on CPU tensors in this process."""
-    names = ["reference"]
-    has = backends._IMPLS[op]
-    if "cpp" in kasmina_fast.available() and "cpp" in has:
-        names.append("cpp")
-    if "triton" in kasmina_fast.available() and "triton" in has and os.environ.get("TRITON_INTERPRET") == "1":
-        names.append("triton")
+    """Backends whose kernels run ``op`` on CPU tensors in this process: the C++ kernels,
+    and the Triton kernels in the interpreter. (Every kernel serves all five ops; ``op``
+    names the caller's op for readability.) None without the op library: the public
+    functions are then the reference itself (tests/ops/test_registration.py checks that
+    fallback in a subprocess)."""
+    names = [b for b in ("cpp", "triton") if b in kasmina_fast.available()]
+    if os.environ.get("TRITON_INTERPRET") != "1" and "triton" in names:
+        names.remove("triton")
     return names
 
 
 def targets(op: str = "blend") -> list:
     """(device, backend) pairs that can run ``op`` here: every CPU backend and,
-    with a GPU, the reference and every CUDA backend."""
+    with a GPU, every CUDA backend."""
     out = [pytest.param("cpu", b, id=f"cpu-{b}") for b in cpu_backends(op)]
     if torch.cuda.is_available():
-        has = backends._IMPLS[op]
-        # (triton_op runs the triton backend's kernels and Python bodies: its matrix runs
-        # on the CPU in test_triton_op.py; on CUDA, test_cuda.py covers its registration)
-        cuda = ["reference"] + [b for b in ("cuda", "triton") if b in kasmina_fast.available() and b in has]
+        cuda = [b for b in ("cuda", "triton") if b in kasmina_fast.available()]
         out += [pytest.param("cuda", b, id=f"cuda-{b}") for b in cuda]
     return out
 
@@ -62,8 +61,8 @@ def assert_close_rel(
 ) -> None:
     """``max|got - want| <= rtol * max(max|want|, scale)`` (absolute ``rtol`` when all is 0).
 
-    ``scale`` widens the yardstick to the inputs' magnitude; it is used only for
-    the reference backend in 16-bit dtypes, whose alpha is rounded to that dtype.
+    ``scale`` widens the yardstick to the magnitudes behind a sum (a gradient
+    element that adds many view elements, or a reduction).
 
     Positions where the oracle is NaN must be NaN in ``got`` too; any other NaN fails.
     """
@@ -125,7 +124,7 @@ def oracle_blend(host, seed, alpha, gout):
 
 
 def with_backend(name: str):
-    return backends.use_backend(name)
+    return kasmina_fast.use_backend(name)
 
 
 def lists_sharing_addresses(device: str) -> list[list[torch.Tensor]]:
@@ -219,3 +218,121 @@ def shapes(min_rank: int = 1, max_rank: int = 4, long: tuple[int, ...] = (33, 40
         st.sampled_from([None, *long]),
         st.integers(0, max_rank - 1),
     )
+
+
+# ---- the lifecycle tests' slot and its caller ----------------------------------------------
+
+
+def make_slot(topology="cnn", channels=8, events=None, **kw) -> SeedSlot:
+    tc = TaskConfig(
+        topology=topology, max_epochs=kw.pop("max_epochs", 20), blending_steps=kw.pop("blending_steps", 5)
+    )
+    return SeedSlot(
+        "mid", channels, on_telemetry=None if events is None else events.append, task_config=tc, **kw
+    )
+
+
+def features(topology="cnn", channels=8, batch=4, requires_grad=False):
+    x = (
+        torch.randn(batch, channels, 6, 6).contiguous(memory_format=torch.channels_last)
+        if topology == "cnn"
+        else torch.randn(batch, 5, channels)
+    )
+    return x.requires_grad_(requires_grad)
+
+
+def epoch(slot: SeedSlot, acc: float, counterfactual: float | None = None, ratio: float = 0.2) -> None:
+    """One epoch of the caller's contract (gradient ratio set as the telemetry would)."""
+    m = slot.state.metrics
+    m.seed_gradient_norm_ratio = ratio
+    m.record_accuracy(acc)
+    if counterfactual is not None:
+        m.counterfactual_contribution = counterfactual
+    slot.step_epoch()
+
+
+# ---- the norm ops: the lists every backend is checked on, and the oracle ----------------------
+
+
+def oracle_norms(ts) -> torch.Tensor:
+    """``reference.foreach_norm`` (fp64 sums, rounded to fp32) as fp64 on the CPU."""
+    return reference.foreach_norm(ts).double().cpu()
+
+
+def oracle_stats(host, seed, hp: int, sp: int) -> torch.Tensor:
+    """``reference.gradient_stats`` (fp64 sums, rounded to fp32) as fp64 on the CPU."""
+    return reference.gradient_stats(host, seed, hp, sp).double().cpu()
+
+
+def norm_lists(device: str = "cpu"):
+    """The lists every backend is checked on (the CUDA tests run them on CUDA too)."""
+    gen = torch.Generator().manual_seed(1)
+
+    def mk(shape, dtype=torch.float32, layout="contiguous"):
+        return make(shape, dtype, layout, gen, device=device)
+
+    return {
+        "empty_list": [],
+        "empty_tensors": [torch.zeros(0, device=device), torch.zeros(3, 0, device=device), mk((5,))],
+        "one_element": [torch.tensor([3.0], device=device)],
+        "zero_dim": [torch.tensor(-2.5, device=device)],
+        "many_tiny": [mk((3,)) for _ in range(10_000)],
+        "one_large": [mk((300_001,))],
+        "mixed_dtypes": [
+            mk((17, 3), d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        ],
+        "views": [
+            mk((6, 10), layout="view"),
+            mk((4, 6, 5, 5), layout="channels_last"),
+            mk((8, 9), torch.float64).t(),
+            mk((70_000, 3))[::3],
+        ],
+        "large_values": [torch.full((10,), 1e30, device=device), torch.full((4,), 3e38, device=device)],
+    }
+
+
+def check_gradient_stats_edges(device: str = "cpu") -> None:
+    """The formula's edges through the current backend (the CUDA tests run
+    them on CUDA too)."""
+
+    def t(*values):
+        return torch.tensor(values, device=device)
+
+    def full(n, value):
+        return torch.full((n,), value, device=device)
+
+    empty = kasmina_fast.gradient_stats([], [], 0, 0)
+    only_seed = kasmina_fast.gradient_stats([], [full(4, 1.0)], 3, 3)
+    nan = kasmina_fast.gradient_stats([t(1.0, float("nan"))], [full(2, 1.0)], 1, 1)
+    inf_seed = kasmina_fast.gradient_stats([full(2, 1.0)], [t(float("inf"))], 1, 1)
+    huge = kasmina_fast.gradient_stats([full(4, 1e30)], [full(4, 1e30)], 1, 1)
+    assert torch.equal(empty.cpu(), torch.zeros(4))
+    assert torch.equal(only_seed.cpu(), torch.tensor([0.0, 2.0, 0.0, 0.0]))
+    assert nan[3] == 1.0 and math.isnan(nan[0]) and math.isnan(nan[2])
+    assert inf_seed[3] == 1.0 and inf_seed[1] == float("inf") and inf_seed[2] == 10.0
+    # squares overflow fp32 but not the fp64 accumulator: finite, no false alarm
+    assert huge[3] == 0.0 and huge[2] == 1.0 and math.isclose(huge[0].item(), 2e30, rel_tol=1e-6)
+
+
+def check_more_than_2_31_elements(device: str = "cpu") -> None:
+    """One bf16 tensor of 2^31 + 2^20 + 3 elements (4.3 GB) between small ones,
+    through the current backend: ones, except marked values past 2^31 and at
+    their 32-bit aliases, so the sums of squares are exact integers and an
+    offset that wraps at 2^31 or 2^32 reads the wrong marks (or faults).
+    tests/ops/test_cuda.py runs it on CUDA."""
+    n = 2**31 + 2**20 + 3
+    big = torch.ones(n, device=device, dtype=torch.bfloat16)
+    marks = {2**31 + 12345: 64.0, n - 1: 128.0, 12345: 2.0, 2**31 - 1: 4.0, 2**31 + 5: 8.0, 5: 0.0}
+    for i, v in marks.items():
+        big[i] = v
+    want_big = n - len(marks) + sum(v * v for v in marks.values())  # exact in fp64
+    first = torch.full((7,), 3.0, device=device)
+    last = torch.full((5,), 2.0, device=device, dtype=torch.float16)
+    norms = kasmina_fast.foreach_norm([first, big, last]).double().cpu()
+    stats = kasmina_fast.gradient_stats([first, big], [last], 1, 1).double().cpu()
+    del big
+    want = torch.tensor([63.0, want_big, 20.0], dtype=torch.float64).sqrt()
+    torch.testing.assert_close(norms, want.float().double(), rtol=0, atol=0)
+    want_stats = torch.tensor([(63.0 + want_big) ** 0.5, 20.0**0.5], dtype=torch.float64)
+    torch.testing.assert_close(stats[:2], want_stats.float().double(), rtol=0, atol=0)
+    assert stats[3] == 0.0

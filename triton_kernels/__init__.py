@@ -1,10 +1,11 @@
 """Triton kernels of kasmina-fast, installed as ``kasmina_fast.triton_kernels``.
 
-Only ``@triton.jit`` kernels and their launchers live here: ``blend.py``
-(blend forward, fused backward, the STE copy) and ``norms.py`` (multi-tensor
-sums of squares); ``layout.py`` holds a shared layout check. The ops that call
-them are registered in ``kasmina_fast.ops.triton_ops``. This package imports
-triton only when its kernels are loaded.
+Only ``@triton.jit`` kernels and the functions that launch them live here:
+``blend.py`` (blend forward, fused backward, the STE copy) and ``norms.py``
+(multi-tensor sums of squares); ``layout.py`` holds the shared layout rule.
+Each op's launching function is that op's kernel while the Triton backend is
+selected (``kasmina_fast.backends`` registers it at the dispatcher). This
+package imports triton only when its kernels are loaded.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Triton kernels for ``kasmina::blend`` (forward and fused backward) and the
-STE copy, with their launchers.
+"""Triton kernels for ``kasmina::blend`` (forward and fused backward) and
+``kasmina::ste`` (a copy), with the functions that run them as the ops'
+kernels (``blend``, ``blend_backward``, ``ste``: registered at the dispatcher
+by ``kasmina_fast.backends`` while the Triton backend is selected).
 
 Math (``w = clamp(alpha, 0, 1)`` per sample, or one ``w`` for a 0-d alpha):
     forward   out     = lerp(host, seed, w)      (torch.lerp's two-sided formula)
@@ -15,11 +17,9 @@ int64. Math is fp32 (fp64 for fp64 inputs). d_alpha is deterministic: each
 program's ``tl.sum`` is a fixed tree and the finalize adds the partials in a
 fixed order (no atomics).
 
-The launchers take tensors whose samples are packed blocks (contiguous or
-channels_last with the same strides); the op layer routes other layouts to
-the reference. ``wrap`` (default: none) wraps each kernel before its launch:
-``torch.library.wrap_triton`` for the ``triton_op`` registration
-(kasmina_fast/ops/triton_op.py).
+The kernels walk tensors whose samples are packed blocks (``layout.dense_blocks``:
+contiguous or channels_last, every operand with the same strides); other
+layouts take the reference math in fp32, as the C++ kernels' strided fallback.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from kasmina_fast.triton_kernels.layout import cdiv
+from kasmina_fast.triton_kernels.layout import cdiv, dense_blocks, is_dense, launch_guard
+
+from kasmina_fast import reference
+from kasmina_fast.ops import _checks
 
 BLOCK = 4096
 NUM_WARPS = 8
@@ -45,9 +48,7 @@ def _weight(a_ptr, b, a_stride, ACC: tl.constexpr):
 @triton.jit
 def _tile(N, BLOCK: tl.constexpr):
     """This program's int64 offsets and mask in its sample's packed block (axis 1 =
-    sample, axis 0 = BLOCK-sized piece). Kept apart from alpha's load: torch's
-    kernel analysis (torch.compile of a triton_op) counts every pointer argument of a
-    function whose result reaches a store's address as written."""
+    sample, axis 0 = BLOCK-sized piece)."""
     b = tl.program_id(1).to(tl.int64)
     offs = b * N + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     return offs, offs < b * N + N
@@ -135,72 +136,60 @@ def _alpha_from(a: torch.Tensor, a_stride: int, lo: int) -> torch.Tensor:
 
 
 def _sample_slices(B: int):
-    """(first, end) samples of each launch: the grid's axis 1 holds at most MAX_GRID_Y.
-    One launch without a loop, so that a symbolic B (torch.compile of the triton_op)
-    is guarded, not specialised."""
+    """(first, end) samples of each launch: the grid's axis 1 holds at most MAX_GRID_Y."""
     if B <= MAX_GRID_Y:
         return ((0, B),)
     return [(lo, min(B, lo + MAX_GRID_Y)) for lo in range(0, B, MAX_GRID_Y)]
 
 
-def _wrapped(kernel, wrap):
-    return kernel if wrap is None else wrap(kernel)
-
-
-def blend_forward(
-    host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, B: int, N: int, wrap=None
-) -> torch.Tensor:
-    """``out`` for ``B`` packed samples of ``N`` elements (B = 1 for a 0-d alpha)."""
-    out = torch.empty_like(host)
-    if host.numel() == 0:
-        return out
-    launch_forward(host, seed, out, _alpha_acc(alpha, host), B, N, wrap)
-    return out
-
-
-def launch_forward(
-    host: torch.Tensor, seed: torch.Tensor, out: torch.Tensor, a: torch.Tensor, B: int, N: int, wrap=None
-) -> None:
-    """The forward launches into ``out`` (host's strides), ``a`` alpha in the
-    accumulation dtype; called from C++ (csrc/python/triton_blend.cpp) too."""
-    a_stride = a.stride(0) if a.dim() else 0
-    kernel = _wrapped(blend_forward_kernel, wrap)
-    for lo, hi in _sample_slices(B):
-        off = lo * N
-        grid = (cdiv(N, BLOCK), hi - lo)
-        kernel[grid](
-            _flat(host, off),
-            _flat(seed, off),
-            _flat(out, off),
-            _alpha_from(a, a_stride, lo),
-            a_stride,
-            N,
-            BLOCK=BLOCK,
-            ACC=_acc(host.dtype),
-            num_warps=NUM_WARPS,
-        )
-
-
 def _flat(t: torch.Tensor, offset: int) -> torch.Tensor:
     """The packed storage of ``t`` from element ``offset`` on, as a 1-D view (no copy).
-    At offset 0 the tensor itself: a kernel only takes its data pointer, and a view
-    costs host time (the usual case: fewer than 65536 samples, one launch)."""
+    At offset 0 the tensor itself: a kernel only takes its data pointer."""
     if offset == 0:
         return t
     return t.as_strided((t.numel() - offset,), (1,), t.storage_offset() + offset)
 
 
+def blend(host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The kernel of ``kasmina::blend``: a new tensor laid out like ``host``."""
+    _checks.check_blend(host, seed, alpha)
+    out = torch.empty_like(host)
+    dense, B, N = dense_blocks(host, alpha.dim() > 0, (seed, out))
+    if not dense:
+        return reference.blend_precise(host, seed, alpha)
+    if host.numel() == 0:
+        return out
+    a = _alpha_acc(alpha, host)
+    a_stride = a.stride(0) if a.dim() else 0
+    with launch_guard(host):
+        for lo, hi in _sample_slices(B):
+            off = lo * N
+            blend_forward_kernel[(cdiv(N, BLOCK), hi - lo)](
+                _flat(host, off),
+                _flat(seed, off),
+                _flat(out, off),
+                _alpha_from(a, a_stride, lo),
+                a_stride,
+                N,
+                BLOCK=BLOCK,
+                ACC=_acc(host.dtype),
+                num_warps=NUM_WARPS,
+            )
+    return out
+
+
 def blend_backward(
-    grad: torch.Tensor,
-    host: torch.Tensor,
-    seed: torch.Tensor,
-    alpha: torch.Tensor,
-    mask: tuple[bool, bool, bool],
-    B: int,
-    N: int,
-    wrap=None,
+    grad: torch.Tensor, host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, output_mask: list[bool]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(d_host, d_seed, d_alpha)``; outputs not in ``mask`` are empty ``[0]`` tensors."""
+    """The kernel of ``kasmina::blend_backward``: ``(d_host, d_seed, d_alpha)``; the
+    outputs not in ``output_mask`` are empty ``[0]`` tensors."""
+    _checks.check_blend_backward(grad, host, seed, alpha)
+    mask = tuple(bool(m) for m in output_mask)
+    # d_host and d_seed follow g's layout; host and seed are read only for d_alpha
+    others = (grad, seed) if mask[2] else (grad,)
+    dense, B, N = dense_blocks(host, alpha.dim() > 0, others)
+    if not dense:
+        return reference.blend_backward(grad, host, seed, alpha, mask)
     d_host = torch.empty_like(host) if mask[0] else host.new_empty(0)
     d_seed = torch.empty_like(host) if mask[1] else host.new_empty(0)
     d_alpha = alpha.new_empty(alpha.shape) if mask[2] else alpha.new_empty(0)
@@ -208,70 +197,48 @@ def blend_backward(
         if mask[2]:
             d_alpha.zero_()
         return d_host, d_seed, d_alpha
-    launch_backward(grad, host, seed, d_host, d_seed, d_alpha, _alpha_acc(alpha, host), mask, B, N, wrap)
-    return d_host, d_seed, d_alpha
-
-
-def launch_backward(
-    grad: torch.Tensor,
-    host: torch.Tensor,
-    seed: torch.Tensor,
-    d_host: torch.Tensor,
-    d_seed: torch.Tensor,
-    d_alpha: torch.Tensor,
-    a: torch.Tensor,
-    mask: tuple[bool, bool, bool],
-    B: int,
-    N: int,
-    wrap=None,
-) -> None:
-    """The backward launches into the outputs in ``mask`` (host's strides; ``d_alpha``
-    in alpha's dtype and shape), ``a`` alpha in the accumulation dtype; called from
-    C++ (csrc/python/triton_blend.cpp) too."""
+    a = _alpha_acc(alpha, host)
     a_stride = a.stride(0) if a.dim() else 0
     acc = _acc(host.dtype)
     progs = cdiv(N, BLOCK)
     parts = torch.empty(B * progs if mask[2] else 1, dtype=a.dtype, device=host.device)
-    kernel = _wrapped(blend_backward_kernel, wrap)
-    for lo, hi in _sample_slices(B):
-        off = lo * N
-        kernel[(progs, hi - lo)](
-            _flat(grad, off),
-            _flat(host, off),
-            _flat(seed, off),
-            _flat(d_host, off) if mask[0] else grad,
-            _flat(d_seed, off) if mask[1] else grad,
-            _alpha_from(a, a_stride, lo),
-            a_stride,
-            parts[lo * progs :] if mask[2] and lo else parts,
-            N,
-            BLOCK=BLOCK,
-            ACC=acc,
-            DH=mask[0],
-            DS=mask[1],
-            DA=mask[2],
-            num_warps=NUM_WARPS,
-        )
-    if mask[2]:
-        da = d_alpha if d_alpha.dtype == a.dtype else torch.empty_like(d_alpha, dtype=a.dtype)
-        _wrapped(d_alpha_finalize_kernel, wrap)[(B,)](
-            parts, progs, a, a_stride, da, BLOCK=FINAL_BLOCK, ACC=acc, num_warps=4
-        )
-        if da is not d_alpha:
-            d_alpha.copy_(da)
+    with launch_guard(host):
+        for lo, hi in _sample_slices(B):
+            off = lo * N
+            blend_backward_kernel[(progs, hi - lo)](
+                _flat(grad, off),
+                _flat(host, off),
+                _flat(seed, off),
+                _flat(d_host, off) if mask[0] else grad,
+                _flat(d_seed, off) if mask[1] else grad,
+                _alpha_from(a, a_stride, lo),
+                a_stride,
+                parts[lo * progs :] if mask[2] and lo else parts,
+                N,
+                BLOCK=BLOCK,
+                ACC=acc,
+                DH=mask[0],
+                DS=mask[1],
+                DA=mask[2],
+                num_warps=NUM_WARPS,
+            )
+        if mask[2]:
+            da = d_alpha if d_alpha.dtype == a.dtype else torch.empty_like(d_alpha, dtype=a.dtype)
+            d_alpha_finalize_kernel[(B,)](
+                parts, progs, a, a_stride, da, BLOCK=FINAL_BLOCK, ACC=acc, num_warps=4
+            )
+            if da is not d_alpha:
+                d_alpha.copy_(da)
+    return d_host, d_seed, d_alpha
 
 
-def copy(src: torch.Tensor, wrap=None) -> torch.Tensor:
-    """A copy of a dense tensor in the same layout (the STE's forward)."""
-    out = torch.empty_like(src)
-    launch_copy(src, out, wrap)
+def ste(host: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """The kernel of ``kasmina::ste``: a copy of ``host`` in its layout (seed is checked, never read)."""
+    _checks.check_ste(host, seed)
+    n = host.numel()
+    if n == 0 or not is_dense(host):
+        return host.clone(memory_format=torch.preserve_format)
+    out = torch.empty_like(host)
+    with launch_guard(host):
+        copy_kernel[(cdiv(n, BLOCK),)](host, out, n, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out
-
-
-def launch_copy(src: torch.Tensor, out: torch.Tensor, wrap=None) -> None:
-    """``out`` (src's strides) = ``src``; called from C++ too."""
-    n = src.numel()
-    if n:
-        _wrapped(copy_kernel, wrap)[(cdiv(n, BLOCK),)](
-            _flat(src, 0), _flat(out, 0), n, BLOCK=BLOCK, num_warps=NUM_WARPS
-        )

@@ -18,10 +18,11 @@ size, dtype) signature, so a training loop that keeps its ``.grad`` tensors
 uploads it once (and a CUDA graph can capture the launch after a warm-up; the
 table of a captured list is kept for the life of the process, see
 csrc/norm_plan.h).
-With the C++ extension, that host work (checks, dense copies, the cached
-table) is done in C++ (csrc/python/triton_norms.cpp, csrc/norm_plan.cpp) and
-only ``launch_norms`` / ``launch_stats`` run here; without it, ``norms`` and
-``gradient_stats`` below do the same in Python (``_Plan``).
+``foreach_norm`` and ``gradient_stats`` at the end of this file are the ops'
+kernels while the Triton backend is selected (``kasmina_fast.backends``
+registers them at the dispatcher). Their host work (checks, dense copies of
+strided views, the cached table) is Python; the CUDA C++ kernels do the same in
+C++ (csrc/norm_plan.h has the same cache rules).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ import torch
 import triton
 import triton.language as tl
 from kasmina_fast.triton_kernels.layout import cdiv, is_dense, launch_guard
+
+from kasmina_fast import reference
+from kasmina_fast.ops import _checks
 
 BLOCK = 4096
 FINAL_BLOCK = 1024
@@ -219,85 +223,60 @@ def _launch_chunk_sums(groups: list[tuple[str, bool, int, torch.Tensor]], parts:
         )
 
 
-def launch_norms(
-    groups: list[tuple[str, bool, int, torch.Tensor]],
-    parts: torch.Tensor,
-    first: torch.Tensor,
-    count: torch.Tensor,
-    out: torch.Tensor,
-) -> None:
-    """The two launches of ``foreach_norm``: chunk sums of every group (dtype name,
-    aligned, chunks, table) into ``parts``, then ``out[i]`` from tensor i's partials
-    ``parts[first[i] : first[i] + count[i]]``."""
-    _launch_chunk_sums(groups, parts)
-    n = out.numel()
-    if n:
-        norms_finalize_kernel[(n,)](parts, first, count, out, n, BLOCK=FINAL_BLOCK)
-
-
-def launch_stats(
-    groups: list[tuple[str, bool, int, torch.Tensor]],
-    parts: torch.Tensor,
-    host_slots: int,
-    n_slots: int,
-    host_params: int,
-    seed_params: int,
-    out: torch.Tensor,
-    *,
-    eps: float,
-    cap: float,
-) -> None:
-    """The two launches of ``gradient_stats``: chunk sums, then the four numbers from
-    the host tensors' partials ``[0, host_slots)`` and the seed's ``[host_slots, n_slots)``."""
-    _launch_chunk_sums(groups, parts)
-    stats_finalize_kernel[(1,)](
-        parts, host_slots, n_slots, host_params, seed_params, out, EPS=eps, CAP=cap, BLOCK=FINAL_BLOCK
-    )
-
-
 def _dense_plan(
     tensors: list[torch.Tensor], device: torch.device, op: str
 ) -> tuple[_Plan, torch.Tensor, list[torch.Tensor]]:
     """The plan of the list, room for its fp64 partials, and the tensors the plan
     points at, which the caller keeps alive until the kernels are launched: dense
     layouts are read in place; other strided views are first copied to a contiguous
-    tensor, new memory on every call, so such a list's plan is not cached, as in
-    csrc/norm_plan.h."""
-    dense = [t if t.is_contiguous() or is_dense(t) else t.contiguous() for t in tensors]
+    tensor, new memory on every call, so such a list's plan is not cached."""
+    dense = [t if is_dense(t) else t.contiguous() for t in tensors]
     copied = any(d is not t for d, t in zip(dense, tensors))
     plan = _plan(dense, device, op, cache=not copied)
     return plan, torch.empty(max(plan.n_partials, 1), dtype=torch.float64, device=device), dense
 
 
-def norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """fp32 ``[N]``: the L2 norm of every tensor (host work in Python)."""
+def foreach_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The kernel of ``kasmina::foreach_norm``: fp32 ``[N]``, the L2 norm of every
+    tensor. Two launches per dtype group: chunk sums, then a program per tensor adds
+    its partials ``parts[first[i] : first[i] + count[i]]``."""
+    _checks.check_foreach_norm(tensors)
+    device = _checks.list_device(tensors)
     out = torch.empty(len(tensors), dtype=torch.float32, device=device)
     if not tensors:
         return out
     with launch_guard(out):
-        plan, parts, dense = _dense_plan(tensors, device, "kasmina::triton_foreach_norm")
-        launch_norms(plan.groups, parts, plan.firsts, plan.counts, out)
+        plan, parts, dense = _dense_plan(tensors, device, "kasmina::foreach_norm")
+        _launch_chunk_sums(plan.groups, parts)
+        norms_finalize_kernel[(len(tensors),)](
+            parts, plan.firsts, plan.counts, out, len(tensors), BLOCK=FINAL_BLOCK
+        )
     del dense  # (read by the launch: on CUDA later in stream order, which reuse respects)
     return out
 
 
 def gradient_stats(
-    host_grads: list[torch.Tensor],
-    seed_grads: list[torch.Tensor],
-    host_params: int,
-    seed_params: int,
-    device: torch.device,
-    eps: float,
-    cap: float,
+    host_grads: list[torch.Tensor], seed_grads: list[torch.Tensor], host_params: int, seed_params: int
 ) -> torch.Tensor:
-    """fp32 ``[4]``: ``[host_norm, seed_norm, ratio, nonfinite]`` (see ``kasmina::gradient_stats``;
-    host work in Python)."""
+    """The kernel of ``kasmina::gradient_stats``: fp32 ``[host_norm, seed_norm,
+    ratio, nonfinite]``. Chunk sums, then one program adds the host tensors'
+    partials ``[0, host_slots)`` and the seed's ``[host_slots, n_slots)``."""
+    _checks.check_gradient_stats(host_grads, seed_grads, host_params, seed_params)
+    device = _checks.list_device(host_grads, seed_grads)
     out = torch.empty(4, dtype=torch.float32, device=device)
     with launch_guard(out):
-        plan, parts, dense = _dense_plan([*host_grads, *seed_grads], device, "kasmina::triton_gradient_stats")
-        host_slots = plan.host_firsts[len(host_grads)]
-        launch_stats(
-            plan.groups, parts, host_slots, plan.n_partials, host_params, seed_params, out, eps=eps, cap=cap
+        plan, parts, dense = _dense_plan([*host_grads, *seed_grads], device, "kasmina::gradient_stats")
+        _launch_chunk_sums(plan.groups, parts)
+        stats_finalize_kernel[(1,)](
+            parts,
+            plan.host_firsts[len(host_grads)],
+            plan.n_partials,
+            host_params,
+            seed_params,
+            out,
+            EPS=reference.HOST_NORM_EPS,
+            CAP=reference.RATIO_CAP,
+            BLOCK=FINAL_BLOCK,
         )
-    del dense  # (kept alive until the launch, as in norms)
+    del dense  # (kept alive until the launch, as in foreach_norm)
     return out

@@ -72,7 +72,7 @@ at::Tensor foreach_norm_cuda(at::TensorList tensors) {
   const TensorRefs ts = dense_list(tensors);
   const bool capturing = stream_is_capturing(device);  // (asked once, for the plan and the scratch)
   const NormPlan plan =
-      cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false, "kasmina::foreach_norm", capturing);
+      cached_norm_plan(ts, device, kNormChunk, "kasmina::foreach_norm", capturing);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const CounterScratch scratch = norm_scratch(plan, device, 0, capturing);
   double* partial = static_cast<double*>(scratch.partials);
@@ -93,7 +93,7 @@ at::Tensor gradient_stats_cuda(at::TensorList host_grads, at::TensorList seed_gr
   const TensorRefs ts = dense_list(host_grads, seed_grads);
   const bool capturing = stream_is_capturing(device);  // (asked once, for the plan and the scratch)
   const NormPlan plan =
-      cached_norm_plan(ts, device, kNormChunk, /*split_alignment=*/false, "kasmina::gradient_stats", capturing);
+      cached_norm_plan(ts, device, kNormChunk, "kasmina::gradient_stats", capturing);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const CounterScratch scratch = norm_scratch(plan, device, 1, capturing);
   StatsArgs stats;

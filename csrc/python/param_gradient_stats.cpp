@@ -1,19 +1,22 @@
 // kasmina_fast._C.param_gradient_stats: kasmina::gradient_stats of the .grad
-// of two Python lists of parameters, read in C++.
+// of two Python lists of parameters, read in C++. The one Python function of
+// the op library (which is otherwise torch.library registrations, loaded with
+// torch.ops.load_library).
 //
-// The gradient telemetry of GradientIsolationMonitor checks the same
-// parameters every few steps. Building two lists of .grad tensors in Python
-// and handing them to torch.ops costs about 0.2 us a parameter (a list
-// comprehension, then the boxed conversion of every tensor); reading the
-// parameters straight from the Python lists here costs a few ns each. The
-// lists are read on every call (nothing is cached), so replaced .grad tensors
-// (zero_grad(set_to_none=True)) and replaced parameters are always seen.
-// Parameters whose .grad is None are skipped. The op (kasmina::gradient_stats,
-// or kasmina::triton_gradient_stats for the Triton backend) is called through
-// the dispatcher, so its CPU or CUDA kernel runs exactly as from Python.
-// The .grad tensors are copied (a reference each), not borrowed as the list
-// ops borrow theirs (tensor_refs.h): nothing but the parameter holds a .grad,
-// and a backward running in another thread may replace it mid-call.
+// Why it exists: GradientIsolationMonitor checks the same parameters every few
+// steps. Building two lists of .grad tensors in Python and handing them to
+// torch.ops costs a Python attribute read per parameter plus the boxed
+// conversion of every tensor; reading the parameters straight from the lists
+// here costs a few ns each. The lists are read on every call (nothing is
+// cached), so replaced .grad tensors and replaced parameters are always seen;
+// parameters whose .grad is None are skipped. The op is called through the
+// dispatcher, so the kernel of the selected backend runs as from Python.
+//
+// Eager only: a pybind function is opaque to torch.compile and to a
+// TorchFunctionMode, so kasmina_fast.ops.norms.param_gradient_stats calls it
+// only outside both (tests/ops/test_param_gradient_stats.py checks the guard).
+// The .grad tensors are held by reference (not borrowed) while the op runs: a
+// backward in another thread may replace a parameter's .grad mid-call.
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
@@ -36,24 +39,23 @@ void defined_grads(const pybind11::list& params, const char* name, std::vector<a
   }
 }
 
-using GradientStats = c10::TypedOperatorHandle<at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t)>;
-
-GradientStats find_op(const char* name) {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow(name, "")
-      .typed<at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t)>();
-}
-
-}  // namespace
-
 at::Tensor param_gradient_stats(const pybind11::list& host_params, const pybind11::list& seed_params,
-                                int64_t host_count, int64_t seed_count, bool triton) {
-  static const GradientStats native = find_op("kasmina::gradient_stats");
-  static const GradientStats triton_op = find_op("kasmina::triton_gradient_stats");
+                                int64_t host_count, int64_t seed_count) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("kasmina::gradient_stats", "")
+                             .typed<at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t)>();
   std::vector<at::Tensor> host, seed;
   defined_grads(host_params, "host_params", host);
   defined_grads(seed_params, "seed_params", seed);
-  return (triton ? triton_op : native).call(host, seed, host_count, seed_count);
+  return op.call(host, seed, host_count, seed_count);
 }
 
+}  // namespace
 }  // namespace kasmina
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "kasmina-fast's op library (torch.library registrations) and its one Python helper";
+  m.def("param_gradient_stats", &kasmina::param_gradient_stats, pybind11::arg("host_params"),
+        pybind11::arg("seed_params"), pybind11::arg("host_count"), pybind11::arg("seed_count"),
+        "kasmina::gradient_stats of the .grad of two lists of parameters (None grads skipped); eager only.");
+}

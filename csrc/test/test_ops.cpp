@@ -83,7 +83,7 @@ void test_plan_cache_and_captures() {
   const char* op = "kasmina::test_op";
   auto plan_of = [&](const std::vector<at::Tensor>& list, bool capturing) {
     const kasmina::TensorRefs ts = dense_list(list);
-    return cached_norm_plan(ts, cpu, 8, false, op, capturing);
+    return cached_norm_plan(ts, cpu, 8, op, capturing);
   };
   const std::vector<at::Tensor> graphed = {torch::randn({20}), torch::randn({3, 5})};
   const std::vector<at::Tensor> other = {torch::randn({9})};

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 import kasmina_fast
-from kasmina_fast.cli.cases import make_norm_step, make_step, passes, sync
+from kasmina_fast.cli.cases import make_norm_step, make_step, passes, selected, sync
 
 
 def _median_time(fn: Callable[[], None], device: str, repeat: int, warmup: int = 3) -> float:
@@ -62,7 +62,7 @@ def run(device: str, repeat: int, small: bool, compile_reference: bool) -> dict:
             variants.append(("reference+compile", "reference", True))
         base = None
         for label, backend, compiled in variants:
-            with kasmina_fast.use_backend(backend):
+            with selected(backend):
                 if op in ("blend", "ste"):
                     step = make_step(op, kind, shape, torch.float32, device, backend, compiled=compiled)
                     nbytes = passes(op, kind) * torch.Size(shape).numel() * 4

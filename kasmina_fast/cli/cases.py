@@ -1,9 +1,11 @@
 """Benchmark cases shared by `python -m kasmina_fast bench` and `pytest bench`: one fwd+bwd step per
-call, gradients reset each iteration, for a chosen backend."""
+call, gradients reset each iteration, for a chosen backend. ``reference`` is not a backend
+but the eager reference called directly (``selected`` swaps it into the lifecycle layer)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -13,13 +15,42 @@ from kasmina_fast import reference
 CL = torch.channels_last
 
 
-def backends_here(device: str, compiled: bool = False) -> list[str]:
-    """Backends to time on ``device``: the eager reference first, then every fast one.
-    ``triton_op`` only for ``compiled`` cases: eagerly it runs the ``triton`` kernels
-    through a Python custom-op path; what it is for is ``torch.compile``."""
-    fast = [b for b in kasmina_fast.available() if b != "reference"]
-    fast = [b for b in fast if (b == "cpp") == (device == "cpu") and (compiled or b != "triton_op")]
+def backends_here(device: str) -> list[str]:
+    """What to time on ``device``: the eager reference first, then every backend
+    whose kernels run that device's tensors."""
+    fast = [b for b in kasmina_fast.available() if (b == "cpp") == (device == "cpu")]
     return ["reference", *fast]
+
+
+def _reference_param_stats(host_params, seed_params, host_count: int = 0, seed_count: int = 0):
+    grads = [[p.grad for p in ps if p.grad is not None] for ps in (host_params, seed_params)]
+    return reference.gradient_stats(*grads, host_count, seed_count)
+
+
+@contextlib.contextmanager
+def selected(backend: str) -> Iterator[None]:
+    """Run the block under ``backend``; ``native`` (torch's own ops, timed by the caller)
+    changes nothing, ``reference`` swaps the eager reference into the lifecycle layer
+    (what a training step costs without the fast ops)."""
+    if backend == "native":
+        yield
+        return
+    if backend != "reference":
+        with kasmina_fast.use_backend(backend):
+            yield
+        return
+    from kasmina_fast.lifecycle import isolation, slot
+
+    saved = slot.blend, slot.ste, isolation.param_gradient_stats
+    slot.blend, slot.ste, isolation.param_gradient_stats = (
+        reference.blend,
+        reference.ste,
+        _reference_param_stats,
+    )
+    try:
+        yield
+    finally:
+        slot.blend, slot.ste, isolation.param_gradient_stats = saved
 
 
 def op_fn(op: str, backend: str, compiled: bool = False, compiled_fast: bool = False) -> Callable:
@@ -46,7 +77,7 @@ def make_step(
 ):
     """Returns ``step()`` doing forward + backward once, with grads reset.
 
-    Time it inside ``kasmina_fast.use_backend(backend)`` for a fast backend.
+    Time it inside ``selected(backend)``.
     """
     gen = torch.Generator(device=device).manual_seed(0)
     fmt = CL if len(shape) == 4 else torch.contiguous_format

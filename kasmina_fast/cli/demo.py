@@ -24,6 +24,7 @@ from torch import Tensor
 
 import kasmina_fast as kf
 from kasmina_fast import SeedStage
+from kasmina_fast.cli.cases import selected
 
 S = SeedStage
 
@@ -260,7 +261,7 @@ def _time_backends(cfg: DemoConfig, model, train, gen) -> dict[str, float]:
     out = {}
     for name in ("auto", "reference"):
         times = []
-        with kf.use_backend(name):
+        with selected(name):
             for _ in range(12):
                 t0 = time.perf_counter()
                 loss_fn(cfg, model(x), y).backward()
@@ -323,7 +324,7 @@ def print_summary(result: DemoResult) -> None:
         ("last counterfactual (points)", f(s["counterfactual"], "{:+.2f}")),
         ("train step (this run)", f(s["step_ms"], "{:.2f} ms")),
         ("fwd+bwd, fast ops", f(s["step_ms_fast"], "{:.2f} ms")),
-        ("fwd+bwd, reference backend", f(s["step_ms_reference"], "{:.2f} ms")),
+        ("fwd+bwd, eager reference ops", f(s["step_ms_reference"], "{:.2f} ms")),
     ]
     width = max(len(k) for k, _ in rows)
     print()

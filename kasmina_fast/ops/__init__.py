@@ -1,6 +1,7 @@
-"""The public fast ops. Importing this package registers ``torch.ops.kasmina``."""
+"""The public fast ops. Importing this package loads ``torch.ops.kasmina``
+(when the op library is built) and registers its fake kernels."""
 
-from kasmina_fast.ops import registration  # noqa: F401  (defines/loads the ops first)
+from kasmina_fast.ops import registration  # noqa: F401  (fakes before any trace)
 from kasmina_fast.ops.blend import blend, blend_with_isolation
 from kasmina_fast.ops.norms import foreach_norm, gradient_stats, param_gradient_stats
 from kasmina_fast.ops.ste import ste, ste_forward

@@ -4,9 +4,12 @@
 per-sample ``[B, 1, ..., 1]`` tensor, or a Python number (turned into a 0-d
 tensor on host's device). Under ``torch.compile`` a 0-d tensor alpha never
 recompiles when its value changes; a Python float recompiles once, on its
-second distinct value, and is dynamic after that. Gradients flow to host ``(1 - w) g``, seed
-``w g`` and, when alpha requires grad, alpha ``sum(g (seed - host))`` over the
-broadcast dims (0 where alpha was clamped).
+second distinct value, and is dynamic after that. Gradients flow to host
+``(1 - w) g``, seed ``w g`` and, when alpha requires grad, alpha
+``sum(g (seed - host))`` over the broadcast dims (0 where alpha was clamped).
+
+The call is ``torch.ops.kasmina.blend``; the dispatcher picks the kernel
+(``kasmina_fast.backends``). Without the op library it is the eager reference.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from kasmina_fast import backends, reference
+from kasmina_fast import _extension, reference
 from kasmina_fast.ops import _checks
 
 
@@ -25,17 +28,7 @@ def _reference(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
     return reference.blend(host, seed, alpha)
 
 
-_native = torch.ops.kasmina.blend.default
-
-_impls = {"reference": _reference, "cpp": _native, "cuda": _native}
-if backends.triton_usable():
-    from kasmina_fast.ops import triton_ops
-
-    _impls["triton"] = triton_ops.triton_blend
-    from kasmina_fast.ops import triton_op
-
-    _impls["triton_op"] = triton_op.triton_op_blend
-backends.register("blend", _impls)
+_blend = torch.ops.kasmina.blend.default if _extension.LOADED else _reference
 
 
 def blend(host: Tensor, seed: Tensor, alpha: Tensor | float) -> Tensor:
@@ -65,7 +58,7 @@ def blend(host: Tensor, seed: Tensor, alpha: Tensor | float) -> Tensor:
             alpha = torch.zeros((), dtype=dtype, device=host.device) + alpha
         else:
             alpha = torch.full((), alpha, dtype=dtype, device=host.device)
-    return (backends.CUDA if host.is_cuda else backends.CPU).blend(host, seed, alpha)
+    return _blend(host, seed, alpha)
 
 
 #: The specification's name for :func:`blend`.

@@ -2,7 +2,11 @@
 
 The value is ``host`` (the seed does not change the activations); the
 gradient ``g`` reaches both ``host`` and ``seed``, so the seed learns from the
-task loss while the host's activations stay untouched.
+task loss while the host's activations stay untouched. The op returns a copy
+of host (a custom op may not return an alias of its input).
+
+:func:`ste` is ``torch.ops.kasmina.ste``; without the op library it is the
+eager reference.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kasmina_fast import backends, reference
+from kasmina_fast import _extension, reference
 from kasmina_fast.ops import _checks
 
 
@@ -19,17 +23,7 @@ def _reference(host: Tensor, seed: Tensor) -> Tensor:
     return reference.ste(host, seed)
 
 
-_native = torch.ops.kasmina.ste.default
-
-_impls = {"reference": _reference, "cpp": _native, "cuda": _native}
-if backends.triton_usable():
-    from kasmina_fast.ops import triton_ops
-
-    _impls["triton"] = triton_ops.triton_ste
-    from kasmina_fast.ops import triton_op
-
-    _impls["triton_op"] = triton_op.triton_op_ste
-backends.register("ste", _impls)
+_ste = torch.ops.kasmina.ste.default if _extension.LOADED else _reference
 
 
 def ste(host: Tensor, seed: Tensor) -> Tensor:
@@ -38,7 +32,7 @@ def ste(host: Tensor, seed: Tensor) -> Tensor:
 
     ``seed`` must match ``host`` in shape, dtype and device (ValueError otherwise).
     """
-    return (backends.CUDA if host.is_cuda else backends.CPU).ste(host, seed)
+    return _ste(host, seed)
 
 
 #: The specification's name for :func:`ste`.

@@ -58,7 +58,7 @@ def test_demo_plot_is_a_png(tmp_path, capsys):
     with Image.open(path) as img:
         assert img.size[0] > 400 and img.size[1] > 300
     out = capsys.readouterr().out
-    assert "summary" in out and "fwd+bwd, reference backend" in out
+    assert "summary" in out and "fwd+bwd, eager reference ops" in out
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from kasmina_fast.__main__ import main
 def test_info_lists_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for name in ("reference", "cpp", "triton", "cuda"):
+    for name in ("cpp", "triton", "cuda"):
         assert f"  {name}" in out
     assert "torch" in out
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kasmina_fast import SeedStage, agree
-from tests.lifecycle.test_slot import make_slot
+from tests.utils import make_slot
 
 S = SeedStage
 

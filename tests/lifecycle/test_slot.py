@@ -15,40 +15,12 @@ from kasmina_fast import (
     SeedShapeError,
     SeedSlot,
     SeedStage,
-    TaskConfig,
     TelemetryEventType,
 )
+from tests.utils import epoch, features, make_slot
 
 S = SeedStage
 CL = torch.channels_last
-
-
-def make_slot(topology="cnn", channels=8, events=None, **kw) -> SeedSlot:
-    tc = TaskConfig(
-        topology=topology, max_epochs=kw.pop("max_epochs", 20), blending_steps=kw.pop("blending_steps", 5)
-    )
-    return SeedSlot(
-        "mid", channels, on_telemetry=None if events is None else events.append, task_config=tc, **kw
-    )
-
-
-def features(topology="cnn", channels=8, batch=4, requires_grad=False):
-    x = (
-        torch.randn(batch, channels, 6, 6).contiguous(memory_format=CL)
-        if topology == "cnn"
-        else torch.randn(batch, 5, channels)
-    )
-    return x.requires_grad_(requires_grad)
-
-
-def epoch(slot: SeedSlot, acc: float, counterfactual: float | None = None, ratio: float = 0.2) -> None:
-    """One epoch of the caller's contract (gradient ratio set as the telemetry would)."""
-    m = slot.state.metrics
-    m.seed_gradient_norm_ratio = ratio
-    m.record_accuracy(acc)
-    if counterfactual is not None:
-        m.counterfactual_contribution = counterfactual
-    slot.step_epoch()
 
 
 def to_probation(slot: SeedSlot) -> None:

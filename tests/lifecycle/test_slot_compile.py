@@ -8,7 +8,7 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from kasmina_fast import SeedStage
-from tests.lifecycle.test_slot import epoch, features, make_slot
+from tests.utils import epoch, features, make_slot
 
 S = SeedStage
 

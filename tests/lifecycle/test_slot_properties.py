@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from kasmina_fast import SeedShapeError, SeedStage, is_valid_transition
-from tests.lifecycle.test_slot import make_slot
+from tests.utils import make_slot
 
 S = SeedStage
 

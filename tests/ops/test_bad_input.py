@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import kasmina_fast
+from kasmina_fast.ops import _checks
 from tests.utils import cpu_backends, with_backend
 
 H = torch.randn(4, 3, 5, 5)
@@ -83,17 +84,29 @@ def message(fn, args, backend):
 )
 def test_same_error_on_every_backend(fn, args, expected):
     messages = {b: message(fn, args, b) for b in cpu_backends(fn.__name__)}
+    with pytest.raises(ValueError) as info:  # the checks of the fakes and the no-library path
+        _checks_for(fn)(*args)
+    messages["python checks"] = str(info.value).splitlines()[0]
     for backend, msg in messages.items():
         assert msg.startswith(expected), f"{backend}: {msg!r}"
     assert len(set(messages.values())) == 1, messages
 
 
+def _checks_for(fn):
+    return {
+        "blend": _checks.check_blend,
+        "ste": _checks.check_ste,
+        "foreach_norm": _checks.check_foreach_norm,
+        "gradient_stats": _checks.check_gradient_stats,
+    }[fn.__name__]
+
+
 def test_error_names_shapes_and_dtypes():
-    msg = message(kasmina_fast.blend, BLEND_CASES["seed shape"][0], "reference")
+    msg = message(kasmina_fast.blend, BLEND_CASES["seed shape"][0], "auto")
     assert (
         msg == "kasmina::blend: seed must have the shape of host, got seed [4, 3, 5, 6] and host [4, 3, 5, 5]"
     )
-    msg = message(kasmina_fast.blend, BLEND_CASES["alpha channels"][0], "reference")
+    msg = message(kasmina_fast.blend, BLEND_CASES["alpha channels"][0], "auto")
     assert msg.endswith("matching host [4, 3, 5, 5], got alpha [4, 3, 1, 1]")
 
 

@@ -84,30 +84,16 @@ def compare(backend, dtype, got, want, host, seed, gout, alpha, alpha_in=None, s
     ``sums``: when the leaves are bases of broadcast views, each gradient element is
     a sum over the view elements that share it, and its rounding error scales with
     the sum of their magnitudes. ``sums`` = (d_host, d_seed) of the oracle run on
-    ``|gout|`` (those sums exactly) and the largest number of view elements sharing
-    one base element; they widen the yardstick of d_host and d_seed."""
+    ``|gout|`` (those sums exactly); they widen the yardstick of d_host and d_seed."""
     alpha_in = alpha if alpha_in is None else alpha_in
     rtol = RTOL[dtype]
-    mag_h, mag_s, fan_in = sums or (None, None, 1)
+    mag_h, mag_s = sums or (None, None)
     mags = [0.0 if m is None or m.numel() == 0 else m.max().item() for m in (mag_h, mag_s)]
-    # The reference rounds alpha to host's dtype (torch.lerp needs one dtype); in
-    # 16 bits that error is relative to the inputs, not to the (possibly tiny) result.
-    loose = backend == "reference" and dtype in (torch.float16, torch.bfloat16) and host.numel() > 0
-    scales = (
-        [max(host.abs().max().item(), seed.abs().max().item()), gout.abs().max().item() * fan_in]
-        if loose
-        else [0, 0]
-    )
-    for name, g, w, sc in zip(
-        ("out", "d_host", "d_seed"),
-        got[:3],
-        want[:3],
-        (scales[0], max(scales[1], mags[0]), max(scales[1], mags[1])),
-    ):
+    for name, g, w, sc in zip(("out", "d_host", "d_seed"), got[:3], want[:3], (0.0, *mags)):
         assert g.dtype == dtype, name
         assert_close_rel(g, w, rtol, f"{backend} {name}", sc)
-    if backend != "reference":  # the op's contract: out = empty_like(host), layout kept
-        assert got[0].stride() == torch.empty_like(host).stride(), "output layout must follow host's"
+    # the op's contract: out = empty_like(host), layout kept
+    assert got[0].stride() == torch.empty_like(host).stride(), "output layout must follow host's"
     if isinstance(alpha, torch.Tensor) and alpha.requires_grad:
         assert got[3].dtype == alpha.dtype
         # d_alpha is a sum of N products: scale the tolerance with the rounding of its inputs
@@ -230,21 +216,10 @@ def check_views(backend, device, shape, dtype, views, alpha_kind, alpha_dtype, l
     want = run(kasmina_fast.reference.blend, *(t.double() for t in (H, S, A, gout)))
     with with_backend(backend) if fn is None else contextlib.nullcontext():
         got = run(fn or kasmina_fast.blend, H, S, A, gout)
-    # the sums of magnitudes behind each gradient element, and the largest fan-in
+    # the sums of magnitudes behind each gradient element
     _, mag_h, mag_s, _ = run(kasmina_fast.reference.blend, *(t.double() for t in (H, S, A, gout.abs())))
-    fan_in = max(fan_in_of(hv, hb), fan_in_of(sv, sb))
     a = A.requires_grad_(learn)
-    compare(backend, dtype, got, want, hv(H), sv(S), gout, a, av(a), sums=(mag_h, mag_s, fan_in))
-
-
-def fan_in_of(view, base_shape) -> int:
-    """The largest number of elements of ``view(base)`` that share one base element."""
-    base = torch.zeros(base_shape, dtype=torch.float64, requires_grad=True)
-    v = view(base)
-    if v.numel() == 0:
-        return 1
-    v.backward(torch.ones_like(v))
-    return max(1, int(base.grad.max().item()))
+    compare(backend, dtype, got, want, hv(H), sv(S), gout, a, av(a), sums=(mag_h, mag_s))
 
 
 @pytest.mark.skipif("cpp" not in cpu_backends(), reason="needs the C++ extension")

@@ -71,11 +71,7 @@ def test_compile_ops_appear_in_graph(backend):
             lambda h, s, a: kasmina_fast.ste(kasmina_fast.blend(h, s, a), s), backend=spy, fullgraph=True
         )
         fn(torch.randn(3, 4), torch.randn(3, 4), torch.tensor(0.3))
-    if backend == "reference":
-        assert any("lerp" in t for t in seen)
-    else:
-        prefix = "kasmina.triton_" if backend == "triton" else "kasmina."
-        assert f"{prefix}blend.default" in seen and f"{prefix}ste.default" in seen, seen
+    assert "kasmina.blend.default" in seen and "kasmina.ste.default" in seen, seen
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

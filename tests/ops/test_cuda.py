@@ -11,13 +11,20 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import kasmina_fast
-from tests.utils import assert_close_rel, lists_sharing_addresses, with_backend
+from tests.utils import (
+    assert_close_rel,
+    check_gradient_stats_edges,
+    check_more_than_2_31_elements,
+    lists_sharing_addresses,
+    norm_lists,
+    oracle_norms,
+    oracle_stats,
+    with_backend,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-CUDA_BACKENDS = [b for b in ("cuda", "triton", "triton_op") if b in kasmina_fast.available()]
-# the blend op each backend runs
-BLEND_OPS = {"cuda": "blend", "triton": "triton_blend", "triton_op": "triton_op_blend"}
+CUDA_BACKENDS = [b for b in ("cuda", "triton") if b in kasmina_fast.available()]
 CL = torch.channels_last
 
 
@@ -39,7 +46,7 @@ def leaves(shape=(8, 16, 12, 12), dtype=torch.float32, per_sample=True):
     return h, s, a, gout
 
 
-@pytest.mark.parametrize("backend", ["reference", *CUDA_BACKENDS])
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_no_host_sync(backend):
     h, s, a, gout = leaves()
     with with_backend(backend):
@@ -53,7 +60,7 @@ def test_no_host_sync(backend):
             torch.cuda.set_sync_debug_mode(0)
 
 
-@pytest.mark.parametrize("backend", ["reference", *CUDA_BACKENDS])
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_cuda_graph_capture_and_replay(backend):
     h, s, a, gout = leaves()
 
@@ -140,11 +147,11 @@ def test_opcheck_on_cuda(per_sample):
 def test_opcheck_bf16_odd_sizes(backend):
     """Not a multiple of the vector width: the scalar kernels run."""
     h, s, a, _ = leaves(shape=(3, 5, 7, 9), dtype=torch.bfloat16)
-    op = getattr(torch.ops.kasmina, BLEND_OPS[backend]).default
-    torch.library.opcheck(op, (h, s, a))
+    with with_backend(backend):
+        torch.library.opcheck(torch.ops.kasmina.blend.default, (h, s, a))
 
 
-@pytest.mark.parametrize("backend", ["reference", *CUDA_BACKENDS])
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_device_mismatch_is_refused(backend):
     h = torch.randn(4, 3, device="cuda")
     with with_backend(backend):
@@ -168,7 +175,8 @@ def test_learnable_backward_scratch_is_reused_across_sizes_and_streams():
     them back to zero (csrc/stream_scratch.h). Sample counts that shrink and
     grow, two streams at once, and a captured graph replayed among eager calls
     all give the fp64 d_alpha, with the same bits on every call."""
-    op = torch.ops.kasmina.blend_backward.default
+    op = torch.ops.kasmina.blend_backward.default  # (auto: the CUDA C++ kernel)
+    assert kasmina_fast.backends.active()["cuda"] == "cuda"
     gen = torch.Generator(device="cuda").manual_seed(3)
 
     def inputs(B, N):  # several blocks per sample (grid.x > 1) for every case
@@ -249,7 +257,7 @@ def test_more_than_2_31_elements(backend):
         assert abs(a.grad[b, 0].item() - total) <= 1e-5 * scale
 
 
-NORM_BACKENDS = [b for b in ("cuda", "triton") if b in kasmina_fast.backends._IMPLS["foreach_norm"]]
+NORM_BACKENDS = CUDA_BACKENDS
 
 
 def grads_list():
@@ -283,27 +291,21 @@ def test_norms_on_cuda_match_fp64_and_are_deterministic(backend):
 )
 @pytest.mark.parametrize("backend", NORM_BACKENDS)
 def test_norms_of_more_than_2_31_elements(backend):
-    from tests.ops.test_norms import check_more_than_2_31_elements
-
     with with_backend(backend):
         check_more_than_2_31_elements("cuda")
 
 
 @pytest.mark.parametrize("backend", NORM_BACKENDS)
 def test_norm_matrix_on_cuda(backend):
-    """test_norms.py's lists on CUDA, one after the other on one stream (the
+    """tests/utils.py's norm_lists on CUDA, one after the other on one stream (the
     partials and the counter of the stream's scratch are reused by lists of
     every size): foreach_norm against fp64, and gradient_stats, finalized by
     the last block of its last launch, over three splits of each list."""
-    from tests.ops.test_norms import lists, stats_want, want_norms
-
-    cases = lists("cuda")
+    cases = norm_lists("cuda")
     splits = {case: sorted({0, len(ts) // 2, len(ts)}) for case, ts in cases.items()}
-    norms = {case: want_norms(ts).float().double() for case, ts in cases.items()}
+    norms = {case: oracle_norms(ts) for case, ts in cases.items()}
     stats = {
-        (case, k): stats_want(ts[:k], ts[k:], 1000, 10).float().double()
-        for case, ts in cases.items()
-        for k in splits[case]
+        (case, k): oracle_stats(ts[:k], ts[k:], 1000, 10) for case, ts in cases.items() for k in splits[case]
     }
     with with_backend(backend):
         for _ in range(2):
@@ -319,8 +321,6 @@ def test_norm_matrix_on_cuda(backend):
 
 @pytest.mark.parametrize("backend", NORM_BACKENDS)
 def test_gradient_stats_edges_on_cuda(backend):
-    from tests.ops.test_norms import check_gradient_stats_edges
-
     with with_backend(backend):
         check_gradient_stats_edges("cuda")
         empty_cuda = kasmina_fast.gradient_stats([torch.zeros(0, device="cuda")], [], 0, 0)  # no chunks

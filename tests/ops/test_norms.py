@@ -1,4 +1,4 @@
-"""foreach_norm and gradient_stats on every CPU backend against fp64 torch.linalg.vector_norm."""
+"""foreach_norm and gradient_stats on every CPU backend against the reference (fp64 sums)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,15 @@ from tests.utils import (
     DTYPES,
     VIEWS,
     assert_close_rel,
+    check_gradient_stats_edges,
+    check_more_than_2_31_elements,
     cpu_backends,
     make,
+    norm_lists,
     on,
     on_thread_counts,
+    oracle_norms,
+    oracle_stats,
     shapes,
     targets,
     view_of,
@@ -26,47 +31,16 @@ from tests.utils import (
 )
 
 
-def want_norms(ts):
-    return torch.tensor([torch.linalg.vector_norm(t.double()).item() for t in ts], dtype=torch.float64)
-
-
-def lists(device: str = "cpu"):
-    """The lists every backend is checked on (tests/ops/test_cuda.py runs them on CUDA)."""
-    gen = torch.Generator().manual_seed(1)
-
-    def mk(shape, dtype=torch.float32, layout="contiguous"):
-        return make(shape, dtype, layout, gen, device=device)
-
-    return {
-        "empty_list": [],
-        "empty_tensors": [torch.zeros(0, device=device), torch.zeros(3, 0, device=device), mk((5,))],
-        "one_element": [torch.tensor([3.0], device=device)],
-        "zero_dim": [torch.tensor(-2.5, device=device)],
-        "many_tiny": [mk((3,)) for _ in range(10_000)],
-        "one_large": [mk((300_001,))],
-        "mixed_dtypes": [
-            mk((17, 3), d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-        ],
-        "views": [
-            mk((6, 10), layout="view"),
-            mk((4, 6, 5, 5), layout="channels_last"),
-            mk((8, 9), torch.float64).t(),
-            mk((70_000, 3))[::3],
-        ],
-        "large_values": [torch.full((10,), 1e30, device=device), torch.full((4,), 3e38, device=device)],
-    }
-
-
 @pytest.mark.parametrize("backend", cpu_backends("foreach_norm"))
-@pytest.mark.parametrize("case", list(lists()))
+@pytest.mark.parametrize("case", list(norm_lists()))
 def test_foreach_norm(backend, case):
-    ts = lists()[case]
+    ts = norm_lists()[case]
     with with_backend(backend):
         got = kasmina_fast.foreach_norm(ts)
     assert got.dtype == torch.float32 and got.shape == (len(ts),)
-    want = want_norms(ts)
+    want = oracle_norms(ts)
     for i in range(len(ts)):
-        assert_close_rel(got[i : i + 1], want[i : i + 1].float().double(), 2e-6, f"{case}[{i}]")
+        assert_close_rel(got[i : i + 1], want[i : i + 1], 2e-6, f"{case}[{i}]")
 
 
 @pytest.mark.parametrize("backend", cpu_backends("foreach_norm"))
@@ -75,18 +49,6 @@ def test_foreach_norm_non_finite(backend):
     with with_backend(backend):
         got = kasmina_fast.foreach_norm(ts)
     assert math.isnan(got[0]) and got[1] == float("inf") and got[2] == 2.0
-
-
-def stats_want(host, seed, hp, sp):
-    h = math.sqrt(sum(torch.linalg.vector_norm(t.double()).item() ** 2 for t in host))
-    s = math.sqrt(sum(torch.linalg.vector_norm(t.double()).item() ** 2 for t in seed))
-    if h < 1e-8:
-        r = 0.0
-    else:
-        r = s / h * (math.sqrt(hp / sp) if hp > 0 and sp > 0 else 1.0)
-        r = r if math.isnan(r) else min(r, 10.0)
-    flag = 0.0 if math.isfinite(h * h + s * s) else 1.0
-    return torch.tensor([h, s, r, flag], dtype=torch.float64)
 
 
 @pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
@@ -111,54 +73,7 @@ def test_gradient_stats_formula(backend, host_scale, seed_scale, hp, sp):
     with with_backend(backend):
         got = kasmina_fast.gradient_stats(host, seed, hp, sp)
     assert got.dtype == torch.float32 and got.shape == (4,)
-    assert_close_rel(got, stats_want(host, seed, hp, sp).float().double(), 2e-6)
-
-
-def check_gradient_stats_edges(device: str = "cpu") -> None:
-    """The formula's edges through the current backend (tests/ops/test_cuda.py runs
-    them on CUDA)."""
-
-    def t(*values):
-        return torch.tensor(values, device=device)
-
-    def full(n, value):
-        return torch.full((n,), value, device=device)
-
-    empty = kasmina_fast.gradient_stats([], [], 0, 0)
-    only_seed = kasmina_fast.gradient_stats([], [full(4, 1.0)], 3, 3)
-    nan = kasmina_fast.gradient_stats([t(1.0, float("nan"))], [full(2, 1.0)], 1, 1)
-    inf_seed = kasmina_fast.gradient_stats([full(2, 1.0)], [t(float("inf"))], 1, 1)
-    huge = kasmina_fast.gradient_stats([full(4, 1e30)], [full(4, 1e30)], 1, 1)
-    assert torch.equal(empty.cpu(), torch.zeros(4))
-    assert torch.equal(only_seed.cpu(), torch.tensor([0.0, 2.0, 0.0, 0.0]))
-    assert nan[3] == 1.0 and math.isnan(nan[0]) and math.isnan(nan[2])
-    assert inf_seed[3] == 1.0 and inf_seed[1] == float("inf") and inf_seed[2] == 10.0
-    # squares overflow fp32 but not the fp64 accumulator: finite, no false alarm
-    assert huge[3] == 0.0 and huge[2] == 1.0 and math.isclose(huge[0].item(), 2e30, rel_tol=1e-6)
-
-
-def check_more_than_2_31_elements(device: str = "cpu") -> None:
-    """One bf16 tensor of 2^31 + 2^20 + 3 elements (4.3 GB) between small ones,
-    through the current backend: ones, except marked values past 2^31 and at
-    their 32-bit aliases, so the sums of squares are exact integers and an
-    offset that wraps at 2^31 or 2^32 reads the wrong marks (or faults).
-    tests/ops/test_cuda.py runs it on CUDA."""
-    n = 2**31 + 2**20 + 3
-    big = torch.ones(n, device=device, dtype=torch.bfloat16)
-    marks = {2**31 + 12345: 64.0, n - 1: 128.0, 12345: 2.0, 2**31 - 1: 4.0, 2**31 + 5: 8.0, 5: 0.0}
-    for i, v in marks.items():
-        big[i] = v
-    want_big = n - len(marks) + sum(v * v for v in marks.values())  # exact in fp64
-    first = torch.full((7,), 3.0, device=device)
-    last = torch.full((5,), 2.0, device=device, dtype=torch.float16)
-    norms = kasmina_fast.foreach_norm([first, big, last]).double().cpu()
-    stats = kasmina_fast.gradient_stats([first, big], [last], 1, 1).double().cpu()
-    del big
-    want = torch.tensor([63.0, want_big, 20.0], dtype=torch.float64).sqrt()
-    torch.testing.assert_close(norms, want.float().double(), rtol=0, atol=0)
-    want_stats = torch.tensor([(63.0 + want_big) ** 0.5, 20.0**0.5], dtype=torch.float64)
-    torch.testing.assert_close(stats[:2], want_stats.float().double(), rtol=0, atol=0)
-    assert stats[3] == 0.0
+    assert_close_rel(got, oracle_stats(host, seed, hp, sp), 2e-6)
 
 
 @pytest.mark.skipif(
@@ -188,7 +103,7 @@ def test_norms_take_any_sequence(backend):
         assert torch.equal(kasmina_fast.foreach_norm(tuple(ts)), want_n)
         assert torch.equal(kasmina_fast.foreach_norm(iter(ts)), want_n)
         assert torch.equal(kasmina_fast.gradient_stats(tuple(ts[:2]), iter(ts[2:]), 10, 3), want_s)
-    assert_close_rel(want_n, want_norms(ts).float().double(), 2e-6)
+    assert_close_rel(want_n, oracle_norms(ts), 2e-6)
     assert len(ts) == 3
 
 
@@ -242,10 +157,10 @@ def check_norm_views(device, backend, specs, windows, split, counts, seed_):
             norms = kasmina_fast.foreach_norm(ts)
             stats = kasmina_fast.gradient_stats(ts[:k], ts[k:], *counts)
         assert norms.dtype == torch.float32 and norms.shape == (len(ts),)
-        want = want_norms(ts).float().double()
+        want = oracle_norms(ts)
         for i in range(len(ts)):
             assert_close_rel(norms[i : i + 1], want[i : i + 1], 2e-6, f"{backend} norm[{i}]")
-        assert_close_rel(stats, stats_want(ts[:k], ts[k:], *counts).float().double(), 4e-6, backend)
+        assert_close_rel(stats, oracle_stats(ts[:k], ts[k:], *counts), 4e-6, backend)
         for b in bases:
             b.mul_(-1.5)
 
@@ -276,27 +191,6 @@ def test_cpp_norm_bits_do_not_depend_on_the_thread_count(sizes):
         )
     for norms, stats in runs[1:]:
         assert torch.equal(norms, runs[0][0]) and torch.equal(stats, runs[0][1])
-
-
-def test_list_reader_takes_plain_tensors_only():
-    """kasmina_fast._C reads lists of exact torch.Tensor in C++ (csrc/python/list_ops.cpp);
-    a list with anything else (a Parameter, a non-tensor) goes the torch.ops way, same result."""
-    from kasmina_fast import _extension
-
-    if not _extension.has_kernel("foreach_norm", "CPU"):
-        pytest.skip("the C++ extension is not built here")
-    from kasmina_fast import _C
-
-    ts = [torch.randn(5), torch.randn(3, 4)]
-    want = torch.stack([t.double().norm() for t in ts]).float()
-    torch.testing.assert_close(_C.foreach_norm_list(ts, False), want)
-    torch.testing.assert_close(_C.gradient_stats_list(ts[:1], ts[1:], 0, 0, False)[:2], want)
-    mixed = [torch.nn.Parameter(ts[0].clone()), ts[1]]
-    assert _C.foreach_norm_list(mixed, False) is None
-    assert _C.gradient_stats_list(ts, mixed, 0, 0, False) is None
-    with with_backend("cpp"):
-        torch.testing.assert_close(kasmina_fast.foreach_norm(mixed), want)
-        torch.testing.assert_close(kasmina_fast.gradient_stats(mixed[:1], mixed[1:])[:2], want)
 
 
 @pytest.mark.parametrize("backend", cpu_backends("foreach_norm"))
@@ -332,8 +226,7 @@ def test_a_torch_function_mode_sees_the_norm_ops(backend):
                 kasmina_fast.gradient_stats(ts[:1], ts[1:], 4, 2),
                 param_gradient_stats(params[:1], params[1:], 4, 2),
             )
-    if backend != "reference":  # (the reference runs torch functions, not the ops)
-        names = [n for n in mode.ops if "norm" in n or "stats" in n]
-        assert len(names) == 3, mode.ops
+    names = [n for n in mode.ops if "norm" in n or "stats" in n]
+    assert len(names) == 3, mode.ops
     for g, w in zip(got, want):
         assert torch.equal(g, w)

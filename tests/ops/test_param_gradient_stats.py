@@ -1,5 +1,5 @@
 """param_gradient_stats (kasmina_fast/ops/norms.py, csrc/python/param_gradient_stats.cpp):
-gradient_stats of the .grad of parameter lists, read in C++ on the native route."""
+gradient_stats of the .grad of parameter lists, read in C++ in eager mode."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import torch
 from hypothesis import given, settings
 from torch import nn
 
-from kasmina_fast.ops import gradient_stats, norms, param_gradient_stats
+from kasmina_fast import reference
+from kasmina_fast.ops import norms, param_gradient_stats
 from tests.utils import VIEWS, cpu_backends, make, shapes, view_of, with_backend
 
-native = pytest.mark.skipif(not norms._list_reader_ops, reason="the C++ extension is not loaded")
+native = pytest.mark.skipif(norms._C is None, reason="the op library is not loaded")
 
 
 def params(shapes, dtype=torch.float32, seed=0):
@@ -28,8 +29,7 @@ def params(shapes, dtype=torch.float32, seed=0):
 def want(host, seed, hc, sc):
     hg = [p.grad for p in host if p.grad is not None]
     sg = [p.grad for p in seed if p.grad is not None]
-    with with_backend("reference"):
-        return gradient_stats(hg, sg, hc, sc)
+    return reference.gradient_stats(hg, sg, hc, sc)
 
 
 @pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
@@ -43,16 +43,24 @@ def test_matches_gradient_stats_of_the_grads(backend):
 
 
 @native
-def test_native_route_reads_the_lists_in_cpp(monkeypatch):
+def test_eager_calls_read_the_lists_in_cpp_traced_calls_do_not(monkeypatch):
+    """The pybind helper is eager-only: under torch.compile (fullgraph: no graph break)
+    and under a TorchFunctionMode the lists are read in Python and the op is called
+    as every traced op is; eager calls go to the helper."""
     host, seed = params([(8,)] * 3), params([(2,)], seed=1)
     calls = []
     stub = types.SimpleNamespace(param_gradient_stats=lambda *a: calls.append(a) or torch.zeros(4))
     monkeypatch.setattr(norms, "_C", stub)
-    with with_backend("cpp"):
-        param_gradient_stats(host, seed, 24, 2)
-    with with_backend("reference"):
-        param_gradient_stats(host, seed, 24, 2)
-    assert len(calls) == 1  # the reference route builds its lists in Python
+    param_gradient_stats(host, seed, 24, 2)
+    assert len(calls) == 1
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda: param_gradient_stats(host, seed, 24, 2), backend="eager", fullgraph=True)
+    got = compiled()
+    with torch.overrides.TorchFunctionMode():
+        in_mode = param_gradient_stats(host, seed, 24, 2)
+    assert len(calls) == 1  # neither reached the helper
+    for out in (got, in_mode):
+        torch.testing.assert_close(out, want(host, seed, 24, 2), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))

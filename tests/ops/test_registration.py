@@ -1,5 +1,6 @@
-"""The torch.library registration: schemas, opcheck, gradcheck, and the
-pure-Python fallback used when the C++ extension is absent."""
+"""The torch.library registration: the five public names and their schemas,
+opcheck and gradcheck under every backend, and the eager-reference fallback
+used when the op library is absent."""
 
 from __future__ import annotations
 
@@ -13,23 +14,46 @@ import torch
 
 import kasmina_fast
 from kasmina_fast import _extension
-from kasmina_fast.ops.schemas import CUDAGRAPH_UNSAFE, SCHEMAS
 from tests.utils import cpu_backends, with_backend
 
+#: The public ops and their schemas, as csrc/ops.cpp defines them (the one definition).
+SCHEMAS = {
+    "blend": "blend(Tensor host, Tensor seed, Tensor alpha) -> Tensor",
+    "blend_backward": (
+        "blend_backward(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)"
+    ),
+    "ste": "ste(Tensor host, Tensor seed) -> Tensor",
+    "foreach_norm": "foreach_norm(Tensor[] tensors) -> Tensor",
+    "gradient_stats": (
+        "gradient_stats(Tensor[] host_grads, Tensor[] seed_grads, int host_params, int seed_params) -> Tensor"
+    ),
+}
 
+needs_library = pytest.mark.skipif(not _extension.LOADED, reason="the op library is not built here")
+
+
+@needs_library
+def test_the_namespace_holds_the_public_ops_only():
+    """One name per op: every backend runs under these five, none adds its own."""
+    for name in kasmina_fast.available():
+        with with_backend(name):
+            names = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("kasmina::")}
+            assert names == {f"kasmina::{n}" for n in SCHEMAS}, name
+
+
+@needs_library
 @pytest.mark.parametrize("name", list(SCHEMAS))
 def test_schema_is_the_documented_one(name):
     op = getattr(torch.ops.kasmina, name).default
     assert str(op._schema) == f"kasmina::{SCHEMAS[name]}"
 
 
+@needs_library
 def test_norm_ops_are_cudagraph_unsafe_for_inductor():
-    """The norm ops and their Triton twins carry the cudagraph_unsafe tag, the others
-    not (ops/schemas.py says why); the extension's definitions (or the Python ones)."""
-    names = [*SCHEMAS, *(f"triton_{n}" for n in ("blend", "ste", *CUDAGRAPH_UNSAFE))]
-    names = [n for n in names if hasattr(torch.ops.kasmina, n)]  # (no triton_ ops without Triton)
-    tagged = {n for n in names if torch.Tag.cudagraph_unsafe in getattr(torch.ops.kasmina, n).default.tags}
-    assert tagged == {*CUDAGRAPH_UNSAFE, *(f"triton_{n}" for n in CUDAGRAPH_UNSAFE)} & set(names)
+    """The norm ops carry the cudagraph_unsafe tag (csrc/ops.cpp says why), the others not."""
+    tagged = {n for n in SCHEMAS if torch.Tag.cudagraph_unsafe in getattr(torch.ops.kasmina, n).default.tags}
+    assert tagged == {"foreach_norm", "gradient_stats"}
 
 
 def blend_samples():
@@ -50,39 +74,49 @@ def blend_samples():
 
 
 @pytest.mark.parametrize("i", range(5))
-def test_opcheck_blend(i):
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_opcheck_blend(backend, i):
     args = list(blend_samples())[i]
-    torch.library.opcheck(torch.ops.kasmina.blend.default, args)
+    with with_backend(backend):
+        torch.library.opcheck(torch.ops.kasmina.blend.default, args)
 
 
 @pytest.mark.parametrize(
     "mask", [(True, True, True), (True, True, False), (False, True, False), (False, False, True)]
 )
-def test_opcheck_blend_backward(mask):
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_opcheck_blend_backward(backend, mask):
     g, h, s = (torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last) for _ in range(3))
-    torch.library.opcheck(
-        torch.ops.kasmina.blend_backward.default, (g, h, s, torch.rand(4, 1, 1, 1), list(mask))
-    )
+    with with_backend(backend):
+        torch.library.opcheck(
+            torch.ops.kasmina.blend_backward.default, (g, h, s, torch.rand(4, 1, 1, 1), list(mask))
+        )
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_ste(requires_grad):
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_opcheck_ste(backend, requires_grad):
     h = torch.randn(2, 3, 4, 4, requires_grad=requires_grad).to(memory_format=torch.channels_last)
     s = torch.randn(2, 3, 4, 4, requires_grad=requires_grad)
-    torch.library.opcheck(torch.ops.kasmina.ste.default, (h, s))
+    with with_backend(backend):
+        torch.library.opcheck(torch.ops.kasmina.ste.default, (h, s))
 
 
 @pytest.mark.parametrize(
     "tensors",
     [[], [torch.randn(3, 4), torch.randn(5, dtype=torch.bfloat16), torch.zeros(0)], [torch.randn(2, 3).t()]],
 )
-def test_opcheck_foreach_norm(tensors):
-    torch.library.opcheck(torch.ops.kasmina.foreach_norm.default, (tensors,))
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_opcheck_foreach_norm(backend, tensors):
+    with with_backend(backend):
+        torch.library.opcheck(torch.ops.kasmina.foreach_norm.default, (tensors,))
 
 
 @pytest.mark.parametrize("lists", [([], []), ([torch.randn(3, 4)], [torch.randn(7)]), ([], [torch.randn(2)])])
-def test_opcheck_gradient_stats(lists):
-    torch.library.opcheck(torch.ops.kasmina.gradient_stats.default, (*lists, 100, 10))
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_opcheck_gradient_stats(backend, lists):
+    with with_backend(backend):
+        torch.library.opcheck(torch.ops.kasmina.gradient_stats.default, (*lists, 100, 10))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -130,38 +164,45 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
     )
 
 
-def test_without_extension_falls_back_to_reference():
-    """KASMINA_FAST_NO_EXTENSION=1: the package imports, says so, and the ops still work."""
+def test_without_the_library_the_functions_are_the_reference():
+    """KASMINA_FAST_NO_EXTENSION=1: the package imports, says why no backend is available,
+    defines no op, and its functions compute the reference with the same checks."""
     proc = run_python(
         """
         import torch, kasmina_fast
-        av = kasmina_fast.available()
-        assert av[0] == "reference" and "cpp" not in av and "cuda" not in av, av
+        from kasmina_fast import reference
+        assert kasmina_fast.available() == [], kasmina_fast.available()
         st = kasmina_fast.backends.status()
-        assert "KASMINA_FAST_NO_EXTENSION" in st["cpp"], st
+        assert all("KASMINA_FAST_NO_EXTENSION" in why for why in st.values()), st
+        assert not hasattr(torch.ops.kasmina, "blend")
+        assert kasmina_fast.backends.active() == {"cpu": "reference", "cuda": "reference"}
         h = torch.randn(4, 3, 5, 5, requires_grad=True)
         s = torch.randn(4, 3, 5, 5, requires_grad=True)
         a = torch.rand(4, 1, 1, 1, requires_grad=True)
-        for args in [(h, s, a), (h.detach(), s.detach(), torch.tensor(0.5))]:
-            torch.library.opcheck(torch.ops.kasmina.blend.default, args)
-        torch.library.opcheck(torch.ops.kasmina.ste.default, (h, s))
-        torch.library.opcheck(torch.ops.kasmina.foreach_norm.default, ([h.detach(), s.detach()],))
-        torch.library.opcheck(torch.ops.kasmina.foreach_norm.default, ([],))
-        torch.library.opcheck(torch.ops.kasmina.gradient_stats.default, ([h.detach()], [], 3, 1))
-        from kasmina_fast.ops.schemas import CUDAGRAPH_UNSAFE
-        for name in ("blend", "ste", *CUDAGRAPH_UNSAFE):  # the same tags as csrc/ops.cpp gives
-            tags = getattr(torch.ops.kasmina, name).default.tags
-            assert (torch.Tag.cudagraph_unsafe in tags) == (name in CUDAGRAPH_UNSAFE), name
-        out = torch.ops.kasmina.blend(h, s, a)
+        out = kasmina_fast.blend(h, s, a)
+        torch.testing.assert_close(out, reference.blend(h, s, a))
         out.sum().backward()
         torch.testing.assert_close(a.grad, (s - h).detach().sum((1, 2, 3), keepdim=True))
+        torch.testing.assert_close(kasmina_fast.ste(h, s), h)
+        ts = [h.detach(), s.detach()]
+        torch.testing.assert_close(kasmina_fast.foreach_norm(ts), reference.foreach_norm(ts))
+        torch.testing.assert_close(
+            kasmina_fast.gradient_stats(ts[:1], ts[1:], 3, 1), reference.gradient_stats(ts[:1], ts[1:], 3, 1)
+        )
         try:
-            with kasmina_fast.use_backend("cpp"):
-                pass
-        except RuntimeError as e:
-            assert "not available" in str(e)
+            kasmina_fast.blend(h, s[:2], a)
+        except ValueError as e:
+            assert "kasmina::blend: seed must have the shape of host" in str(e)
         else:
-            raise AssertionError("cpp must be refused")
+            raise AssertionError("bad input must be refused")
+        for name in ("cpp", "triton"):
+            try:
+                with kasmina_fast.use_backend(name):
+                    pass
+            except RuntimeError as e:
+                assert "not available" in str(e)
+            else:
+                raise AssertionError(name + " must be refused")
         print("OK")
         """,
         KASMINA_FAST_NO_EXTENSION="1",
@@ -169,9 +210,8 @@ def test_without_extension_falls_back_to_reference():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
 
-@pytest.mark.skipif(not _extension.LOADED, reason="the C++ extension is not built in this environment")
-def test_extension_is_loaded_and_used():
+@needs_library
+def test_auto_runs_the_library_kernels():
     assert "cpp" in kasmina_fast.available()
     assert _extension.has_kernel("blend", "CPU") and _extension.has_kernel("blend", "Autograd")
-    # auto routes CPU tensors to the C++ kernel, not to the reference expression
-    assert kasmina_fast.backends.CPU.blend is torch.ops.kasmina.blend.default
+    assert kasmina_fast.backends.active()["cpu"] == "cpp"

@@ -1,4 +1,4 @@
-"""triton_kernels/blend.py launchers: more samples than one launch's grid holds
+"""triton_kernels/blend.py kernels, called directly: more samples than one launch's grid holds
 (axis 1 is capped at 65535) are split into several launches; each must start at
 its own samples, alphas and d_alpha partials; and the d_alpha finalize adds
 more partials than its block holds (a 0-d learnable alpha on a 16M-element
@@ -41,10 +41,9 @@ def test_sample_slices(kernels, layout):
 
     host, seed, grad = rand(B, 3, 4, 5), rand(B, 3, 4, 5), rand(B, 3, 4, 5)
     alpha = torch.tensor([-0.5, 0.0, 0.2, 0.5, 0.7, 1.0, 1.5, 0.9]).view(B, 1, 1, 1)
-    N = host.numel() // B
-    out = kernels.blend_forward(host, seed, alpha, B, N)
+    out = kernels.blend(host, seed, alpha)
     torch.testing.assert_close(out, reference.blend(host, seed, alpha))
-    got = kernels.blend_backward(grad, host, seed, alpha, (True, True, True), B, N)
+    got = kernels.blend_backward(grad, host, seed, alpha, [True, True, True])
     want = reference.blend_backward(
         grad.double(), host.double(), seed.double(), alpha.double(), (True, True, True)
     )
@@ -60,7 +59,7 @@ def test_zero_dim_alpha_over_many_partials(kernels, n):
     host, seed, grad = (torch.randn(n, generator=gen) for _ in range(3))
     for a in (0.3, 1.0, 1.5):
         alpha = torch.tensor(a)
-        got = kernels.blend_backward(grad, host, seed, alpha, (True, True, True), 1, n)
+        got = kernels.blend_backward(grad, host, seed, alpha, [True, True, True])
         want = reference.blend_backward(
             grad.double(), host.double(), seed.double(), alpha.double(), (True, True, True)
         )

@@ -39,13 +39,10 @@ def test_launch_guard_sets_the_tensors_device_when_it_is_not_current(devices):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test")
-def test_python_entry_points_take_the_guard(monkeypatch):
-    """The op bodies (no extension, triton_op) and the Python norm paths: one guard
-    around each launch, on the tensors' device."""
+def test_every_kernel_takes_the_guard(monkeypatch):
+    """The five op kernels: one guard around their launches, on the tensors' device."""
     pytest.importorskip("triton")
-    from kasmina_fast.triton_kernels import norms
-
-    from kasmina_fast.ops import triton_ops
+    from kasmina_fast.triton_kernels import blend, norms
 
     guarded = []
 
@@ -53,12 +50,12 @@ def test_python_entry_points_take_the_guard(monkeypatch):
         guarded.append(t.device)
         return contextlib.nullcontext()
 
-    monkeypatch.setattr(triton_ops, "launch_guard", spy)
+    monkeypatch.setattr(blend, "launch_guard", spy)
     monkeypatch.setattr(norms, "launch_guard", spy)
     h, s, a = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.rand(2, 1, 1)
-    triton_ops.blend_body(h, s, a)
-    triton_ops.blend_backward_body(torch.randn(2, 3, 4), h, s, a, [True, True, True])
-    triton_ops.ste_body(h, s)
-    norms.norms([h], h.device)
-    norms.gradient_stats([h], [s], 1, 1, h.device, 1e-8, 10.0)
+    blend.blend(h, s, a)
+    blend.blend_backward(torch.randn(2, 3, 4), h, s, a, [True, True, True])
+    blend.ste(h, s)
+    norms.foreach_norm([h])
+    norms.gradient_stats([h], [s], 1, 1)
     assert guarded == [h.device] * 5

@@ -2,14 +2,13 @@
 median of every backend, its speed-up over the eager reference, and (where
 the case records its bytes) the achieved bandwidth and the ratio to the
 bandwidth floor; for the small-slot chains, the per-op slope; the compiled
-cases side by side per registration (``compile_rows``: which of the C++ op, the
-Triton custom op and the ``triton_op`` compiles fastest); then, for a CUDA run,
+cases side by side per backend (``compile_rows``: which compiles fastest); then, for a CUDA run,
 every speed target of the GPU issues with the measured value and whether it is
 met (``target_rows``), including the whole training step of
 ``bench/test_bench_step.py`` compiled against eager and against the compiled
 reference.
 
-    pytest bench --benchmark-json=out.json && python bench/summarize.py out.json [--bw GBPS]
+    pytest bench --benchmark-json=out.json && python bench/scripts/summarize.py out.json [--bw GBPS]
 
 ``--bw`` is the measured copy bandwidth (bytes read + written per second, in
 GB/s) that defines the floor; without it the floor columns stay empty.
@@ -27,7 +26,7 @@ def fmt(seconds: float) -> str:
 
 
 FAST = ("cuda", "triton")
-COMPILED = ("reference", "cuda", "triton", "triton_op")  # "<backend>+compile" labels, in table order
+COMPILED = ("reference", "cuda", "triton")  # "<backend>+compile" labels, in table order
 FLOOR_RATIO = 1.15  # every blend/STE case within 1.15x of its bandwidth floor
 STE_SPEEDUP = 4.0  # STE >= 4x eager
 SMALL_SLOT_RATIO = 0.5  # per op in a chain <= 0.5x eager's
@@ -85,11 +84,6 @@ def target_rows(groups: dict, chains: dict, bw: float) -> list[tuple[str, str, s
                 measured = f"{fmt(fast_c)} vs {fmt(ref_c)}"
                 rows.append(("<= compile(reference)", group, "fast-compiled", measured, fast_c <= ref_c))
             continue
-        # triton_op is timed compiled only; its eager twin runs the same kernels
-        compiled, eager = med(res, "triton_op+compile"), med(res, "triton")
-        if op in ("blend", "ste") and compiled and eager:
-            measured = f"{fmt(compiled)} vs {fmt(eager)} (triton eager)"
-            rows.append(("compiled <= eager", group, "triton_op", measured, compiled <= eager))
     for group, per_backend in chains.items():
         ref = per_backend.get("reference", {})
         if not group.endswith("-cuda") or 1 not in ref or 9 not in ref or ref[9] <= ref[1]:

@@ -3,9 +3,9 @@ small steps (tiny tensors, so the device never holds the host back), top
 functions by own time. Tells which layer a host-bound backend should lose
 (the custom-op wrapper, autograd, the Triton launcher, allocations).
 
-    python bench/host_breakdown.py --backends cuda,triton --steps 300
-    TRITON_INTERPRET=1 python bench/host_breakdown.py --backends triton --shape 2,4 --stub-triton
-    TRITON_INTERPRET=1 python bench/host_breakdown.py --backends cpp,triton --op gradient_stats \
+    python bench/scripts/host_breakdown.py --backends cuda,triton --steps 300
+    TRITON_INTERPRET=1 python bench/scripts/host_breakdown.py --backends triton --shape 2,4 --stub-triton
+    TRITON_INTERPRET=1 python bench/scripts/host_breakdown.py --backends cpp,triton --op gradient_stats \
         --list many1000 --stub-triton
 
 For ``--op foreach_norm`` / ``gradient_stats`` a step is one call over a gradient
@@ -21,9 +21,9 @@ import pstats
 import time
 
 import torch
-from cases import gradient_list, make_step, sync
 
 import kasmina_fast
+from kasmina_fast.cli.cases import gradient_list, make_step, selected, sync
 
 
 class _NoLaunch:
@@ -32,7 +32,7 @@ class _NoLaunch:
 
 
 def stub_triton_kernels() -> None:
-    """Every Triton kernel of the launchers becomes a no-op launch."""
+    """Every Triton kernel becomes a no-op launch (the host path alone)."""
     from kasmina_fast.triton_kernels import blend, norms
 
     for name in ("blend_forward_kernel", "blend_backward_kernel", "d_alpha_finalize_kernel", "copy_kernel"):
@@ -50,7 +50,7 @@ def make_list_step(op: str, name: str, device: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--backends", default=",".join(b for b in kasmina_fast.available()))
+    ap.add_argument("--backends", default=",".join(["reference", *kasmina_fast.available()]))
     ap.add_argument("--op", default="blend")
     ap.add_argument("--kind", default="learnable")
     ap.add_argument("--shape", default="8,16,4,4")
@@ -68,7 +68,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = tuple(int(s) for s in args.shape.split(","))
     for backend in args.backends.split(","):
-        if backend not in kasmina_fast.available():
+        if backend != "reference" and backend not in kasmina_fast.available():
             print(f"== {backend}: not available here ({kasmina_fast.backends.status().get(backend)})\n")
             continue
         if args.op in ("foreach_norm", "gradient_stats"):
@@ -77,7 +77,7 @@ def main() -> None:
         else:
             step = make_step(args.op, args.kind, shape, torch.float32, device, backend)
             case = f"{args.op} {args.kind} {shape} on {device}"
-        with kasmina_fast.use_backend(backend):
+        with selected(backend):
             for _ in range(20):
                 step()
             sync(device)

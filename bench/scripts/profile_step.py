@@ -2,7 +2,7 @@
 (wall clock, GPU synchronised), device time per step (CUDA events), and the
 profiler's top entries. Tells host-bound from device-bound.
 
-    python bench/profile_step.py --backend triton --op blend --kind learnable --shape 256,64,32,32
+    python bench/scripts/profile_step.py --backend triton --op blend --kind learnable --shape 256,64,32,32
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import argparse
 import time
 
 import torch
-from cases import make_step
 
-import kasmina_fast
+from kasmina_fast.cli.cases import make_step, selected
 
 
 def main() -> None:
@@ -29,7 +28,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     step = make_step(args.op, args.kind, shape, dtype, device, args.backend)
-    with kasmina_fast.use_backend(args.backend):
+    with selected(args.backend):
         for _ in range(5):
             step()
         if device == "cuda":
