@@ -39,10 +39,9 @@ python - <<'PY'
 import torch
 import kasmina_fast
 from kasmina_fast import _extension, backends
-from kasmina_fast.ops.schemas import SCHEMAS
 
 print("torch", torch.__version__, "| cuda status:", backends.status()["cuda"])
-missing = [op for op in SCHEMAS if not _extension.has_kernel(op, "CUDA")]
+missing = [op for op in backends.OPS if not _extension.has_kernel(op, "CUDA")]
 assert not missing, f"ops without a CUDA kernel in this build: {missing}"
 PY
 

@@ -92,13 +92,13 @@ fi
 
 if want host; then
 step "host time per step, by layer (cProfile of tiny steps; full table in bench.log)"
-timeout 60 "$PY" bench/scripts/host_breakdown.py --backends reference,cuda,triton --steps 300 \
+timeout 60 "$PY" -m bench.scripts.host_breakdown --backends reference,cuda,triton --steps 300 \
   >>"$out/bench.log" 2>&1 || status=1
 grep -A6 "^==" "$out/bench.log"
 
 step "device time per kernel, learnable blend [256,64,32,32] fp32 (profiler; full table in bench.log)"
 for b in cuda triton; do
-  timeout 60 "$PY" bench/scripts/profile_step.py --backend "$b" --steps 30 >>"$out/bench.log" 2>&1 || status=1
+  timeout 60 "$PY" -m bench.scripts.profile_step --backend "$b" --steps 30 >>"$out/bench.log" 2>&1 || status=1
 done
 grep -E "^(blend|host time)|kasmina|blend_|sumsq|Memset" "$out/bench.log" | head -24
 fi
@@ -111,6 +111,6 @@ fi
 
 step "tables"
 files=$(ls "$out"/bench.json "$out"/bench_compiled.json "$out"/bench_compiled_ref.json "$out"/bench_step.json 2>/dev/null)
-[ -n "$files" ] && "$PY" bench/scripts/summarize.py $files --bw "$bw" | tee "$out/tables.md"
+[ -n "$files" ] && "$PY" -m bench.scripts.summarize $files --bw "$bw" | tee "$out/tables.md"
 step "done (status $status)"
 exit $status

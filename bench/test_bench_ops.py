@@ -15,16 +15,8 @@ import pytest
 import torch
 
 import kasmina_fast
-from kasmina_fast.cli.cases import (
-    backends_here,
-    gradient_list,
-    make_chain,
-    make_norm_step,
-    make_step,
-    passes,
-    selected,
-    sync,
-)
+from bench.workloads import gradient_list, make_chain
+from kasmina_fast.cli.cases import backends_here, make_norm_step, make_step, passes, selected, sync
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -131,7 +123,7 @@ MONITOR_BACKENDS = backends_here(DEVICE)[1:]
 def test_monitor_check_host_cost(benchmark, backend, impl, numel):
     """The G2 telemetry call over 1000 parameters (990 host, 10 seed): the .grad lists
     built in Python then the op, against ``param_gradient_stats`` (lists read in C++).
-    16 elements a parameter: the host cost alone; 4096: the issue's 16 MB list.
+    16 elements a parameter: the host cost alone; 4096: a 16 MB list.
     On CUDA the call is timed with its synchronize."""
     from torch import nn
 

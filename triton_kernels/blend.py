@@ -124,8 +124,9 @@ def _acc(dtype: torch.dtype):
 
 
 def _alpha_acc(alpha: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
-    """alpha in the accumulation dtype (no copy when it already is)."""
-    return alpha.to(torch.float64 if host.dtype == torch.float64 else torch.float32)
+    """alpha in the accumulation dtype (no copy, and no call, when it already is)."""
+    acc = torch.float64 if host.dtype == torch.float64 else torch.float32
+    return alpha if alpha.dtype == acc else alpha.to(acc)
 
 
 def _alpha_from(a: torch.Tensor, a_stride: int, lo: int) -> torch.Tensor:

@@ -3,13 +3,13 @@ small steps (tiny tensors, so the device never holds the host back), top
 functions by own time. Tells which layer a host-bound backend should lose
 (the custom-op wrapper, autograd, the Triton launcher, allocations).
 
-    python bench/scripts/host_breakdown.py --backends cuda,triton --steps 300
-    TRITON_INTERPRET=1 python bench/scripts/host_breakdown.py --backends triton --shape 2,4 --stub-triton
-    TRITON_INTERPRET=1 python bench/scripts/host_breakdown.py --backends cpp,triton --op gradient_stats \
+    python -m bench.scripts.host_breakdown --backends cuda,triton --steps 300
+    TRITON_INTERPRET=1 python -m bench.scripts.host_breakdown --backends triton --shape 2,4 --stub-triton
+    TRITON_INTERPRET=1 python -m bench.scripts.host_breakdown --backends cpp,triton --op gradient_stats \
         --list many1000 --stub-triton
 
 For ``--op foreach_norm`` / ``gradient_stats`` a step is one call over a gradient
-list (``--list``, see ``kasmina_fast.cli.cases.gradient_list``; host = all but
+list (``--list``, see ``bench.workloads.gradient_list``; host = all but
 the last 10 tensors).
 """
 
@@ -23,7 +23,8 @@ import time
 import torch
 
 import kasmina_fast
-from kasmina_fast.cli.cases import gradient_list, make_step, selected, sync
+from bench.workloads import gradient_list
+from kasmina_fast.cli.cases import make_step, selected, sync
 
 
 class _NoLaunch:

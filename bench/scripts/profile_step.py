@@ -2,7 +2,7 @@
 (wall clock, GPU synchronised), device time per step (CUDA events), and the
 profiler's top entries. Tells host-bound from device-bound.
 
-    python bench/scripts/profile_step.py --backend triton --op blend --kind learnable --shape 256,64,32,32
+    python -m bench.scripts.profile_step --backend triton --op blend --kind learnable --shape 256,64,32,32
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@ median of every backend, its speed-up over the eager reference, and (where
 the case records its bytes) the achieved bandwidth and the ratio to the
 bandwidth floor; for the small-slot chains, the per-op slope; the compiled
 cases side by side per backend (``compile_rows``: which compiles fastest); then, for a CUDA run,
-every speed target of the GPU issues with the measured value and whether it is
+every speed target with the measured value and whether it is
 met (``target_rows``), including the whole training step of
 ``bench/test_bench_step.py`` compiled against eager and against the compiled
 reference.
 
-    pytest bench --benchmark-json=out.json && python bench/scripts/summarize.py out.json [--bw GBPS]
+    pytest bench --benchmark-json=out.json && python -m bench.scripts.summarize out.json [--bw GBPS]
 
 ``--bw`` is the measured copy bandwidth (bytes read + written per second, in
 GB/s) that defines the floor; without it the floor columns stay empty.

@@ -132,31 +132,6 @@ def passes(op: str, alpha_kind: str) -> int:
     return 3 + (5 if alpha_kind == "learnable" else 3)
 
 
-def make_chain(length: int, shape, device, backend: str):
-    """``step()``: a chain of ``length`` blends (a host-bound slot's pattern),
-    fwd + bwd; the slope over lengths is the per-op cost inside one backward."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    host = torch.randn(shape, generator=gen, device=device).contiguous(memory_format=CL).requires_grad_()
-    seeds = [
-        torch.randn(shape, generator=gen, device=device).contiguous(memory_format=CL).requires_grad_()
-        for _ in range(length)
-    ]
-    alpha = torch.rand((shape[0], 1, 1, 1), generator=gen, device=device).requires_grad_()
-    fn = reference.blend if backend == "reference" else kasmina_fast.blend
-    grad = torch.ones(shape, device=device).contiguous(memory_format=CL)
-
-    def step():
-        host.grad = alpha.grad = None
-        for s in seeds:
-            s.grad = None
-        y = host
-        for s in seeds:
-            y = fn(y, s, alpha)
-        y.backward(grad)
-
-    return step
-
-
 def make_norm_step(op: str, device: str, backend: str, compiled: bool = False, n: int = 2**20):
     """``step()`` for ``foreach_norm`` / ``gradient_stats`` over a gradient-like
     list of 30 tensors of mixed sizes (about ``1.4 n`` elements). ``backend``
@@ -181,37 +156,3 @@ def make_norm_step(op: str, device: str, backend: str, compiled: bool = False, n
     fn = reference.gradient_stats if backend == "reference" else kasmina_fast.gradient_stats
     fn = torch.compile(fn) if compiled else fn
     return lambda: fn(ts[:20], ts[20:], 1000, 100)
-
-
-def resnet50_shapes() -> list[tuple[int, ...]]:
-    """The 161 parameter shapes of a ResNet-50 (25.6M parameters, 102 MB in fp32)."""
-    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
-    cin = 64
-    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
-        for b in range(blocks):
-            shapes += [(width, cin, 1, 1), (width,), (width,), (width, width, 3, 3), (width,), (width,)]
-            shapes += [(4 * width, width, 1, 1), (4 * width,), (4 * width,)]
-            if b == 0:
-                shapes += [(4 * width, cin, 1, 1), (4 * width,), (4 * width,)]
-            cin = 4 * width
-    return [*shapes, (1000, 2048), (1000,)]
-
-
-def gpt2_small_shapes() -> list[tuple[int, ...]]:
-    """The 148 parameter shapes of GPT-2 small (124M parameters, 498 MB in fp32)."""
-    block = [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,)]
-    block += [(768,), (768,), (768, 3072), (3072,), (3072, 768), (768,)]
-    return [(50257, 768), (1024, 768), *block * 12, (768,), (768,)]
-
-
-def gradient_list(name: str, device: str) -> list[torch.Tensor]:
-    """Gradient-like lists of the DESIGN.md anchors: resnet50, gpt2_small, tiny14 (0.4 MB),
-    many1000 (1000 tensors of 4096 elements, 16 MB: host-bound in ``_foreach_norm``)."""
-    shapes = {
-        "resnet50": resnet50_shapes,
-        "gpt2_small": gpt2_small_shapes,
-        "tiny14": lambda: [(7168,)] * 14,
-        "many1000": lambda: [(4096,)] * 1000,
-    }[name]()
-    gen = torch.Generator().manual_seed(0)
-    return [torch.randn(s, generator=gen).to(device) for s in shapes]

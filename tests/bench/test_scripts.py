@@ -8,20 +8,26 @@ import pathlib
 import subprocess
 import sys
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
-SCRIPTS = BENCH / "scripts"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
 
 
-def run(*args: str) -> str:
+def run(script: str, *args: str) -> str:
+    """``python -m bench.scripts.<script> ARGS`` from the repository root (no sys.path edits)."""
     proc = subprocess.run(
-        [sys.executable, *args], cwd=SCRIPTS, capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-m", f"bench.scripts.{script}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
 def test_host_breakdown_prints_a_table_per_backend():
-    out = run("host_breakdown.py", "--backends", "reference,nonesuch", "--steps", "5", "--top", "4")
+    out = run("host_breakdown", "--backends", "reference,nonesuch", "--steps", "5", "--top", "4")
     assert "== reference: blend learnable (8, 16, 4, 4) on cpu:" in out
     assert "== nonesuch: not available here" in out
     rows = [line for line in out.splitlines() if "run_backward" in line]
@@ -40,7 +46,7 @@ def test_summarize_reads_pytest_benchmark_json(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert json.loads(report.read_text())["benchmarks"]
-    table = run("summarize.py", str(report))
+    table = run("summarize", str(report))
     assert "overhead-blend-8x8-cpu" in table
 
 
@@ -79,7 +85,7 @@ def test_summarize_checks_the_gpu_targets(tmp_path):
     ]
     report = tmp_path / "gpu.json"
     report.write_text(json.dumps({"machine_info": {"cpu": {}}, "datetime": "now", "benchmarks": benchmarks}))
-    out = run("summarize.py", str(report), "--bw", "2000")
+    out = run("summarize", str(report), "--bw", "2000")
     table = out.split("| target | case | backend | measured | met |")[1].splitlines()[2:]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("|")]
     rows = {(c[0], c[1]): (c[3], c[4]) for c in cells if c[2] == "cuda" or "many1000" in c[1]}
