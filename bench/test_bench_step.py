@@ -25,6 +25,7 @@ def grown_model():
     torch.manual_seed(0)
     model = kf.MorphogeneticModel(kf.CNNHost(base_channels=32), DEVICE, slots=["mid"])
     model.germinate_seed("conv_light", slot="mid", blend_algorithm_id="gated")
+    model.advance_stage(kf.SeedStage.TRAINING, slot="mid")
     slot = model.seed_slots["mid"]
     for acc in (50, 51, 52):  # through TRAINING into BLENDING
         slot.state.metrics.seed_gradient_norm_ratio = 1.0

@@ -8,6 +8,7 @@ host's output; ``param_count(channels)`` is exact.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -16,11 +17,19 @@ from torch import nn
 
 @dataclasses.dataclass(frozen=True)
 class BlueprintSpec:
+    """``factory(channels, **options)`` builds the seed; its keyword arguments after
+    ``channels`` are the blueprint's options."""
+
     blueprint_id: str
     topology: str
-    factory: Callable[[int], nn.Module]
+    factory: Callable[..., nn.Module]
     param_count: Callable[[int], int]
     description: str = ""
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        params = list(inspect.signature(self.factory).parameters.values())[1:]
+        return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 class BlueprintRegistry:
@@ -56,16 +65,26 @@ class BlueprintRegistry:
         return spec
 
     @classmethod
-    def create(cls, topology: str, blueprint_id: str, channels: int) -> nn.Module:
-        return cls.get(topology, blueprint_id).factory(channels)
+    def create(cls, topology: str, blueprint_id: str, channels: int, **options) -> nn.Module:
+        """Build the seed; ``options`` go to the blueprint's factory (ValueError for one it
+        does not take, listing those it does)."""
+        spec = cls.get(topology, blueprint_id)
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            takes = ", ".join(spec.options) or "none"
+            raise ValueError(
+                f"blueprint {blueprint_id!r} ({topology}) has no option {', '.join(map(repr, unknown))}; "
+                f"its options: {takes}"
+            )
+        return spec.factory(channels, **options)
 
 
 def register_blueprint(
     topology: str, blueprint_id: str, param_count: Callable[[int], int], description: str = ""
-) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator form of :meth:`BlueprintRegistry.register`."""
 
-    def wrap(factory: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         BlueprintRegistry.register(BlueprintSpec(blueprint_id, topology, factory, param_count, description))
         return factory
 

@@ -41,7 +41,7 @@ class DemoConfig:
     backend: str = "auto"
     germinate_epoch: int = 2
     blueprint: str | None = None  # default per task
-    slot: str | None = None  # default per task
+    slots: tuple[str, ...] = ("mid",)  # the controller grows its seed in the first
     patience: int = 5  # epochs a seed may stay in TRAINING before the controller culls it
     plot: str | None = None
     quiet: bool = False
@@ -92,14 +92,14 @@ def text_data(seed: int, device: str) -> tuple[Tensor, Tensor, int]:
 def build(cfg: DemoConfig, vocab: int, on_event) -> kf.MorphogeneticModel:
     if cfg.task == "digits":
         host = kf.CNNHost(num_classes=10, n_blocks=3, base_channels=16, pool_layers=2, in_channels=1)
-        slot = cfg.slot or "mid"
     else:
         host = kf.TransformerHost(vocab_size=vocab, n_embd=64, n_head=4, n_layer=3, block_size=BLOCK)
-        slot = cfg.slot or "layer2"
     tc = kf.TaskConfig(
         topology="cnn" if cfg.task == "digits" else "transformer", max_epochs=cfg.epochs, blending_steps=3
     )
-    return kf.MorphogeneticModel(host, cfg.device, slots=[slot], task_config=tc, on_telemetry=on_event)
+    return kf.MorphogeneticModel(
+        host, cfg.device, slots=list(cfg.slots), task_config=tc, on_telemetry=on_event
+    )
 
 
 def sync_optimizer(opt: torch.optim.Optimizer, model: torch.nn.Module) -> None:
@@ -173,8 +173,11 @@ def run(cfg: DemoConfig) -> DemoResult:
         if not cfg.quiet and e.event_type == kf.TelemetryEventType.SEED_STAGE_CHANGED:
             tqdm.write(f"  epoch {epoch_now[0]:>2}: slot {e.slot_id} {e.data['from']} -> {e.data['to']}")
 
-    model = build(cfg, vocab, on_event)
-    slot_id = model.slot_ids[0]
+    try:
+        model = build(cfg, vocab, on_event)
+    except ValueError as exc:  # a slot the host does not have
+        raise SystemExit(f"demo: {exc}") from None
+    slot_id = cfg.slots[0]
     slot = model.seed_slots[slot_id]
     forward = torch.compile(model, fullgraph=True) if cfg.compile else model
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -187,7 +190,8 @@ def run(cfg: DemoConfig) -> DemoResult:
             if epoch == cfg.germinate_epoch:
                 acc_before = history[-1]["val_acc"] if history else accuracy(cfg, model, val)
                 blueprint = cfg.blueprint or ("conv_light" if cfg.task == "digits" else "mlp")
-                model.germinate_seed(blueprint, slot=slot_id)
+                model.germinate_seed(blueprint, slot=slot_id)  # GERMINATED
+                model.advance_stage(S.TRAINING, slot=slot_id)  # G1 at once: it trains this epoch
             sync_optimizer(opt, model)
             telemetry = None
             bar = tqdm(batches(cfg, train, gen), desc=f"epoch {epoch:>2}", leave=False, disable=cfg.quiet)
@@ -343,6 +347,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile(fullgraph=True) the model")
     p.add_argument("--backend", choices=kf.backends.CHOICES, default="auto")
     p.add_argument("--plot", metavar="FILE.png", help="write a timeline plot")
+    p.add_argument(
+        "--slots",
+        nargs="+",
+        default=["mid"],
+        metavar="NAME",
+        help="injection points (early mid late, or per block); the seed grows in the first",
+    )
     p.add_argument("--quiet", action="store_true")
 
 
@@ -362,6 +373,7 @@ def main(args: argparse.Namespace) -> int:
         backend=args.backend,
         plot=args.plot,
         quiet=args.quiet,
+        slots=tuple(args.slots),
     )
     result = run(cfg)
     print_summary(result)

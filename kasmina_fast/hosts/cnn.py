@@ -1,12 +1,12 @@
-"""``CNNHost`` (spec 2.1): conv blocks that double the channels, a slot
-after every block but the first, channels_last by default."""
+"""``CNNHost`` (spec 2.1): conv blocks that double the channels, a point
+for a slot after every block, channels_last by default."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from kasmina_fast.hosts.base import SegmentedHost
+from kasmina_fast.hosts.base import SegmentedHost, thirds
 
 
 class ConvBlock(nn.Sequential):
@@ -26,10 +26,12 @@ class ConvBlock(nn.Sequential):
 class CNNHost(SegmentedHost):
     """Conv blocks; block ``i`` (0-based) outputs ``base_channels * 2**i`` channels.
 
-    Segments: ``early``, ``mid``, ``late`` for 3 blocks (the spec's names),
-    ``block1`` ... ``blockN`` for any other depth. Injection points: every
-    segment but the first. Pooling on the first ``pool_layers`` blocks (all by
-    default). The input is converted to ``memory_format`` once, on entry.
+    Segments: ``early``, ``mid``, ``late`` (after block 1, 2, 3) for 3 blocks,
+    the spec's names; ``block1`` ... ``blockN`` for any other depth, where
+    ``early``/``mid``/``late`` name the points after blocks ``N // 3``,
+    ``2 * (N // 3)`` and ``N`` too (where that is a block). Every segment is an injection point. Pooling
+    on the first ``pool_layers`` blocks (all by default). The input is converted
+    to ``memory_format`` once, on entry.
     """
 
     def __init__(
@@ -43,7 +45,7 @@ class CNNHost(SegmentedHost):
     ) -> None:
         super().__init__()
         if n_blocks < 2:
-            raise ValueError(f"CNNHost: n_blocks must be >= 2 (one injection point at least), got {n_blocks}")
+            raise ValueError(f"CNNHost: n_blocks must be >= 2, got {n_blocks}")
         pool_layers = n_blocks if pool_layers is None else pool_layers
         if not 0 <= pool_layers <= n_blocks:
             raise ValueError(f"CNNHost: pool_layers must be in [0, {n_blocks}], got {pool_layers}")
@@ -51,8 +53,12 @@ class CNNHost(SegmentedHost):
         channels = [base_channels * 2**i for i in range(n_blocks)]
         ins = [in_channels, *channels[:-1]]
         self.stages = nn.ModuleList(ConvBlock(ins[i], channels[i], i < pool_layers) for i in range(n_blocks))
-        names = ["early", "mid", "late"] if n_blocks == 3 else [f"block{i + 1}" for i in range(n_blocks)]
-        self._init_segments(names, {names[i]: channels[i] for i in range(1, n_blocks)})
+        if n_blocks == 3:
+            self._init_segments(["early", "mid", "late"], channels)
+        else:
+            self._init_segments(
+                [f"block{i + 1}" for i in range(n_blocks)], channels, thirds(n_blocks, "block")
+            )
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], num_classes))
 
     def _enter(self, x: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,6 @@ from kasmina_fast.hosts.cnn import CNNHost
 from kasmina_fast.hosts.protocol import HostProtocol
 from kasmina_fast.hosts.transformer import TransformerHost
 from kasmina_fast.lifecycle import QualityGates, SeedSlot, SeedStage, SeedState, TaskConfig, TelemetryEvent
-from kasmina_fast.lifecycle.stages import is_active_stage
 
 
 def _topology(host: nn.Module) -> str | None:
@@ -26,7 +25,7 @@ def _topology(host: nn.Module) -> str | None:
 class MorphogeneticModel(nn.Module):
     """A host plus one slot per chosen injection point, in host order.
 
-    ``max_seeds`` bounds the live seeds (TRAINING to FOSSILIZED) across slots;
+    ``max_seeds`` bounds the live seeds (GERMINATED to FOSSILIZED) across slots;
     ``max_seeds_per_slot`` bounds the germinations of each slot over its life.
     ``architecture_version`` increases whenever parameters appear or disappear
     (a germination, a cull, a gated blend's gate): rebuild DDP and the
@@ -72,7 +71,7 @@ class MorphogeneticModel(nn.Module):
         self.task_config = task_config
         self.max_seeds = max_seeds
         self.max_seeds_per_slot = max_seeds_per_slot
-        self.slot_ids = [s for s in host.segments if s in slots]  # host order
+        self.slot_ids = [s for s in points if s in slots]  # host order
         for slot_id in self.slot_ids:
             slot = SeedSlot(slot_id, points[slot_id], device, gates, on_telemetry, fast_mode, task_config)
             self.host.register_slot(slot_id, slot)
@@ -108,7 +107,8 @@ class MorphogeneticModel(nn.Module):
         return self.host.slots[slot]
 
     def host_parameters(self) -> list[nn.Parameter]:
-        """The host's own parameters: every parameter of the host that no slot owns (by identity)."""
+        """The host's own parameters: every parameter of the host that no slot owns (by
+        identity; a tied weight appears once)."""
         owned = {id(p) for s in self.seed_slots.values() for p in s.parameters()}
         return [p for p in self.host.parameters() if id(p) not in owned]
 
@@ -117,17 +117,67 @@ class MorphogeneticModel(nn.Module):
         return [p for s in self.seed_slots.values() for p in s.seed_parameters()]
 
     def count_active_seeds(self) -> int:
-        return sum(is_active_stage(s.stage) for s in self.seed_slots.values())
+        """Live seeds (GERMINATED to FOSSILIZED) across the slots: what ``max_seeds`` bounds."""
+        return sum(s.is_active for s in self.seed_slots.values())
 
     def count_fossilized_seeds(self) -> int:
         return sum(s.stage == SeedStage.FOSSILIZED for s in self.seed_slots.values())
 
+    # ---- the spec system's queries ----------------------------------------------------------
+
+    @property
+    def has_active_seed(self) -> bool:
+        """Some slot holds a live seed (GERMINATED to FOSSILIZED)."""
+        return any(s.is_active for s in self.seed_slots.values())
+
+    def has_active_seed_in_slot(self, slot: str) -> bool:
+        return self._slot(slot).is_active
+
+    def get_slot_states(self) -> dict[str, SeedState | None]:
+        """Every slot's :class:`SeedState` (None for an empty slot), in host order."""
+        return {slot_id: s.state for slot_id, s in self.seed_slots.items()}
+
+    @property
+    def active_seed_params(self) -> int:
+        """Parameters of the live seeds and their schedules."""
+        return sum(s.active_seed_params for s in self.seed_slots.values())
+
+    @property
+    def total_params(self) -> int:
+        """The host's parameters (a tied weight counted once) plus the live seeds'."""
+        return sum(p.numel() for p in self.host_parameters()) + self.active_seed_params
+
+    def total_seeds(self) -> int:
+        """Live seeds, fossilized ones included (one per slot at most)."""
+        return self.count_active_seeds()
+
+    def count_seeds_in_slot(self, slot: str) -> int:
+        """The live seeds of ``slot``: 0 or 1 (a slot holds one seed)."""
+        return int(self._slot(slot).is_active)
+
+    def get_seed_parameters(self, slot: str | None = None) -> Iterator[nn.Parameter]:
+        """The seed (and schedule) parameters of ``slot``, or of every slot."""
+        slots = [self._slot(slot)] if slot is not None else self.seed_slots.values()
+        for s in slots:
+            yield from s.seed_parameters()
+
+    def get_host_parameters(self) -> Iterator[nn.Parameter]:
+        """The host's own parameters (see :meth:`host_parameters`)."""
+        yield from self.host_parameters()
+
     # ---- lifecycle ------------------------------------------------------------------------
 
     def germinate_seed(
-        self, blueprint_id: str, seed_id: str | None = None, *, slot: str, blend_algorithm_id: str = "sigmoid"
+        self,
+        blueprint_id: str,
+        seed_id: str | None = None,
+        *,
+        slot: str,
+        blend_algorithm_id: str = "sigmoid",
+        **blueprint_options: bool | int | float | str,
     ) -> SeedState:
-        """Germinate in ``slot`` (RuntimeError when a seed limit is reached)."""
+        """Germinate in ``slot`` (RuntimeError when a seed limit is reached); the seed
+        starts in GERMINATED and trains from the next ``step_epoch()``."""
         target = self._slot(slot)
         if self.max_seeds is not None and self.count_active_seeds() >= self.max_seeds:
             raise RuntimeError(f"MorphogeneticModel: max_seeds={self.max_seeds} live seeds reached")
@@ -135,7 +185,9 @@ class MorphogeneticModel(nn.Module):
             raise RuntimeError(
                 f"MorphogeneticModel: slot {slot!r} reached max_seeds_per_slot={self.max_seeds_per_slot}"
             )
-        state = target.germinate(blueprint_id, seed_id, self.host_parameters(), blend_algorithm_id)
+        state = target.germinate(
+            blueprint_id, seed_id, self.host_parameters(), blend_algorithm_id, **blueprint_options
+        )
         self.germinations[slot] += 1
         self.architecture_version += 1
         return state

@@ -12,7 +12,7 @@ class HostProtocol(Protocol):
     """A network with named injection points where seed slots can sit.
 
     ``segments`` lists every forward boundary in order; ``injection_points``
-    maps the boundaries that accept a slot to their channel count.
+    maps every name that accepts a slot to its channel count, in host order.
     ``forward_to_segment(s, x)`` runs from the input (or from ``from_segment``)
     through segment ``s`` including its slot; ``forward_from_segment(s, h)``
     continues from there to the output, so that

@@ -1,5 +1,5 @@
 """``TransformerHost``: a small GPT (pre-LN blocks, causal SDPA, weight-tied
-head) with a slot between consecutive blocks."""
+head) with a point for a slot after every block."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kasmina_fast.hosts.base import SegmentedHost
+from kasmina_fast.hosts.base import SegmentedHost, thirds
 
 
 class CausalSelfAttention(nn.Module):
@@ -44,8 +44,10 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerHost(SegmentedHost):
-    """Segments ``layer1`` ... ``layerN`` (after each block); injection points
-    between blocks (every segment but the last), each ``n_embd`` wide."""
+    """Segments ``layer1`` ... ``layerN`` (after each block), every one an injection
+    point ``n_embd`` wide; ``early``, ``mid`` and ``late`` name the points after
+    blocks ``N // 3``, ``2 * (N // 3)`` and ``N`` (the spec's system's boundaries;
+    with 2 blocks only ``late`` exists)."""
 
     def __init__(
         self,
@@ -58,16 +60,14 @@ class TransformerHost(SegmentedHost):
     ) -> None:
         super().__init__()
         if n_layer < 2:
-            raise ValueError(
-                f"TransformerHost: n_layer must be >= 2 (one injection point at least), got {n_layer}"
-            )
+            raise ValueError(f"TransformerHost: n_layer must be >= 2, got {n_layer}")
         self.block_size = block_size
         self.tok = nn.Embedding(vocab_size, n_embd)
         self.pos = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
         self.stages = nn.ModuleList(TransformerBlock(n_embd, n_head, dropout) for _ in range(n_layer))
         names = [f"layer{i + 1}" for i in range(n_layer)]
-        self._init_segments(names, {name: n_embd for name in names[:-1]})
+        self._init_segments(names, [n_embd] * n_layer, thirds(n_layer, "layer"))
         self.ln_f = nn.LayerNorm(n_embd)
         self.head = nn.Linear(n_embd, vocab_size, bias=False)
         self.head.weight = self.tok.weight  # weight tying

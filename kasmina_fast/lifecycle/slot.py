@@ -83,7 +83,7 @@ class SeedSlot(nn.Module):
         self.embargo_epochs = int(embargo_epochs)
         self.seed: nn.Module | None = None
         self.alpha_schedule: BlendAlgorithm | None = None
-        self.state: SeedState | None = None
+        self._state: SeedState | None = None
         self.register_buffer("alpha", torch.zeros((), device=device))
         self.isolation_monitor = GradientIsolationMonitor()
         self._host_module: tuple = ()  # a tuple: the host is not registered as a child
@@ -110,6 +110,29 @@ class SeedSlot(nn.Module):
     @property
     def stage(self) -> SeedStage:
         return self._stage
+
+    @property
+    def state(self) -> SeedState | None:
+        """The seed's :class:`SeedState` (None without a seed); its stage moves only
+        through this slot (``advance_stage``, ``step_epoch``, ``cull``)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: SeedState | None) -> None:
+        raise RuntimeError(
+            f"SeedSlot {self.slot_id!r}: the state is the slot's own; germinate(), cull() and "
+            "load_state_dict() change it, and advance_stage() / step_epoch() move its stage"
+        )
+
+    @property
+    def is_active(self) -> bool:
+        """A live seed is in the slot (GERMINATED to FOSSILIZED)."""
+        return self.seed is not None
+
+    @property
+    def active_seed_params(self) -> int:
+        """Parameters of the live seed and its schedule (0 without one)."""
+        return sum(p.numel() for p in self.seed_parameters())
 
     @property
     def isolate_gradients(self) -> bool:
@@ -179,12 +202,16 @@ class SeedSlot(nn.Module):
         seed_id: str | None = None,
         host_module: nn.Module | Iterable[nn.Parameter] | None = None,
         blend_algorithm_id: str = "sigmoid",
+        **blueprint_options: bool | int | float | str,
     ) -> SeedState:
-        """Create a seed from a blueprint, check it keeps the feature shape, and start TRAINING.
+        """Create a seed from a blueprint (``blueprint_options`` go to its factory), check it
+        keeps the feature shape, and enter GERMINATED (G0). The forward stays the host's
+        until the next ``step_epoch()`` (or ``advance_stage(SeedStage.TRAINING)``) passes
+        G1 and starts TRAINING.
 
         Raises:
             RuntimeError: the slot holds a seed that is not failed, or is still cleaning up after a cull.
-            ValueError: unknown blueprint, topology or blend algorithm (listing what exists).
+            ValueError: unknown blueprint, topology, option or blend algorithm (listing what exists).
             SeedShapeError: the seed changes the feature shape.
         """
         if self.state is not None:
@@ -199,9 +226,9 @@ class SeedSlot(nn.Module):
                 "cull it first"
             )
         check_blend_algorithm(blend_algorithm_id)
-        seed = BlueprintRegistry.create(self.task_config.topology, blueprint_id, self.channels).to(
-            self.device
-        )
+        seed = BlueprintRegistry.create(
+            self.task_config.topology, blueprint_id, self.channels, **blueprint_options
+        ).to(self.device)
         self._check_shape(seed, blueprint_id)
         self._germinations += 1
         state = SeedState(
@@ -210,15 +237,17 @@ class SeedSlot(nn.Module):
             slot_id=self.slot_id,
             stage=S.DORMANT,
             blend_algorithm_id=blend_algorithm_id,
+            blueprint_options=dict(blueprint_options),
         )
         g0 = self.gates.check(S.GERMINATED, state)
         if not g0.passed:
             raise ValueError(f"SeedSlot {self.slot_id!r}: {g0.message}")
         self.seed = seed
-        self.state = state
+        self._state = state
+        state._held_by(self.slot_id)
         self.attach_host(host_module)
         state.metrics.seed_param_count = sum(p.numel() for p in seed.parameters())
-        self._transition(S.GERMINATED)
+        self._transition(S.GERMINATED, announce=False)  # SEED_GERMINATED says it
         self._emit(
             TelemetryEventType.SEED_GERMINATED,
             {
@@ -227,7 +256,6 @@ class SeedSlot(nn.Module):
                 "params": state.metrics.seed_param_count,
             },
         )
-        self._transition(S.TRAINING)  # GERMINATED has no dwell (G1 holds by construction)
         return state
 
     def attach_host(self, host_module: nn.Module | Iterable[nn.Parameter] | None) -> None:
@@ -266,9 +294,10 @@ class SeedSlot(nn.Module):
                 result, passed=False, message=result.message + "; not unanimous across ranks"
             )
         if agreed:
-            if target == S.FOSSILIZED:
-                self._emit(TelemetryEventType.SEED_FOSSILIZED, self._outcome_payload())
+            outcome = self._outcome_payload() if target == S.FOSSILIZED else None  # (before the stage resets)
             self._transition(target)
+            if outcome is not None:
+                self._emit(TelemetryEventType.SEED_FOSSILIZED, outcome)
         return result
 
     def cull(self, reason: str = "manual") -> bool:
@@ -277,10 +306,11 @@ class SeedSlot(nn.Module):
         st = self.state
         if st is None or is_failure_stage(st.stage) or st.stage == S.FOSSILIZED:
             return False
-        self._emit(TelemetryEventType.SEED_CULLED, {"reason": reason, **self._outcome_payload(params=False)})
+        outcome = {"reason": reason, **self._outcome_payload(params=False)}  # (before the stage resets)
         st.cull_reason = reason
         st.epochs_since_cull = 0
         self._transition(S.CULLED)
+        self._emit(TelemetryEventType.SEED_CULLED, outcome)
         self.seed = None
         self._set_stage(S.CULLED)
         self.alpha_schedule = None
@@ -298,8 +328,9 @@ class SeedSlot(nn.Module):
         stage = st.stage
         if is_failure_stage(stage):
             self._step_cleanup(st)
-        elif stage == S.GERMINATED:
-            self._transition(S.TRAINING)
+        elif stage == S.GERMINATED:  # no dwell: G1 at the first epoch boundary
+            if agree(self.gates.check(S.TRAINING, st).passed, self.device):
+                self._transition(S.TRAINING)
         elif stage == S.TRAINING:
             ready = st.metrics.epochs_in_current_stage >= self.task_config.training_dwell
             ok = ready and self.gates.check(S.BLENDING, st, gradient_monitored=not self.fast_mode).passed
@@ -330,7 +361,7 @@ class SeedSlot(nn.Module):
                 st.epochs_since_cull += 1
         elif st.stage == S.RESETTING:
             self._transition(S.DORMANT)
-            self.state = None
+            self._state = None
             self._set_stage(S.DORMANT)
 
     # ---- gradient telemetry ---------------------------------------------------------------
@@ -375,13 +406,12 @@ class SeedSlot(nn.Module):
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _transition(self, target: SeedStage) -> None:
+    def _transition(self, target: SeedStage, announce: bool = True) -> None:
         st = self.state
         old = st.stage
         if not is_valid_transition(old, target):
             raise RuntimeError(f"SeedSlot {self.slot_id!r}: invalid transition {old.name} -> {target.name}")
-        st.previous_stage = old
-        st.stage = target
+        st._move_to(target)
         st.stage_history.append((int(target), st.metrics.epochs_total))
         st.metrics.start_stage()
         if target == S.BLENDING:
@@ -395,7 +425,8 @@ class SeedSlot(nn.Module):
         elif target == S.FOSSILIZED:
             self._set_alpha(1.0)
         self._set_stage(target)
-        self._emit(TelemetryEventType.SEED_STAGE_CHANGED, {"from": old.name, "to": target.name})
+        if announce:
+            self._emit(TelemetryEventType.SEED_STAGE_CHANGED, {"from": old.name, "to": target.name})
 
     def _set_alpha(self, value: float) -> None:
         self.alpha.fill_(value)
@@ -478,7 +509,7 @@ class SeedSlot(nn.Module):
         self._germinations = int(extra["germinations"])
         raw = extra["state"]
         if raw is None:
-            self.state = None
+            self._state = None
             self._set_stage(S.DORMANT)
             return
         raw = dict(raw)
@@ -486,7 +517,8 @@ class SeedSlot(nn.Module):
         raw["stage"] = SeedStage(raw["stage"])
         raw["previous_stage"] = SeedStage(raw["previous_stage"])
         raw["stage_history"] = [tuple(x) for x in raw["stage_history"]]
-        self.state = SeedState(metrics=metrics, **raw)
+        self._state = SeedState(metrics=metrics, **raw)
+        self._state._held_by(self.slot_id)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -500,7 +532,12 @@ class SeedSlot(nn.Module):
             self.seed = None
             self.alpha_schedule = None
             if raw is not None and not is_failure_stage(SeedStage(raw["stage"])):
-                seed = BlueprintRegistry.create(self.task_config.topology, raw["blueprint_id"], self.channels)
+                seed = BlueprintRegistry.create(
+                    self.task_config.topology,
+                    raw["blueprint_id"],
+                    self.channels,
+                    **raw.get("blueprint_options", {}),
+                )
                 self.seed = seed.to(self.device)
                 if extra["has_schedule"]:
                     self.alpha_schedule = create_blend_algorithm(

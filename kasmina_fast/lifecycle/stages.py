@@ -93,12 +93,27 @@ class GateResult:
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-    """Task settings, fixed for a slot's life (spec 2.2)."""
+    """Task settings, fixed for a slot's life (spec 2.2).
+
+    The defaults behave as the spec's system does without a task config: a
+    TRAINING dwell of 1 epoch. :meth:`cifar10` and :meth:`tinystories` are its
+    presets (dwell 2 and 5 epochs).
+    """
 
     topology: str
     blending_steps: int = 5
-    train_to_blend_fraction: float = 0.1
+    train_to_blend_fraction: float = 0.0
     max_epochs: int = 25
+
+    @classmethod
+    def cifar10(cls) -> TaskConfig:
+        """The spec system's ``--task cifar10`` preset: CNN, 25 epochs, 10% in TRAINING."""
+        return cls(topology="cnn", blending_steps=5, train_to_blend_fraction=0.1, max_epochs=25)
+
+    @classmethod
+    def tinystories(cls) -> TaskConfig:
+        """The spec system's ``--task tinystories`` preset: transformer, 50 epochs, 10% in TRAINING."""
+        return cls(topology="transformer", blending_steps=5, train_to_blend_fraction=0.1, max_epochs=50)
 
     def __post_init__(self) -> None:
         if self.topology not in ("cnn", "transformer"):

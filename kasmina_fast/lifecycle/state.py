@@ -70,9 +70,17 @@ class SeedMetrics:
 
 @dataclasses.dataclass(kw_only=True)
 class SeedState:
+    """A seed's lifecycle state (spec 4.2: the source of truth for its stage).
+
+    Built freely (``slot_id`` may be left for the slot to fill in); once a
+    ``SeedSlot`` holds it, its ``stage`` changes only through the slot's
+    ``advance_stage``, ``step_epoch`` and ``cull``, so that the slot's forward
+    and its gates always agree with it. Setting it by hand then raises.
+    """
+
     seed_id: str
     blueprint_id: str
-    slot_id: str
+    slot_id: str = ""
     stage: SeedStage = SeedStage.DORMANT
     previous_stage: SeedStage = SeedStage.UNKNOWN
     blend_algorithm_id: str = "sigmoid"
@@ -83,3 +91,23 @@ class SeedState:
     epochs_since_cull: int = 0
     metrics: SeedMetrics = dataclasses.field(default_factory=SeedMetrics)
     stage_history: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (stage, epoch)
+    blueprint_options: dict[str, bool | int | float | str] = dataclasses.field(default_factory=dict)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "stage" and self.__dict__.get("_owner") is not None:
+            raise RuntimeError(
+                f"SeedState.stage of seed {self.seed_id!r} belongs to slot {self._owner!r}: "
+                "change it with advance_stage(), step_epoch() or cull()"
+            )
+        super().__setattr__(name, value)
+
+    def _held_by(self, slot_id: str) -> None:
+        """A slot takes this state: from now on only it moves the stage."""
+        if not self.slot_id:
+            self.slot_id = slot_id
+        self.__dict__["_owner"] = slot_id
+
+    def _move_to(self, stage: SeedStage) -> None:
+        """The holding slot's stage change (the only way in once held)."""
+        self.__dict__["previous_stage"] = self.stage
+        self.__dict__["stage"] = SeedStage(stage)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from kasmina_fast import BlueprintRegistry, BlueprintSpec
+from kasmina_fast.blueprints.transformer import flex_attention_available
 
 CNN = ["noop", "norm", "attention", "depthwise", "conv_light", "conv_heavy"]
-TRANSFORMER = ["noop", "norm", "lora", "attention", "mlp"]
+TRANSFORMER = ["noop", "norm", "lora", "attention", "mlp"]  # flex_attention: test_flex_attention.py
 CASES = [("cnn", b, (3, c, 9, 7)) for b in CNN for c in (1, 6, 16)] + [
     ("transformer", b, (2, 5, c)) for b in TRANSFORMER for c in (4, 16, 24)
 ]
@@ -16,7 +17,10 @@ CASES = [("cnn", b, (3, c, 9, 7)) for b in CNN for c in (1, 6, 16)] + [
 
 def test_catalog():
     assert [s.blueprint_id for s in BlueprintRegistry.list_for_topology("cnn")] == sorted(CNN)
-    assert [s.blueprint_id for s in BlueprintRegistry.list_for_topology("transformer")] == sorted(TRANSFORMER)
+    flex = ["flex_attention"] if flex_attention_available() else []
+    assert [s.blueprint_id for s in BlueprintRegistry.list_for_topology("transformer")] == sorted(
+        TRANSFORMER + flex
+    )
 
 
 @pytest.mark.parametrize(("topology", "blueprint", "shape"), CASES)
@@ -58,3 +62,48 @@ def test_register_and_unregister():
         BlueprintRegistry.unregister("cnn", "double_noop")
     with pytest.raises(ValueError):
         BlueprintRegistry.get("cnn", "double_noop")
+
+
+def test_options_reach_the_factory_and_unknown_ones_are_refused():
+    seed = BlueprintRegistry.create("transformer", "mlp", 8, checkpoint=True)
+    assert seed.checkpoint
+    assert BlueprintRegistry.get("transformer", "attention").options == ("checkpoint",)
+    assert BlueprintRegistry.get("cnn", "norm").options == ()
+    with pytest.raises(
+        ValueError, match=r"blueprint 'mlp' \(transformer\) has no option 'ckpt'; its options: checkpoint"
+    ):
+        BlueprintRegistry.create("transformer", "mlp", 8, ckpt=True)
+    with pytest.raises(
+        ValueError, match=r"blueprint 'norm' \(cnn\) has no option 'checkpoint'; its options: none"
+    ):
+        BlueprintRegistry.create("cnn", "norm", 8, checkpoint=True)
+
+
+@pytest.mark.parametrize("blueprint", ["mlp", "attention"])
+def test_checkpointed_seed_matches_the_plain_one(blueprint):
+    """checkpoint=True: same values and gradients; the branch runs twice in training
+    (once more in the backward) and once in eval or without grad."""
+    torch.manual_seed(0)
+    plain = BlueprintRegistry.create("transformer", blueprint, 16)
+    ckpt = BlueprintRegistry.create("transformer", blueprint, 16, checkpoint=True)
+    ckpt.load_state_dict(plain.state_dict())
+    for p in plain.parameters():  # leave the identity so that every gradient shows
+        torch.nn.init.normal_(p, std=0.1)
+    ckpt.load_state_dict(plain.state_dict())
+    calls = []
+    ckpt.branch = (lambda f: lambda x: calls.append(1) or f(x))(ckpt.branch)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    out, out2 = plain(x), ckpt(x2)
+    torch.testing.assert_close(out2, out, rtol=0, atol=0)
+    out.square().sum().backward()
+    out2.square().sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad)
+    for (name, p), p2 in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(p2.grad, p.grad, msg=name)
+    assert len(calls) == 2
+    ckpt.eval()
+    ckpt(x2)
+    with torch.no_grad():
+        ckpt.train()(x2)
+    assert len(calls) == 4

@@ -15,6 +15,7 @@ from kasmina_fast import (
     SeedShapeError,
     SeedSlot,
     SeedStage,
+    TaskConfig,
     TelemetryEventType,
 )
 from tests.utils import epoch, features, make_slot
@@ -40,10 +41,14 @@ def test_lifecycle_germinate_to_fossilize_with_events():
     events = []
     slot = make_slot(events=events)
     state = slot.germinate("norm", "s1")
-    assert state.stage == S.TRAINING  # GERMINATED -> TRAINING at once
+    assert state.stage == S.GERMINATED and state.slot_id == "mid"
+    x = features()
+    assert torch.equal(slot(x), x), "GERMINATED: the forward is still the host's"
+    epoch(slot, 49.0)  # G1 at the first epoch boundary (no dwell)
+    assert slot.stage == S.TRAINING
     epoch(slot, 50.0)
     assert slot.stage == S.TRAINING
-    epoch(slot, 51.0)  # dwell 2 reached, but G2 wants 3 epochs in stage
+    epoch(slot, 51.0)  # dwell reached, but G2 wants 3 epochs in stage
     assert slot.stage == S.TRAINING
     epoch(slot, 52.0)
     assert slot.stage == S.BLENDING and float(slot.alpha) == 0.0
@@ -59,19 +64,22 @@ def test_lifecycle_germinate_to_fossilize_with_events():
     assert result.passed and slot.stage == S.FOSSILIZED
     assert not slot.cull("try") and slot.stage == S.FOSSILIZED
     kinds = [(e.event_type, e.data.get("to")) for e in events]
+    # germinate emits SEED_GERMINATED only; a transition's SEED_STAGE_CHANGED comes
+    # before the outcome event it causes
     assert kinds == [
-        (TelemetryEventType.SEED_STAGE_CHANGED, "GERMINATED"),
         (TelemetryEventType.SEED_GERMINATED, None),
         (TelemetryEventType.SEED_STAGE_CHANGED, "TRAINING"),
         (TelemetryEventType.SEED_STAGE_CHANGED, "BLENDING"),
         (TelemetryEventType.SEED_STAGE_CHANGED, "PROBATIONARY"),
-        (TelemetryEventType.SEED_FOSSILIZED, None),
         (TelemetryEventType.SEED_STAGE_CHANGED, "FOSSILIZED"),
+        (TelemetryEventType.SEED_FOSSILIZED, None),
     ]
-    germ = events[1].data
+    germ = events[0].data
     assert germ == {"blueprint_id": "norm", "seed_id": "s1", "params": 24}
+    assert events[1].data == {"from": "GERMINATED", "to": "TRAINING"}
     fossil = events[5].data
-    assert fossil["counterfactual"] == 3.0 and fossil["params_added"] == 24 and fossil["improvement"] == 5.0
+    assert fossil["counterfactual"] == 3.0 and fossil["params_added"] == 24 and fossil["improvement"] == 6.0
+    assert fossil["epochs_in_stage"] == 1  # counted in PROBATIONARY, before the stage changed
     assert fossil["blending_delta"] == 3.0
     assert set(fossil) == {
         "blueprint_id", "seed_id", "improvement", "blending_delta", "counterfactual",
@@ -84,6 +92,8 @@ def test_cull_embargo_dormant_germinate_again():
     slot = make_slot(events=events, embargo_epochs=2)
     slot.germinate("conv_light", "s1")
     epoch(slot, 50.0)
+    epoch(slot, 50.0)
+    assert slot.stage == S.TRAINING
     assert slot.cull("bad idea")
     assert slot.stage == S.CULLED and slot.seed is None and slot.state.cull_reason == "bad idea"
     with pytest.raises(RuntimeError, match=r"culled.*CULLED"):
@@ -98,11 +108,15 @@ def test_cull_embargo_dormant_germinate_again():
     assert stages == [S.EMBARGOED, S.EMBARGOED, S.RESETTING, S.DORMANT]
     assert slot.state is None
     state = slot.germinate("norm")
-    assert state.seed_id == "mid-norm-2" and slot.stage == S.TRAINING
-    culled = [e for e in events if e.event_type == TelemetryEventType.SEED_CULLED]
-    assert (
-        len(culled) == 1 and culled[0].data["reason"] == "bad idea" and "params_added" not in culled[0].data
-    )
+    assert state.seed_id == "mid-norm-2" and slot.stage == S.GERMINATED
+    culled = [i for i, e in enumerate(events) if e.event_type == TelemetryEventType.SEED_CULLED]
+    assert len(culled) == 1
+    cull = events[culled[0]]
+    assert cull.data["reason"] == "bad idea" and "params_added" not in cull.data
+    assert cull.data["epochs_in_stage"] == 1  # TRAINING's, before the stage changed
+    before = events[culled[0] - 1]
+    assert before.event_type == TelemetryEventType.SEED_STAGE_CHANGED
+    assert before.data == {"from": "TRAINING", "to": "CULLED"}
 
 
 def test_probation_auto_culls():
@@ -124,9 +138,13 @@ def test_advance_stage_refusals():
     assert not slot.advance_stage(S.TRAINING).passed  # empty slot
     slot.germinate("norm")
     r = slot.advance_stage(S.FOSSILIZED)
-    assert not r.passed and "TRAINING -> FOSSILIZED" in r.message
+    assert not r.passed and "GERMINATED -> FOSSILIZED" in r.message
     r = slot.advance_stage(S.CULLED)
     assert not r.passed and "use cull()" in r.message
+    r = slot.advance_stage(S.BLENDING)
+    assert not r.passed and "GERMINATED -> BLENDING" in r.message
+    r = slot.advance_stage(S.TRAINING)  # a controller may start TRAINING at once (G1)
+    assert r.passed and r.gate.name == "G1" and slot.stage == S.TRAINING
     r = slot.advance_stage(S.BLENDING)  # no epochs, no improvement yet
     assert not r.passed and "epochs_in_stage" in r.checks_failed and slot.stage == S.TRAINING
 
@@ -160,6 +178,7 @@ def test_shape_changing_seed_is_refused():
 def test_training_stage_is_the_ste(blueprint):
     slot = make_slot()
     slot.germinate(blueprint)
+    slot.advance_stage(S.TRAINING)
     nn.init.normal_(
         next(p for n, p in slot.seed.named_parameters() if "scale" in n or "fc2" in n or "conv2" in n)
     )
@@ -175,7 +194,9 @@ def test_training_stage_is_the_ste(blueprint):
 def test_isolation_per_stage_and_topology(topology, isolated_in_blending):
     slot = make_slot(topology)
     slot.germinate("norm")
-    assert slot.isolate_gradients
+    assert not slot.isolate_gradients  # GERMINATED: the seed does not run
+    epoch(slot, 49)
+    assert slot.isolate_gradients  # TRAINING
     for acc in (50, 51, 52, 53):
         epoch(slot, acc)
     assert slot.stage == S.BLENDING and slot.isolate_gradients == isolated_in_blending
@@ -227,6 +248,7 @@ def test_gradient_telemetry_feeds_g2_and_health():
     host = nn.Conv2d(8, 8, 3, padding=1)
     slot = make_slot()
     slot.germinate("conv_light", host_module=host)
+    slot.advance_stage(S.TRAINING)
     nn.init.normal_(slot.seed.conv2.weight)
     x = torch.randn(4, 8, 6, 6)
     slot(host(x)).square().sum().backward()
@@ -275,6 +297,8 @@ def test_checkpoint_round_trip_in_every_stage(algorithm):
         nn.init.normal_(slot.seed.scale)
         restored = roundtrip(slot)
         assert restored.get_state_report() == slot.get_state_report()
+        with pytest.raises(RuntimeError, match="advance_stage"):  # a restored state is the slot's too
+            restored.state.stage = S.FOSSILIZED
         x = features()
         with torch.no_grad():
             torch.testing.assert_close(restored(x), slot(x))
@@ -284,7 +308,7 @@ def test_checkpoint_round_trip_in_every_stage(algorithm):
             epoch(s, float(acc))
         assert restored.stage == slot.stage and float(restored.alpha) == float(slot.alpha)
         slot = restored
-    assert {S.TRAINING, S.BLENDING} <= seen
+    assert {S.GERMINATED, S.TRAINING, S.BLENDING} <= seen
     restored = roundtrip(slot)
     assert restored.stage == S.PROBATIONARY
     assert restored.advance_stage(S.FOSSILIZED).passed is False  # no counterfactual yet, same as the original
@@ -326,3 +350,73 @@ def test_to_moves_and_clears_probe_cache():
     slot.to(torch.float64)
     assert not slot._probe_cache and slot.alpha.dtype == torch.float64
     assert next(slot.seed.parameters()).dtype == torch.float64
+
+
+def test_germinated_waits_for_g1_at_the_epoch_boundary():
+    events = []
+    slot = make_slot(events=events)
+    slot.germinate("norm", "s1")
+    assert [e.event_type for e in events] == [TelemetryEventType.SEED_GERMINATED]
+    assert slot.stage == S.GERMINATED and slot.state.previous_stage == S.DORMANT
+    assert slot.get_state_report()["stage"] == "GERMINATED"
+    slot.step_epoch()  # G1, no dwell (even without a recorded accuracy)
+    assert slot.stage == S.TRAINING
+    assert [e.data for e in events[1:]] == [{"from": "GERMINATED", "to": "TRAINING"}]
+    r = slot.advance_stage(S.TRAINING)
+    assert not r.passed and "TRAINING -> TRAINING" in r.message
+
+
+def test_a_culled_germinated_seed_goes_through_the_embargo():
+    slot = make_slot(embargo_epochs=1)
+    slot.germinate("norm")
+    assert slot.cull("changed my mind") and slot.stage == S.CULLED
+    for _ in range(3):
+        slot.step_epoch()
+    assert slot.stage == S.DORMANT and slot.state is None
+
+
+def test_the_stage_cannot_be_set_from_outside():
+    """One source of truth: the slot's forward and gates follow state.stage, which only
+    the slot moves; a hand edit raises (naming the ways to move it), never an
+    AttributeError later, never a forward that disagrees with the gates."""
+    slot = make_slot()
+    slot.germinate("norm")
+    with pytest.raises(RuntimeError, match=r"advance_stage\(\), step_epoch\(\) or cull\(\)"):
+        slot.state.stage = S.BLENDING
+    assert slot.stage == slot.state.stage == S.GERMINATED
+    with pytest.raises(RuntimeError, match="the state is the slot's own"):
+        slot.state = None
+    slot.step_epoch()
+    slot.step_epoch()  # no crash: the stage and the schedule agree
+    assert slot.stage == slot.state.stage == S.TRAINING
+    x = features()
+    assert torch.equal(slot(x), x)
+
+
+def test_seed_state_can_be_built_with_the_spec_fields():
+    state = kasmina_fast.SeedState(seed_id="s", blueprint_id="norm")
+    assert state.slot_id == "" and state.stage == S.DORMANT
+    state.stage = S.TRAINING  # not held by a slot: a plain dataclass
+    assert state.stage == S.TRAINING
+    full = kasmina_fast.SeedState(
+        seed_id="s", blueprint_id="norm", slot_id="mid", stage=S.BLENDING, alpha=0.5
+    )
+    assert (full.slot_id, full.stage, full.alpha) == ("mid", S.BLENDING, 0.5)
+
+
+def test_the_training_dwell_follows_the_spec_system():
+    assert make_slot().task_config.training_dwell == 1  # no fraction given
+    slot = SeedSlot("mid", 8)  # no task_config at all
+    assert slot.task_config.training_dwell == 1
+    quick = kasmina_fast.QualityGates(min_blending_epochs=1)  # so that the dwell decides
+    for task_config, stages in [
+        (None, [S.TRAINING, S.BLENDING]),  # dwell 1
+        (TaskConfig.cifar10(), [S.TRAINING, S.TRAINING, S.BLENDING]),  # dwell 2
+    ]:
+        slot = SeedSlot("mid", 8, gates=quick, task_config=task_config)
+        slot.germinate("norm")
+        seen = []
+        for i in range(len(stages)):
+            epoch(slot, 50.0 + i)
+            seen.append(slot.stage)
+        assert seen == stages, task_config

@@ -46,6 +46,8 @@ def test_whole_lifecycle_compiles_once_per_stage():
         epoch(slot, acc)
     ramp = [frames for stage, frames in log if stage == "BLENDING"]
     assert len(ramp) == 5 and len(set(ramp)) == 1, f"alpha ramp recompiled: {log}"
+    frames = dict(log)
+    assert log[1][0] == "GERMINATED" and frames["GERMINATED"] <= frames["DORMANT"] + 1, log
     step()
     with torch.no_grad():  # the counterfactual evaluation
         compiled(x, override_alpha=0.0)
@@ -55,9 +57,9 @@ def test_whole_lifecycle_compiles_once_per_stage():
     log.append(("FOSSILIZED", counter.frame_count))
     slot.cull("no-op: fossilized")
     step()
-    stage_changes = (
-        5  # DORMANT -> TRAINING (germination) -> BLENDING -> PROBATIONARY -> FOSSILIZED, + override
-    )
+    # DORMANT, GERMINATED (the host's forward: at most one more), TRAINING, BLENDING,
+    # PROBATIONARY, FOSSILIZED, and the override
+    stage_changes = 6
     assert counter.frame_count <= stage_changes + 1, log
     print(f"compiles over a whole lifecycle: {counter.frame_count} ({log})")
 

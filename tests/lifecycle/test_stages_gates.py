@@ -55,7 +55,11 @@ def test_predicates():
 
 
 def test_task_config():
-    tc = TaskConfig(topology="cnn", max_epochs=40)
+    # the spec system's dwell: 1 epoch without a task config, 2 and 5 at its presets
+    assert TaskConfig(topology="cnn").training_dwell == 1
+    assert TaskConfig.cifar10().training_dwell == 2 and TaskConfig.cifar10().max_epochs == 25
+    assert TaskConfig.tinystories().training_dwell == 5 and TaskConfig.tinystories().topology == "transformer"
+    tc = TaskConfig(topology="cnn", max_epochs=40, train_to_blend_fraction=0.1)
     assert tc.training_dwell == 4 and tc.probation_timeout == 5
     assert TaskConfig(topology="transformer", max_epochs=200).probation_timeout == 20
     assert TaskConfig(topology="cnn", max_epochs=3).training_dwell == 1
