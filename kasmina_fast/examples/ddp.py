@@ -96,10 +96,11 @@ def run(rank: int, world: int, init_file: str, epochs: int, out_dir: str | None,
                         slot.state.metrics.counterfactual_contribution = (
                             acc - acc0 + (5.0 if permissive else 0.0)
                         )
-            model.step_epoch()  # gate decisions: one agreed collective per slot and decision point
+            before = ",".join(s.stage.name for s in model.seed_slots.values())
+            model.step_epoch()  # gate decisions (G1 of a GERMINATED seed too): one agreed collective each
             if model.seed_slots["mid"].stage == SeedStage.PROBATIONARY:
                 model.advance_stage(SeedStage.FOSSILIZED, slot="mid")
-            log.append(",".join(s.stage.name for s in model.seed_slots.values()))
+            log.append(before + " > " + ",".join(s.stage.name for s in model.seed_slots.values()))
         if out_dir is not None:
             flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
             torch.save(flat, Path(out_dir) / f"params{rank}.pt")

@@ -47,13 +47,29 @@ def _as_list(ts: Sequence[Tensor]) -> list[Tensor]:
     return ts if type(ts) is list else list(ts)
 
 
+def _eager() -> bool:
+    """Whether the lists may be read in C++ (``kasmina_fast._C.list_call``): the op
+    library is loaded, and neither torch.compile nor a TorchFunctionMode, which must
+    see the op itself, is active."""
+    return (
+        _C is not None
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_torch_function_mode_enabled()
+    )
+
+
 def foreach_norm(tensors: Sequence[Tensor]) -> Tensor:
     """L2 norm of every tensor, as one fp32 ``[N]`` tensor on their device.
 
     Mixed float dtypes are fine (accumulation in at least fp32); empty tensors
     give 0; an empty list gives an empty CPU tensor.
     """
-    return _foreach_norm(_as_list(tensors))
+    tensors = _as_list(tensors)
+    if _eager():
+        out = _C.list_call("foreach_norm", tensors, None, 0, 0, False)
+        if out is not None:
+            return out
+    return _foreach_norm(tensors)
 
 
 def gradient_stats(
@@ -65,7 +81,13 @@ def gradient_stats(
     (0 when ``host_norm < 1e-8``; un-normalised when a count is 0) and
     ``nonfinite = 1.0`` when any gradient holds NaN or inf.
     """
-    return _gradient_stats(_as_list(host_grads), _as_list(seed_grads), int(host_params), int(seed_params))
+    host_grads, seed_grads = _as_list(host_grads), _as_list(seed_grads)
+    host_params, seed_params = int(host_params), int(seed_params)
+    if _eager():
+        out = _C.list_call("gradient_stats", host_grads, seed_grads, host_params, seed_params, False)
+        if out is not None:
+            return out
+    return _gradient_stats(host_grads, seed_grads, host_params, seed_params)
 
 
 def param_gradient_stats(
@@ -74,16 +96,12 @@ def param_gradient_stats(
     """:func:`gradient_stats` of the ``.grad`` of two parameter lists; parameters whose
     ``.grad`` is None are skipped. The lists are read on every call, so replaced
     ``.grad`` tensors are seen. In eager mode the lists are read in C++
-    (``kasmina_fast._C.param_gradient_stats``); under ``torch.compile`` or a
+    (``kasmina_fast._C.list_call``); under ``torch.compile`` or a
     ``TorchFunctionMode``, which must see the op, they are read here."""
     host_params, seed_params = list(host_params), list(seed_params)
     host_count, seed_count = int(host_count), int(seed_count)
-    if (
-        _C is not None
-        and not torch.compiler.is_compiling()
-        and not torch._C._is_torch_function_mode_enabled()
-    ):
-        return _C.param_gradient_stats(host_params, seed_params, host_count, seed_count)
+    if _eager():
+        return _C.list_call("gradient_stats", host_params, seed_params, host_count, seed_count, True)
     host, seed = _grads(host_params, "host_params"), _grads(seed_params, "seed_params")
     return _gradient_stats(host, seed, host_count, seed_count)
 

@@ -1,9 +1,7 @@
-"""param_gradient_stats (kasmina_fast/ops/norms.py, csrc/python/param_gradient_stats.cpp):
-gradient_stats of the .grad of parameter lists, read in C++ in eager mode."""
+"""param_gradient_stats (kasmina_fast/ops/norms.py): gradient_stats of the .grad of
+parameter lists, read in C++ in eager mode (csrc/python/list_call.cpp)."""
 
 from __future__ import annotations
-
-import types
 
 import hypothesis.strategies as st
 import pytest
@@ -12,10 +10,8 @@ from hypothesis import given, settings
 from torch import nn
 
 from kasmina_fast import reference
-from kasmina_fast.ops import norms, param_gradient_stats
+from kasmina_fast.ops import param_gradient_stats
 from tests.utils import VIEWS, cpu_backends, make, shapes, view_of, with_backend
-
-native = pytest.mark.skipif(norms._C is None, reason="the op library is not loaded")
 
 
 def params(shapes, dtype=torch.float32, seed=0):
@@ -40,32 +36,6 @@ def test_matches_gradient_stats_of_the_grads(backend):
     with with_backend(backend):
         got = param_gradient_stats(host, seed, 1000, 10)
     torch.testing.assert_close(got, want(host, seed, 1000, 10), rtol=1e-6, atol=0)
-
-
-class Passthrough(torch.overrides.TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
-
-
-@native
-def test_eager_calls_read_the_lists_in_cpp_traced_calls_do_not(monkeypatch):
-    """The pybind helper is eager-only: under torch.compile (fullgraph: no graph break)
-    and under a TorchFunctionMode the lists are read in Python and the op is called
-    as every traced op is; eager calls go to the helper."""
-    host, seed = params([(8,)] * 3), params([(2,)], seed=1)
-    calls = []
-    stub = types.SimpleNamespace(param_gradient_stats=lambda *a: calls.append(a) or torch.zeros(4))
-    monkeypatch.setattr(norms, "_C", stub)
-    param_gradient_stats(host, seed, 24, 2)
-    assert len(calls) == 1
-    torch._dynamo.reset()
-    compiled = torch.compile(lambda: param_gradient_stats(host, seed, 24, 2), backend="eager", fullgraph=True)
-    got = compiled()
-    with Passthrough():
-        in_mode = param_gradient_stats(host, seed, 24, 2)
-    assert len(calls) == 1  # neither reached the helper
-    for out in (got, in_mode):
-        torch.testing.assert_close(out, want(host, seed, 24, 2), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("backend", cpu_backends("gradient_stats"))
