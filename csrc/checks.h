@@ -1,8 +1,8 @@
 // Argument validation shared by every kernel of the `kasmina` ops.
 //
 // The messages are part of the public contract: the Python layer
-// (kasmina_fast/ops/_checks.py) raises the very same text for the backends
-// that do not go through C++, and tests/ops/test_bad_input.py compares the
+// (kasmina_fast/ops/_checks.py) raises the very same text for the Python
+// kernels (Triton) and the fakes, and tests/ops/test_bad_input.py compares the
 // two. Every failure is a ValueError that names the op and the argument.
 #pragma once
 

@@ -1,9 +1,9 @@
 """Argument validation for the ``kasmina`` ops, in Python.
 
 The same checks, with the same messages, are compiled into the C++ kernels
-(``csrc/checks.h``); this module serves the backends that do not go through
-C++ (reference, Triton) and the fake kernels, so that a bad call raises the
-same ``ValueError`` on every backend and at trace time.
+(``csrc/checks.h``); this module serves the Python kernels (Triton), the fake
+kernels and the functions without the op library, so that a bad call raises
+the same ``ValueError`` on every backend and at trace time.
 """
 
 from __future__ import annotations
