@@ -117,7 +117,9 @@ class FlexAttentionSeed(nn.Module):
 
         self._flex, self._create_mask = flex_attention, create_block_mask
         self.heads = _heads(c)
-        self.qkv = nn.Linear(c, 3 * c)
+        # q, k and v from separate projections, each its own [B, H, T, D] buffer:
+        # Inductor's CPU FlexAttention lowering refuses views of one buffer (torch 2.11)
+        self.q, self.k, self.v = nn.Linear(c, c), nn.Linear(c, c), nn.Linear(c, c)
         self.proj = nn.Linear(c, c)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -137,8 +139,8 @@ class FlexAttentionSeed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        shape = (B, T, self.heads, C // self.heads)
+        q, k, v = (p(x).view(shape).transpose(1, 2).contiguous() for p in (self.q, self.k, self.v))
         y = self._flex(q, k, v, block_mask=self.block_mask(T, x.device))
         return x + self.proj(y.transpose(1, 2).reshape(B, T, C))
 

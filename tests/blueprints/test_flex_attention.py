@@ -32,8 +32,7 @@ def seed(c: int = 16):
 def sdpa_reference(s: FlexAttentionSeed, x):
     """The same seed's math through causal scaled_dot_product_attention."""
     B, T, C = x.shape
-    q, k, v = s.qkv(x).split(C, dim=2)
-    q, k, v = (t.view(B, T, s.heads, C // s.heads).transpose(1, 2) for t in (q, k, v))
+    q, k, v = (p(x).view(B, T, s.heads, C // s.heads).transpose(1, 2) for p in (s.q, s.k, s.v))
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return x + s.proj(y.transpose(1, 2).reshape(B, T, C))
 
