@@ -6,7 +6,8 @@
 //     op "foreach_norm":   kasmina::foreach_norm(first)            (second None)
 //     op "gradient_stats": kasmina::gradient_stats(first, second, host_count, seed_count)
 //     read_grads: the lists hold parameters; their .grad are the op's tensors
-//     (parameters without one skipped; anything but a tensor is a TypeError).
+//     (parameters without one skipped; anything but a tensor is a TypeError;
+//     a .grad that dispatches to Python, a DTensor, returns None).
 //
 // Why it exists: a torch.ops call converts a Python list of tensors element by
 // element (on 2026-11-29 about 0.15-0.25 us a tensor on the 2-core VM, more
@@ -52,8 +53,10 @@ bool plain_tensors(const pybind11::list& list, pybind11::tuple& pinned, TensorRe
   return true;
 }
 
-// The defined .grad of the parameters of `list` (held: see above).
-void defined_grads(const pybind11::list& list, const char* name, TensorRefs& out) {
+// The defined .grad of the parameters of `list` (held: see above). False (and
+// nothing kept) when a .grad is a tensor subclass that dispatches to Python
+// (a DTensor of FSDP2): the caller's Python path handles those.
+bool defined_grads(const pybind11::list& list, const char* name, TensorRefs& out) {
   out.reserve(list.size());
   for (size_t i = 0; i < list.size(); ++i) {
     PyObject* p = PyList_GET_ITEM(list.ptr(), static_cast<Py_ssize_t>(i));
@@ -62,8 +65,14 @@ void defined_grads(const pybind11::list& list, const char* name, TensorRefs& out
                                  std::to_string(i) + "] must be a tensor, got " + Py_TYPE(p)->tp_name);
     }
     const at::Tensor& grad = THPVariable_Unpack(p).grad();
-    if (grad.defined()) out.own(grad);
+    if (!grad.defined()) continue;
+    if (grad.key_set().has(c10::DispatchKey::Python)) {
+      out.clear();
+      return false;
+    }
+    out.own(grad);
   }
+  return true;
 }
 
 template <typename Sig>
@@ -83,8 +92,10 @@ pybind11::object list_call(const std::string& op, const pybind11::list& first, c
   pybind11::tuple first_pinned, second_pinned;
   TensorRefs a, b;
   if (read_grads) {
-    defined_grads(first, "host_params", a);
-    if (stats) defined_grads(second.cast<pybind11::list>(), "seed_params", b);
+    if (!defined_grads(first, "host_params", a) ||
+        (stats && !defined_grads(second.cast<pybind11::list>(), "seed_params", b))) {
+      return pybind11::none();
+    }
   } else if (!plain_tensors(first, first_pinned, a) ||
              (stats && !plain_tensors(second.cast<pybind11::list>(), second_pinned, b))) {
     return pybind11::none();

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from kasmina_fast import _extension, reference
-from kasmina_fast.ops import _checks
+from kasmina_fast.ops import _checks, dtensor
 
 
 def _foreach_norm_reference(tensors: Sequence[Tensor]) -> Tensor:
@@ -69,6 +69,8 @@ def foreach_norm(tensors: Sequence[Tensor]) -> Tensor:
         out = _C.list_call("foreach_norm", tensors, None, 0, 0, False)
         if out is not None:
             return out
+    if dtensor.any_dtensor(tensors):  # global norms on every rank (ops/dtensor.py)
+        return dtensor.foreach_norm(tensors, _foreach_norm)
     return _foreach_norm(tensors)
 
 
@@ -87,6 +89,8 @@ def gradient_stats(
         out = _C.list_call("gradient_stats", host_grads, seed_grads, host_params, seed_params, False)
         if out is not None:
             return out
+    if dtensor.any_dtensor(host_grads, seed_grads):  # global stats on every rank (ops/dtensor.py)
+        return dtensor.gradient_stats(host_grads, seed_grads, host_params, seed_params, _foreach_norm)
     return _gradient_stats(host_grads, seed_grads, host_params, seed_params)
 
 
@@ -101,9 +105,11 @@ def param_gradient_stats(
     host_params, seed_params = list(host_params), list(seed_params)
     host_count, seed_count = int(host_count), int(seed_count)
     if _eager():
-        return _C.list_call("gradient_stats", host_params, seed_params, host_count, seed_count, True)
+        out = _C.list_call("gradient_stats", host_params, seed_params, host_count, seed_count, True)
+        if out is not None:
+            return out
     host, seed = _grads(host_params, "host_params"), _grads(seed_params, "seed_params")
-    return _gradient_stats(host, seed, host_count, seed_count)
+    return gradient_stats(host, seed, host_count, seed_count)
 
 
 def _grads(params: Sequence[Tensor], name: str) -> list[Tensor]:
