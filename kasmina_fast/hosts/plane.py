@@ -22,6 +22,29 @@ def _topology(host: nn.Module) -> str | None:
     return None
 
 
+def shard_like_host(module: nn.Module, host_params: Sequence[nn.Parameter]) -> None:
+    """The default placement of a new seed on an FSDP2-sharded host: every rank takes
+    the first rank's initial weights (ranks draw different random numbers), then
+    ``fully_shard`` on the host parameters' device mesh. A host that is not sharded
+    (no DTensor parameter) leaves the module as it is."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - a torch without distributed
+        return
+    mesh = next((p.device_mesh for p in host_params if isinstance(p, DTensor)), None)
+    if mesh is None:
+        return
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    group = mesh.get_group() if mesh.ndim == 1 else None
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t, src=src, group=group)
+    fully_shard(module, mesh=mesh)
+
+
 class MorphogeneticModel(nn.Module):
     """A host plus one slot per chosen injection point, in host order.
 
@@ -30,6 +53,9 @@ class MorphogeneticModel(nn.Module):
     ``architecture_version`` increases whenever parameters appear or disappear
     (a germination, a cull, a gated blend's gate): rebuild DDP and the
     optimizer's parameter list when it changes (see kasmina_fast/examples/ddp.py).
+    On a host sharded with FSDP2 (``fully_shard``), every new seed and gate is
+    sharded too: by ``shard_module`` if given, else like the host
+    (:func:`shard_like_host`).
     """
 
     def __init__(
@@ -44,6 +70,7 @@ class MorphogeneticModel(nn.Module):
         max_seeds_per_slot: int | None = None,
         gates: QualityGates | None = None,
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
+        shard_module: Callable[[nn.Module], None] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(host, HostProtocol):
@@ -72,8 +99,10 @@ class MorphogeneticModel(nn.Module):
         self.max_seeds = max_seeds
         self.max_seeds_per_slot = max_seeds_per_slot
         self.slot_ids = [s for s in points if s in slots]  # host order
+        self.shard_module = shard_module
         for slot_id in self.slot_ids:
             slot = SeedSlot(slot_id, points[slot_id], device, gates, on_telemetry, fast_mode, task_config)
+            slot.place_module = self._place_module
             self.host.register_slot(slot_id, slot)
         self.germinations = dict.fromkeys(self.slot_ids, 0)
         self.architecture_version = 0
@@ -164,6 +193,16 @@ class MorphogeneticModel(nn.Module):
     def get_host_parameters(self) -> Iterator[nn.Parameter]:
         """The host's own parameters (see :meth:`host_parameters`)."""
         yield from self.host_parameters()
+
+    # ---- sharded hosts (FSDP2) --------------------------------------------------------------
+
+    def _place_module(self, module: nn.Module) -> None:
+        """A seed or gate a slot just created: sharded like the host when the host is
+        sharded (``shard_module`` if given, else :func:`shard_like_host`)."""
+        if self.shard_module is not None:
+            self.shard_module(module)
+        else:
+            shard_like_host(module, self.host_parameters())
 
     # ---- lifecycle ------------------------------------------------------------------------
 

@@ -29,6 +29,11 @@ class BlendAlgorithm(nn.Module):
         """A learnable per-sample factor for alpha, or None (a plain ramp)."""
         return None
 
+    def forward(self, host_features: Tensor) -> Tensor | None:
+        """:meth:`per_sample` as the module's call, so that module hooks run (FSDP2
+        gathers a sharded gate's weights in its pre-forward hook)."""
+        return self.per_sample(host_features)
+
 
 class LinearBlend(BlendAlgorithm):
     algorithm_id = "linear"

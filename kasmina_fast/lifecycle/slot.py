@@ -100,6 +100,9 @@ class SeedSlot(nn.Module):
         self._forced_alpha: Tensor | None = None
         self._probe_cache: dict[tuple[str, int, str], Tensor] = {}
         self._germinations = 0
+        #: Called with every module the slot creates (a seed, a gated blend's gate)
+        #: before it is used: how a sharded host shards them (MorphogeneticModel sets it).
+        self.place_module: Callable[[nn.Module], None] | None = None
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -181,7 +184,7 @@ class SeedSlot(nn.Module):
         if self._forced_alpha is not None:
             return self._forced_alpha
         if self._gated:
-            return self.alpha * self.alpha_schedule.per_sample(host_features)
+            return self.alpha * self.alpha_schedule(host_features)
         return self.alpha
 
     @contextlib.contextmanager
@@ -242,6 +245,7 @@ class SeedSlot(nn.Module):
         g0 = self.gates.check(S.GERMINATED, state)
         if not g0.passed:
             raise ValueError(f"SeedSlot {self.slot_id!r}: {g0.message}")
+        self._place(seed)
         self.seed = seed
         self._state = state
         state._held_by(self.slot_id)
@@ -415,9 +419,8 @@ class SeedSlot(nn.Module):
         st.stage_history.append((int(target), st.metrics.epochs_total))
         st.metrics.start_stage()
         if target == S.BLENDING:
-            self.alpha_schedule = create_blend_algorithm(
-                st.blend_algorithm_id, self.channels, self.task_config.topology
-            ).to(self.device)
+            schedule = create_blend_algorithm(st.blend_algorithm_id, self.channels, self.task_config.topology)
+            self.alpha_schedule = self._place(schedule.to(self.device))
             self.isolation_monitor.register(self._host_module[0] if self._host_module else None, self.seed)
             st.blending_step = 0
             st.metrics.accuracy_at_blending_start = st.metrics.current_val_accuracy
@@ -427,6 +430,11 @@ class SeedSlot(nn.Module):
         self._set_stage(target)
         if announce:
             self._emit(TelemetryEventType.SEED_STAGE_CHANGED, {"from": old.name, "to": target.name})
+
+    def _place(self, module: nn.Module) -> nn.Module:
+        if self.place_module is not None and any(True for _ in module.parameters()):
+            self.place_module(module)
+        return module
 
     def _set_alpha(self, value: float) -> None:
         self.alpha.fill_(value)
