@@ -528,6 +528,54 @@ class SeedSlot(nn.Module):
         self._state = SeedState(metrics=metrics, **raw)
         self._state._held_by(self.slot_id)
 
+    def _modules_match(self, extra: dict[str, Any]) -> bool:
+        """The slot already holds the seed and schedule modules ``extra`` describes (the
+        same seed): a load then fills their parameters in place, so an optimizer built on
+        them stays valid."""
+        raw = extra["state"]
+        live = raw is not None and not is_failure_stage(SeedStage(raw["stage"]))
+        if live != (self.seed is not None) or (self.alpha_schedule is not None) != (
+            live and extra["has_schedule"]
+        ):
+            return False
+        st = self.state
+        return not live or (
+            st is not None and (st.seed_id, st.blueprint_id) == (raw["seed_id"], raw["blueprint_id"])
+        )
+
+    def _rebuild_modules(self, extra: dict[str, Any]) -> None:
+        """The seed module and schedule that ``get_extra_state()`` output ``extra``
+        describes, freshly built (and placed, see ``place_module``): the modules
+        whose weights a checkpoint then loads."""
+        raw = extra["state"]
+        self.seed = None
+        self.alpha_schedule = None
+        if raw is not None and not is_failure_stage(SeedStage(raw["stage"])):
+            seed = BlueprintRegistry.create(
+                self.task_config.topology,
+                raw["blueprint_id"],
+                self.channels,
+                **raw.get("blueprint_options", {}),
+            )
+            self.seed = self._place(seed.to(self.device))
+            if extra["has_schedule"]:
+                schedule = create_blend_algorithm(
+                    raw["blend_algorithm_id"], self.channels, self.task_config.topology
+                )
+                self.alpha_schedule = self._place(schedule.to(self.device))
+
+    def restore(self, extra: dict[str, Any]) -> None:
+        """Resume from ``get_extra_state()`` output alone: the lifecycle state and fresh
+        seed and schedule modules, whose weights the caller loads next (what a
+        distributed checkpoint does: ``kasmina_fast.checkpoint``)."""
+        self._rebuild_modules(extra)
+        self.set_extra_state(extra)
+        self._set_stage(self.state.stage if self.state is not None else S.DORMANT)
+        if self._host_module:
+            self.attach_host(self._host_module[0])
+        else:
+            self.isolation_monitor.register(None, self.seed)
+
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
@@ -535,22 +583,8 @@ class SeedSlot(nn.Module):
         weights load (also when the slot sits inside a larger model), so a fresh slot
         resumes in any stage with the same next decisions."""
         extra = state_dict.get(prefix + "_extra_state")
-        if extra is not None:
-            raw = extra["state"]
-            self.seed = None
-            self.alpha_schedule = None
-            if raw is not None and not is_failure_stage(SeedStage(raw["stage"])):
-                seed = BlueprintRegistry.create(
-                    self.task_config.topology,
-                    raw["blueprint_id"],
-                    self.channels,
-                    **raw.get("blueprint_options", {}),
-                )
-                self.seed = seed.to(self.device)
-                if extra["has_schedule"]:
-                    self.alpha_schedule = create_blend_algorithm(
-                        raw["blend_algorithm_id"], self.channels, self.task_config.topology
-                    ).to(self.device)
+        if extra is not None and not self._modules_match(extra):
+            self._rebuild_modules(extra)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -104,3 +104,168 @@ def test_sharded_lifecycle_equals_one_process(tmp_path):
     assert sharded["params"].keys() == params.keys()
     for name, p in params.items():
         torch.testing.assert_close(sharded["params"][name], p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _batch(seed: int):
+    return torch.randint(0, 32, (BATCH, T + 1), generator=torch.Generator().manual_seed(seed))
+
+
+def _step_loss(model, opt, idx, rank: int, sharded: bool) -> float:
+    if sharded:
+        idx = idx.chunk(WORLD)[rank]
+    loss = F.cross_entropy(model(idx[:, :-1]).reshape(-1, 32), idx[:, 1:].reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    shown = loss.detach().clone()
+    if sharded:
+        dist.all_reduce(shown)
+        shown /= WORLD
+    return shown.item()
+
+
+def _next_losses(model, opt, rank: int, sharded: bool) -> list[float]:
+    """The losses of the next two steps: the second follows the first Adam step, so it
+    depends on the optimizer state as well as on the weights."""
+    return [_step_loss(model, opt, _batch(11 + i), rank, sharded) for i in range(2)]
+
+
+def _close(got: list[float], want: list[float]) -> None:
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-6)
+
+
+def _adam(model):
+    return torch.optim.Adam(model.parameters(), lr=1e-2)
+
+
+def _sharded(model):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for stage in model.host.stages:
+        fully_shard(stage, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _to_mid_blending(rank: int, sharded: bool):
+    """A model in BLENDING (gated: a sharded gate) after a few Adam steps."""
+    model = _model()
+    if sharded:
+        _sharded(model)
+    model.germinate_seed("lora", slot="mid", blend_algorithm_id="gated")
+    model.advance_stage(kf.SeedStage.TRAINING, slot="mid")
+    opt, version = _adam(model), model.architecture_version
+    for epoch in range(3):  # TRAINING, BLENDING (G2 at the 2nd epoch), one ramp step
+        if model.architecture_version != version:
+            opt, version = _adam(model), model.architecture_version
+        _step_loss(model, opt, _batch(epoch), rank, sharded)
+        slot = model.seed_slots["mid"]
+        slot.state.metrics.seed_gradient_norm_ratio = 1.0
+        slot.state.metrics.record_accuracy(50.0 + 2 * epoch)
+        model.step_epoch()
+    if model.architecture_version != version:
+        opt = _adam(model)
+    assert model.seed_slots["mid"].stage == kf.SeedStage.BLENDING
+    _step_loss(model, opt, _batch(10), rank, sharded)  # the gate has weights and Adam state
+    return model, opt
+
+
+def _save_worker(rank: int, init: str, ckpt: str, out: str) -> None:
+    from kasmina_fast import checkpoint
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    try:
+        model, opt = _to_mid_blending(rank, sharded=True)
+        checkpoint.save(model, opt, ckpt)
+        model.step_epoch()  # the ramp moves on after the save, the same in every run
+        loss = _next_losses(model, opt, rank, sharded=True)
+        if rank == 0:
+            torch.save({"loss": loss, "alpha": float(model.seed_slots["mid"].alpha)}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _load_worker(rank: int, init: str, ckpt: str, out: str) -> None:
+    from kasmina_fast import checkpoint
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    try:
+        model = _sharded(_model())
+        opt = checkpoint.load(model, ckpt, _adam)
+        model.step_epoch()
+        loss = _next_losses(model, opt, rank, sharded=True)
+        if rank == 0:
+            torch.save({"loss": loss, "alpha": float(model.seed_slots["mid"].alpha)}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_checkpoint_reshards_mid_blending(tmp_path):
+    """Saved at 2 ranks mid-BLENDING, loaded at 1 and at 2: the next step's loss is the
+    uninterrupted run's; saved at 1, loaded at 2: the same."""
+    from kasmina_fast import checkpoint
+
+    ckpt = str(tmp_path / "ckpt2")
+    mp.spawn(
+        _save_worker,
+        args=(f"file://{tmp_path / 'i1'}", ckpt, str(tmp_path / "a.pt")),
+        nprocs=WORLD,
+        join=True,
+    )
+    want = torch.load(tmp_path / "a.pt")
+    # 2 -> 1
+    model = _model()
+    opt = checkpoint.load(model, ckpt, _adam)
+    assert model.seed_slots["mid"].stage == kf.SeedStage.BLENDING
+    model.step_epoch()
+    assert float(model.seed_slots["mid"].alpha) == want["alpha"]
+    _close(_next_losses(model, opt, 0, sharded=False), want["loss"])
+    # 2 -> 2
+    mp.spawn(
+        _load_worker,
+        args=(f"file://{tmp_path / 'i2'}", ckpt, str(tmp_path / "b.pt")),
+        nprocs=WORLD,
+        join=True,
+    )
+    got = torch.load(tmp_path / "b.pt")
+    assert got["alpha"] == want["alpha"]
+    _close(got["loss"], want["loss"])
+    # 1 -> 2
+    ckpt1 = str(tmp_path / "ckpt1")
+    model, opt = _to_mid_blending(0, sharded=False)
+    checkpoint.save(model, opt, ckpt1)
+    model.step_epoch()
+    one = _next_losses(model, opt, 0, sharded=False)
+    mp.spawn(
+        _load_worker,
+        args=(f"file://{tmp_path / 'i3'}", ckpt1, str(tmp_path / "c.pt")),
+        nprocs=WORLD,
+        join=True,
+    )
+    got = torch.load(tmp_path / "c.pt")
+    _close(got["loss"], one)
+
+
+def test_fsdp_example_runs_under_torchrun_and_its_checkpoint_loads_in_one_process(tmp_path):
+    import subprocess
+    import sys
+
+    from kasmina_fast import checkpoint
+    from kasmina_fast.examples import fsdp
+
+    ckpt = str(tmp_path / "ckpt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "kasmina_fast.examples.fsdp", "--epochs", "6", "--checkpoint", ckpt]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 6 and "FOSSILIZED" in lines[-1] and "EMBARGOED" in proc.stdout, proc.stdout
+    host = kf.TransformerHost(vocab_size=fsdp.VOCAB, n_embd=32, n_head=4, n_layer=3, block_size=fsdp.T)
+    model = kf.MorphogeneticModel(
+        host, slots=["mid", "late"], task_config=kf.TaskConfig(topology="transformer")
+    )
+    checkpoint.load(model, ckpt, lambda m: torch.optim.AdamW(m.parameters()))
+    assert model.seed_slots["mid"].stage == kf.SeedStage.FOSSILIZED
+    assert model(torch.randint(0, fsdp.VOCAB, (2, fsdp.T))).shape == (2, fsdp.T, fsdp.VOCAB)
