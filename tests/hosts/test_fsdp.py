@@ -202,19 +202,21 @@ def _load_worker(rank: int, init: str, ckpt: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+def _spawned(worker, tmp_path, name: str, ckpt: str) -> dict:
+    """Run ``worker`` on 2 ranks and return what its rank 0 saved."""
+    out = tmp_path / f"{name}.pt"
+    mp.spawn(worker, args=(f"file://{tmp_path / name}.init", ckpt, str(out)), nprocs=WORLD, join=True)
+    return torch.load(out)
+
+
 def test_distributed_checkpoint_reshards_mid_blending(tmp_path):
-    """Saved at 2 ranks mid-BLENDING, loaded at 1 and at 2: the next step's loss is the
-    uninterrupted run's; saved at 1, loaded at 2: the same."""
+    """Saved at 2 ranks mid-BLENDING, loaded at 1 and at 2: the next two losses are the
+    uninterrupted run's (the second one after an Adam step: the optimizer state counts);
+    saved at 1, loaded at 2: the same."""
     from kasmina_fast import checkpoint
 
     ckpt = str(tmp_path / "ckpt2")
-    mp.spawn(
-        _save_worker,
-        args=(f"file://{tmp_path / 'i1'}", ckpt, str(tmp_path / "a.pt")),
-        nprocs=WORLD,
-        join=True,
-    )
-    want = torch.load(tmp_path / "a.pt")
+    want = _spawned(_save_worker, tmp_path, "save2", ckpt)
     # 2 -> 1
     model = _model()
     opt = checkpoint.load(model, ckpt, _adam)
@@ -223,13 +225,7 @@ def test_distributed_checkpoint_reshards_mid_blending(tmp_path):
     assert float(model.seed_slots["mid"].alpha) == want["alpha"]
     _close(_next_losses(model, opt, 0, sharded=False), want["loss"])
     # 2 -> 2
-    mp.spawn(
-        _load_worker,
-        args=(f"file://{tmp_path / 'i2'}", ckpt, str(tmp_path / "b.pt")),
-        nprocs=WORLD,
-        join=True,
-    )
-    got = torch.load(tmp_path / "b.pt")
+    got = _spawned(_load_worker, tmp_path, "load2", ckpt)
     assert got["alpha"] == want["alpha"]
     _close(got["loss"], want["loss"])
     # 1 -> 2
@@ -237,15 +233,9 @@ def test_distributed_checkpoint_reshards_mid_blending(tmp_path):
     model, opt = _to_mid_blending(0, sharded=False)
     checkpoint.save(model, opt, ckpt1)
     model.step_epoch()
-    one = _next_losses(model, opt, 0, sharded=False)
-    mp.spawn(
-        _load_worker,
-        args=(f"file://{tmp_path / 'i3'}", ckpt1, str(tmp_path / "c.pt")),
-        nprocs=WORLD,
-        join=True,
+    _close(
+        _spawned(_load_worker, tmp_path, "load1", ckpt1)["loss"], _next_losses(model, opt, 0, sharded=False)
     )
-    got = torch.load(tmp_path / "c.pt")
-    _close(got["loss"], one)
 
 
 def test_fsdp_example_runs_under_torchrun_and_its_checkpoint_loads_in_one_process(tmp_path):
