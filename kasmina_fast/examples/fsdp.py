@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         train(args.epochs, args.checkpoint)
+        dist.barrier()  # no rank tears the group down while another still talks
     finally:
         dist.destroy_process_group()
 

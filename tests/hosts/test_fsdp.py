@@ -89,6 +89,7 @@ def _worker(rank: int, init: str, out: str) -> None:
         losses, stages, params = _train(rank, sharded=True)
         if rank == 0:
             torch.save({"losses": losses, "stages": stages, "params": params}, out)
+        dist.barrier()  # no rank tears the group down while another still talks
     finally:
         dist.destroy_process_group()
 
@@ -183,6 +184,7 @@ def _save_worker(rank: int, init: str, ckpt: str, out: str) -> None:
         loss = _next_losses(model, opt, rank, sharded=True)
         if rank == 0:
             torch.save({"loss": loss, "alpha": float(model.seed_slots["mid"].alpha)}, out)
+        dist.barrier()  # no rank tears the group down while another still talks
     finally:
         dist.destroy_process_group()
 
@@ -198,6 +200,7 @@ def _load_worker(rank: int, init: str, ckpt: str, out: str) -> None:
         loss = _next_losses(model, opt, rank, sharded=True)
         if rank == 0:
             torch.save({"loss": loss, "alpha": float(model.seed_slots["mid"].alpha)}, out)
+        dist.barrier()  # no rank tears the group down while another still talks
     finally:
         dist.destroy_process_group()
 

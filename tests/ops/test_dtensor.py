@@ -132,6 +132,7 @@ def _worker(rank, init):
         _check_placements(rank, mesh)
         _check_fsdp_telemetry(rank, mesh)
         _check_pointwise(rank, mesh)
+        dist.barrier()  # no rank tears the group down while another still talks
     finally:
         dist.destroy_process_group()
 
