@@ -30,15 +30,7 @@ def _model():
 
 def _train(rank: int, sharded: bool) -> tuple[list[float], list[str], dict[str, torch.Tensor]]:
     """The whole run; ``sharded``: this rank's half of every global batch."""
-    model = _model()
-    if sharded:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = init_device_mesh("cpu", (WORLD,))
-        for stage in model.host.stages:
-            fully_shard(stage, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+    model = _sharded(_model()) if sharded else _model()
     gen = torch.Generator().manual_seed(1)
     version, opt = None, None
     losses, stages = [], []
@@ -173,13 +165,19 @@ def _to_mid_blending(rank: int, sharded: bool):
     return model, opt
 
 
-def _save_worker(rank: int, init: str, ckpt: str, out: str) -> None:
+def _ckpt_worker(rank: int, init: str, ckpt: str, out: str, load: bool) -> None:
+    """Mid-BLENDING on 2 ranks, saved to ``ckpt`` (or, ``load``, read back from it);
+    rank 0 keeps the next ramp step's alpha and the next two losses in ``out``."""
     from kasmina_fast import checkpoint
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
-        model, opt = _to_mid_blending(rank, sharded=True)
-        checkpoint.save(model, opt, ckpt)
+        if load:
+            model = _sharded(_model())
+            opt = checkpoint.load(model, ckpt, _adam)
+        else:
+            model, opt = _to_mid_blending(rank, sharded=True)
+            checkpoint.save(model, opt, ckpt)
         model.step_epoch()  # the ramp moves on after the save, the same in every run
         loss = _next_losses(model, opt, rank, sharded=True)
         if rank == 0:
@@ -189,26 +187,11 @@ def _save_worker(rank: int, init: str, ckpt: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _load_worker(rank: int, init: str, ckpt: str, out: str) -> None:
-    from kasmina_fast import checkpoint
-
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
-    try:
-        model = _sharded(_model())
-        opt = checkpoint.load(model, ckpt, _adam)
-        model.step_epoch()
-        loss = _next_losses(model, opt, rank, sharded=True)
-        if rank == 0:
-            torch.save({"loss": loss, "alpha": float(model.seed_slots["mid"].alpha)}, out)
-        dist.barrier()  # no rank tears the group down while another still talks
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawned(worker, tmp_path, name: str, ckpt: str) -> dict:
-    """Run ``worker`` on 2 ranks and return what its rank 0 saved."""
+def _spawned(tmp_path, name: str, ckpt: str, load: bool) -> dict:
+    """``_ckpt_worker`` on 2 ranks; what its rank 0 kept."""
     out = tmp_path / f"{name}.pt"
-    mp.spawn(worker, args=(f"file://{tmp_path / name}.init", ckpt, str(out)), nprocs=WORLD, join=True)
+    args = (f"file://{tmp_path / name}.init", ckpt, str(out), load)
+    mp.spawn(_ckpt_worker, args=args, nprocs=WORLD, join=True)
     return torch.load(out)
 
 
@@ -219,7 +202,7 @@ def test_distributed_checkpoint_reshards_mid_blending(tmp_path):
     from kasmina_fast import checkpoint
 
     ckpt = str(tmp_path / "ckpt2")
-    want = _spawned(_save_worker, tmp_path, "save2", ckpt)
+    want = _spawned(tmp_path, "save2", ckpt, load=False)
     # 2 -> 1
     model = _model()
     opt = checkpoint.load(model, ckpt, _adam)
@@ -228,7 +211,7 @@ def test_distributed_checkpoint_reshards_mid_blending(tmp_path):
     assert float(model.seed_slots["mid"].alpha) == want["alpha"]
     _close(_next_losses(model, opt, 0, sharded=False), want["loss"])
     # 2 -> 2
-    got = _spawned(_load_worker, tmp_path, "load2", ckpt)
+    got = _spawned(tmp_path, "load2", ckpt, load=True)
     assert got["alpha"] == want["alpha"]
     _close(got["loss"], want["loss"])
     # 1 -> 2
@@ -236,9 +219,7 @@ def test_distributed_checkpoint_reshards_mid_blending(tmp_path):
     model, opt = _to_mid_blending(0, sharded=False)
     checkpoint.save(model, opt, ckpt1)
     model.step_epoch()
-    _close(
-        _spawned(_load_worker, tmp_path, "load1", ckpt1)["loss"], _next_losses(model, opt, 0, sharded=False)
-    )
+    _close(_spawned(tmp_path, "load1", ckpt1, load=True)["loss"], _next_losses(model, opt, 0, sharded=False))
 
 
 def test_fsdp_example_runs_under_torchrun_and_its_checkpoint_loads_in_one_process(tmp_path):
