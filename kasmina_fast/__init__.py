@@ -10,7 +10,7 @@ kernels run here and lets you force one.
 from kasmina_fast import backends
 from kasmina_fast.backends import available, use_backend
 from kasmina_fast.blueprints import BlueprintRegistry, BlueprintSpec
-from kasmina_fast.hosts import CNNHost, HostProtocol, MorphogeneticModel, TransformerHost
+from kasmina_fast.hosts import CNNHost, HostProtocol, ModuleHost, MorphogeneticModel, TransformerHost, graft
 from kasmina_fast.lifecycle import *  # noqa: F403
 from kasmina_fast.lifecycle import __all__ as _lifecycle_all
 from kasmina_fast.ops import blend, blend_with_isolation, foreach_norm, gradient_stats, ste, ste_forward
@@ -25,6 +25,7 @@ __all__ = [
     "BlueprintSpec",
     "CNNHost",
     "HostProtocol",
+    "ModuleHost",
     "MorphogeneticModel",
     "TransformerHost",
     "available",
@@ -32,6 +33,7 @@ __all__ = [
     "blend",
     "blend_with_isolation",
     "foreach_norm",
+    "graft",
     "gradient_stats",
     "ste",
     "ste_forward",

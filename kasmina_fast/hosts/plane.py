@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from kasmina_fast.hosts.cnn import CNNHost
 from kasmina_fast.hosts.protocol import HostProtocol
@@ -14,12 +16,13 @@ from kasmina_fast.hosts.transformer import TransformerHost
 from kasmina_fast.lifecycle import QualityGates, SeedSlot, SeedStage, SeedState, TaskConfig, TelemetryEvent
 
 
-def _topology(host: nn.Module) -> str | None:
+def _topologies(host: nn.Module) -> dict[str, str]:
+    """Each injection point's topology, where the host knows it."""
     if isinstance(host, CNNHost):
-        return "cnn"
+        return dict.fromkeys(host.injection_points, "cnn")
     if isinstance(host, TransformerHost):
-        return "transformer"
-    return None
+        return dict.fromkeys(host.injection_points, "transformer")
+    return dict(getattr(host, "topologies", {}))
 
 
 def shard_like_host(module: nn.Module, host_params: Sequence[nn.Parameter]) -> None:
@@ -75,17 +78,18 @@ class MorphogeneticModel(nn.Module):
         super().__init__()
         if not isinstance(host, HostProtocol):
             raise TypeError(f"MorphogeneticModel: host must follow HostProtocol, got {type(host).__name__}")
-        topology = _topology(host)
+        topologies = _topologies(host)
         if task_config is None:
-            if topology is None:
+            if len(set(topologies.values())) != 1:
                 raise ValueError(
-                    "MorphogeneticModel: pass task_config for a host that is neither CNN nor transformer"
+                    "MorphogeneticModel: pass task_config for a host whose points are not all of one "
+                    "known topology"
                 )
-            task_config = TaskConfig(topology=topology)
-        elif topology is not None and task_config.topology != topology:
+            task_config = TaskConfig(topology=next(iter(topologies.values())))
+        elif isinstance(host, (CNNHost, TransformerHost)) and task_config.topology not in topologies.values():
             raise ValueError(
                 f"MorphogeneticModel: task_config.topology is {task_config.topology!r} "
-                f"but the host is a {topology}"
+                f"but the host is a {next(iter(topologies.values()))}"
             )
         points = host.injection_points
         unknown = [s for s in slots if s not in points]
@@ -100,10 +104,14 @@ class MorphogeneticModel(nn.Module):
         self.max_seeds_per_slot = max_seeds_per_slot
         self.slot_ids = [s for s in points if s in slots]  # host order
         self.shard_module = shard_module
+        self._slots: dict[str, SeedSlot] = {}  # the host holds them as modules
         for slot_id in self.slot_ids:
-            slot = SeedSlot(slot_id, points[slot_id], device, gates, on_telemetry, fast_mode, task_config)
+            topology = topologies.get(slot_id, task_config.topology)  # a slot takes its point's topology
+            config = dataclasses.replace(task_config, topology=topology)
+            slot = SeedSlot(slot_id, points[slot_id], device, gates, on_telemetry, fast_mode, config)
             slot.place_module = self._place_module
             self.host.register_slot(slot_id, slot)
+            self._slots[slot_id] = slot
         self.germinations = dict.fromkeys(self.slot_ids, 0)
         self.architecture_version = 0
         self.register_load_state_dict_post_hook(MorphogeneticModel._reattach_host)
@@ -128,12 +136,12 @@ class MorphogeneticModel(nn.Module):
     @property
     def seed_slots(self) -> dict[str, SeedSlot]:
         """The slots in host order (they live inside the host's forward)."""
-        return {slot_id: self.host.slots[slot_id] for slot_id in self.slot_ids}
+        return dict(self._slots)
 
     def _slot(self, slot: str) -> SeedSlot:
         if slot not in self.slot_ids:
             raise ValueError(f"MorphogeneticModel: no slot {slot!r}; slots: {', '.join(self.slot_ids)}")
-        return self.host.slots[slot]
+        return self._slots[slot]
 
     def host_parameters(self) -> list[nn.Parameter]:
         """The host's own parameters: every parameter of the host that no slot owns (by
@@ -257,5 +265,6 @@ class MorphogeneticModel(nn.Module):
         if self._params_key() != before:
             self.architecture_version += 1
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.host(x)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The host's forward: what it takes and returns (a grafted model's are the user's)."""
+        return self.host(*args, **kwargs)
