@@ -336,3 +336,49 @@ def check_more_than_2_31_elements(device: str = "cpu") -> None:
     want_stats = torch.tensor([(63.0 + want_big) ** 0.5, 20.0**0.5], dtype=torch.float64)
     torch.testing.assert_close(stats[:2], want_stats.float().double(), rtol=0, atol=0)
     assert stats[3] == 0.0
+
+
+# ---- models nobody here wrote the host for: the graft tests' -----------------------------------
+
+
+class UNet(torch.nn.Module):
+    """A small U-Net: ``enc1``'s output feeds both ``enc2`` (through a pool) and the skip
+    concatenation before ``dec`` (a point with two consumers)."""
+
+    def __init__(self, channels: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.enc1 = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.enc2 = nn.Sequential(nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU())
+        self.up = nn.ConvTranspose2d(2 * channels, channels, 2, stride=2)
+        self.dec = nn.Sequential(nn.Conv2d(2 * channels, channels, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(channels, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        return self.head(self.dec(torch.cat([self.up(e2), e1], dim=1)))
+
+
+def graft_case(name: str, seed: int = 0):
+    """(model, its grafted points, example input, a function of the output to compare)
+    for ``resnet`` and ``gpt2`` (Hugging Face, small configs, eval mode) and ``unet``."""
+    from kasmina_fast.cli import hf
+
+    torch.manual_seed(seed)
+    if name == "resnet":
+        model = hf.resnet(num_classes=10, in_channels=1, widths=(8, 16))
+        points = ["resnet.embedder", "resnet.encoder.stages.0", "resnet.encoder.stages.1"]
+        return model.eval(), points, {"pixel_values": torch.randn(2, 1, 16, 16)}, lambda o: o.logits
+    if name == "gpt2":
+        model = hf.gpt2(vocab_size=50, block_size=16, n_embd=32, n_layer=2, n_head=2)
+        points = ["transformer.h.0", "transformer.h.1", "transformer.ln_f"]
+        return model.eval(), points, {"input_ids": torch.randint(0, 50, (2, 12))}, lambda o: o.logits
+    model = UNet()
+    return model.eval(), ["enc1", "enc2", "dec"], torch.randn(2, 1, 8, 8), lambda o: o
+
+
+def call(model, inputs):
+    """``model`` on a graft case's example input (a tensor or a dict of keyword arguments)."""
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)

@@ -92,7 +92,7 @@ class ModuleHost(nn.Module):
     probe: :attr:`topologies`.
 
     Raises ValueError for an unknown path (naming the nearest ones), the root, a
-    path listed twice, a submodule that does not run in the probe or runs more
+    path listed twice or grafted already, a submodule that does not run in the probe or runs more
     than once (a slot would apply at every call), and an output that is neither
     ``[B, C, H, W]`` nor ``[B, T, C]`` floating point (nor a tuple or mapping that
     starts with one).
@@ -109,6 +109,9 @@ class ModuleHost(nn.Module):
             raise ValueError(f"ModuleHost: a point is listed twice in {points}")
         self.model = model
         modules = {path: _submodule(model, path) for path in points}
+        for path, module in modules.items():
+            if any(isinstance(h, _SlotHook) for h in module._forward_hooks.values()):
+                raise ValueError(f"ModuleHost: {path!r} holds a slot already (the model is grafted there)")
         shapes, order = _probe(model, modules, example_input)
         self._channels: dict[str, int] = {}
         self._topologies: dict[str, str] = {}
