@@ -2,6 +2,7 @@
 blend, fossilize and get culled.
 
     python -m kasmina_fast.examples.ddp --world-size 2      (gloo, CPU)
+    python -m kasmina_fast.examples.ddp --host graft        (a plain nn.Module, grafted)
 
 The pattern:
 
@@ -28,9 +29,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kasmina_fast import CNNHost, MorphogeneticModel, QualityGates, SeedStage, TaskConfig
+from kasmina_fast import CNNHost, MorphogeneticModel, QualityGates, SeedStage, TaskConfig, graft
 
 
 def _batch(gen: torch.Generator, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,19 +45,43 @@ def _batch(gen: torch.Generator, n: int = 16) -> tuple[torch.Tensor, torch.Tenso
     return x, y
 
 
-def run(rank: int, world: int, init_file: str, epochs: int, out_dir: str | None, permissive: bool) -> None:
+def user_model() -> nn.Module:
+    """A network as anyone writes it, with no slot in it: ``graft`` adds them."""
+
+    def block(cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
+        )
+
+    return nn.Sequential(
+        block(3, 8), block(8, 16), block(16, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)
+    )
+
+
+def run(
+    rank: int,
+    world: int,
+    init_file: str,
+    epochs: int,
+    out_dir: str | None,
+    permissive: bool,
+    host: str = "cnn",
+) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         gates = (
             QualityGates(min_training_improvement=-100.0, min_seed_gradient_ratio=0.0) if permissive else None
         )
-        model = MorphogeneticModel(
-            CNNHost(num_classes=4, base_channels=8),
-            slots=["mid", "late"],
-            task_config=TaskConfig(topology="cnn", max_epochs=epochs, blending_steps=3),
-            gates=gates,
-        )
+        task = TaskConfig(topology="cnn", max_epochs=epochs, blending_steps=3)
+        if host == "graft":  # the slots after the second and the third block of the user's model
+            example = _batch(torch.Generator().manual_seed(0), 2)[0]
+            model = graft(user_model(), ["1", "2"], example_input=example, task_config=task, gates=gates)
+        else:
+            model = MorphogeneticModel(
+                CNNHost(num_classes=4, base_channels=8), slots=["mid", "late"], task_config=task, gates=gates
+            )
+        mid, late = model.slot_ids
 
         def build():
             ddp = DistributedDataParallel(model, find_unused_parameters=True)  # broadcasts rank 0's state
@@ -67,10 +93,10 @@ def run(rank: int, world: int, init_file: str, epochs: int, out_dir: str | None,
         log: list[str] = []
         for epoch in range(epochs):
             if epoch == 1:  # the controller's decisions: the same on every rank
-                model.germinate_seed("conv_light", slot="mid")
-                model.germinate_seed("norm", slot="late")
+                model.germinate_seed("conv_light", slot=mid)
+                model.germinate_seed("norm", slot=late)
             if epoch == 3:
-                model.cull_seed(slot="late", reason="controller")
+                model.cull_seed(slot=late, reason="controller")
             if model.architecture_version != version:
                 ddp, opt, version = build()
             telemetry = {}
@@ -84,22 +110,21 @@ def run(rank: int, world: int, init_file: str, epochs: int, out_dir: str | None,
             model.eval()
             with torch.no_grad():
                 acc = (model(x_val).argmax(1) == y_val).float().mean().item() * 100  # differs per rank
-                mid = model.seed_slots["mid"]
-                with mid.force_alpha(0.0):
+                with model.seed_slots[mid].force_alpha(0.0):
                     acc0 = (model(x_val).argmax(1) == y_val).float().mean().item() * 100
             model.train()
             for sid, slot in model.seed_slots.items():
                 slot.materialize_gradient_telemetry(telemetry.get(sid))
                 if slot.state is not None:
                     slot.state.metrics.record_accuracy(acc)
-                    if sid == "mid":
+                    if sid == mid:
                         slot.state.metrics.counterfactual_contribution = (
                             acc - acc0 + (5.0 if permissive else 0.0)
                         )
             before = ",".join(s.stage.name for s in model.seed_slots.values())
             model.step_epoch()  # gate decisions (G1 of a GERMINATED seed too): one agreed collective each
-            if model.seed_slots["mid"].stage == SeedStage.PROBATIONARY:
-                model.advance_stage(SeedStage.FOSSILIZED, slot="mid")
+            if model.seed_slots[mid].stage == SeedStage.PROBATIONARY:
+                model.advance_stage(SeedStage.FOSSILIZED, slot=mid)
             log.append(before + " > " + ",".join(s.stage.name for s in model.seed_slots.values()))
         if out_dir is not None:
             flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -115,11 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world-size", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--host", choices=("cnn", "graft"), default="cnn", help="CNNHost, or a grafted nn.Module")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         mp.spawn(
             run,
-            args=(args.world_size, str(Path(d) / "init"), args.epochs, None, False),
+            args=(args.world_size, str(Path(d) / "init"), args.epochs, None, False, args.host),
             nprocs=args.world_size,
         )
 
