@@ -1,13 +1,21 @@
-"""``python -m kasmina_fast demo``: grow a seed in a network while it trains.
+"""``python -m kasmina_fast demo``: grow a seed in a network while it trains, and
+show what growing it paid.
 
-A ``MorphogeneticModel`` around a ``CNNHost`` learns scikit-learn's 8x8
-handwritten digits (a real data set that ships inside the package, upscaled to
-16x16), or, with ``--task text``, a ``TransformerHost`` learns next-character
-prediction on Python's own standard-library sources. A small heuristic
-controller (deciding is the caller's job, not the library's) germinates a
-seed, measures its counterfactual contribution every epoch with alpha forced
-to 0, fossilizes it when it helps by at least one point and culls it when it
-stalls; ``step_epoch`` does the rest.
+A ``CNNHost`` learns scikit-learn's 8x8 handwritten digits (a real data set that
+ships inside the package, upscaled to 16x16), or, with ``--task text``, a
+``TransformerHost`` learns next-character prediction on Python's own
+standard-library sources. ``--host hf-resnet`` (digits) and ``--host gpt2``
+(text) use Hugging Face models instead, grafted with :func:`kasmina_fast.graft`.
+
+The same host is trained twice in one run, from the same initial weights on the
+same batches: alone, then growing a seed; the summary compares their final
+accuracy and parameters. The default hosts are small (``--width``) so that the
+host alone is short of capacity, where a seed can pay. A small heuristic
+controller (deciding is the caller's job, not the library's) germinates the
+seed, measures its counterfactual contribution every epoch with alpha forced to
+0, fossilizes it when it helps by at least one point and culls it when it
+stalls; ``step_epoch`` does the rest. The learning rate decays to 0 (cosine),
+so the final accuracies are converged values, not one noisy step's.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 import time
 from typing import Any
 
@@ -41,7 +50,9 @@ class DemoConfig:
     backend: str = "auto"
     germinate_epoch: int = 2
     blueprint: str | None = None  # default per task
-    slots: tuple[str, ...] = ("mid",)  # the controller grows its seed in the first
+    host: str = "builtin"  # builtin (CNNHost / TransformerHost), hf-resnet (digits), gpt2 (text)
+    width: int | None = None  # the host's channels / embedding width; None: the small default
+    slots: tuple[str, ...] | None = None  # the controller grows its seed in the first; None: per host
     patience: int = 5  # epochs a seed may stay in TRAINING before the controller culls it
     plot: str | None = None
     quiet: bool = False
@@ -89,17 +100,49 @@ def text_data(seed: int, device: str) -> tuple[Tensor, Tensor, int]:
 # ---- model and controller ------------------------------------------------------------------
 
 
-def build(cfg: DemoConfig, vocab: int, on_event) -> kf.MorphogeneticModel:
-    if cfg.task == "digits":
-        host = kf.CNNHost(num_classes=10, n_blocks=3, base_channels=16, pool_layers=2, in_channels=1)
+#: the default widths: small enough that the host alone is short of capacity on
+#: the task, so that a seed pays (the summary compares with the host alone)
+WIDTH = {("digits", "builtin"): 4, ("digits", "hf-resnet"): 4, ("text", "builtin"): 16, ("text", "gpt2"): 16}
+HOSTS = {"digits": ("builtin", "hf-resnet"), "text": ("builtin", "gpt2")}
+
+
+def default_slots(cfg: DemoConfig) -> tuple[str, ...]:
+    from kasmina_fast.cli import hf
+
+    return {"hf-resnet": hf.RESNET_SLOTS, "gpt2": hf.GPT2_SLOTS}.get(cfg.host, ("mid",))
+
+
+def build(cfg: DemoConfig, vocab: int, example: Tensor, on_event) -> kf.MorphogeneticModel:
+    """The host with its slots: built-in, or a Hugging Face model grafted at ``cfg.slots``."""
+    width = cfg.width or WIDTH[cfg.task, cfg.host]
+    topology = "cnn" if cfg.task == "digits" else "transformer"
+    tc = kf.TaskConfig(topology=topology, max_epochs=cfg.epochs, blending_steps=3)
+    slots = list(cfg.slots or default_slots(cfg))
+    if cfg.host == "builtin":
+        if cfg.task == "digits":
+            host = kf.CNNHost(num_classes=10, n_blocks=3, base_channels=width, pool_layers=2, in_channels=1)
+        else:
+            host = kf.TransformerHost(vocab_size=vocab, n_embd=width, n_head=4, n_layer=3, block_size=BLOCK)
+        return kf.MorphogeneticModel(host, cfg.device, slots=slots, task_config=tc, on_telemetry=on_event)
+    from kasmina_fast.cli import hf
+
+    if cfg.host == "hf-resnet":
+        model = hf.resnet(num_classes=10, in_channels=1, widths=(width, 2 * width))
     else:
-        host = kf.TransformerHost(vocab_size=vocab, n_embd=64, n_head=4, n_layer=3, block_size=BLOCK)
-    tc = kf.TaskConfig(
-        topology="cnn" if cfg.task == "digits" else "transformer", max_epochs=cfg.epochs, blending_steps=3
+        model = hf.gpt2(vocab_size=vocab, block_size=BLOCK, n_embd=width, n_layer=2, n_head=4)
+    return kf.graft(
+        model.to(cfg.device),
+        slots,
+        example_input=example,
+        task_config=tc,
+        device=cfg.device,
+        on_telemetry=on_event,
     )
-    return kf.MorphogeneticModel(
-        host, cfg.device, slots=list(cfg.slots), task_config=tc, on_telemetry=on_event
-    )
+
+
+def logits(out) -> Tensor:
+    """The model's output as logits (a Hugging Face model returns a ``ModelOutput``)."""
+    return out if isinstance(out, Tensor) else out.logits
 
 
 def sync_optimizer(opt: torch.optim.Optimizer, model: torch.nn.Module) -> None:
@@ -110,17 +153,23 @@ def sync_optimizer(opt: torch.optim.Optimizer, model: torch.nn.Module) -> None:
         opt.add_param_group({"params": new})
 
 
+def steps_per_epoch(cfg: DemoConfig, data) -> int:
+    if cfg.task == "digits":
+        steps = len(data[1]) // cfg.batch_size
+        return steps if cfg.steps_per_epoch is None else min(steps, cfg.steps_per_epoch)
+    return cfg.steps_per_epoch or 40
+
+
 def batches(cfg: DemoConfig, data, gen: torch.Generator):
+    steps = steps_per_epoch(cfg, data)
     if cfg.task == "digits":
         x, y = data
         order = torch.randperm(len(y), generator=gen).to(x.device)
-        steps = len(y) // cfg.batch_size
-        for i in range(steps if cfg.steps_per_epoch is None else min(steps, cfg.steps_per_epoch)):
+        for i in range(steps):
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             yield x[idx], y[idx]
     else:
         codes = data
-        steps = cfg.steps_per_epoch or 40
         for _ in range(steps):
             start = torch.randint(0, len(codes) - BLOCK - 1, (cfg.batch_size,), generator=gen).to(
                 codes.device
@@ -130,7 +179,8 @@ def batches(cfg: DemoConfig, data, gen: torch.Generator):
             yield chunk[:, :-1], chunk[:, 1:]
 
 
-def loss_fn(cfg: DemoConfig, out: Tensor, y: Tensor) -> Tensor:
+def loss_fn(cfg: DemoConfig, out, y: Tensor) -> Tensor:
+    out = logits(out)
     return F.cross_entropy(out if cfg.task == "digits" else out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
@@ -140,12 +190,12 @@ def accuracy(cfg: DemoConfig, model, val) -> float:
     model.eval()
     if cfg.task == "digits":
         x, y = val
-        acc = (model(x).argmax(1) == y).float().mean().item()
+        acc = (logits(model(x)).argmax(1) == y).float().mean().item()
     else:
         n = (len(val) - 1) // BLOCK
         x = val[: n * BLOCK].view(n, BLOCK)
         y = val[1 : n * BLOCK + 1].view(n, BLOCK)
-        acc = (model(x).argmax(-1) == y).float().mean().item()
+        acc = (logits(model(x)).argmax(-1) == y).float().mean().item()
     model.train()
     return 100.0 * acc
 
@@ -154,10 +204,12 @@ def accuracy(cfg: DemoConfig, model, val) -> float:
 
 
 def run(cfg: DemoConfig) -> DemoResult:
-    from tqdm import tqdm
-
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    """Train the host alone, then the same host (same initial weights, same batches)
+    growing a seed; the summary compares the two."""
+    if cfg.host not in HOSTS.get(cfg.task, ()):
+        raise ValueError(
+            f"demo: --host {cfg.host} is not a host of --task {cfg.task}; hosts: {HOSTS.get(cfg.task)}"
+        )
     if cfg.task == "digits":
         xt, yt, xv, yv = digits_data(cfg.seed, cfg.device)
         train, val, vocab = (xt, yt), (xv, yv), 10
@@ -165,38 +217,95 @@ def run(cfg: DemoConfig) -> DemoResult:
         train, val, vocab = text_data(cfg.seed, cfg.device)
     else:
         raise ValueError(f"demo: unknown task {cfg.task!r}")
+    alone = _train(cfg, train, val, vocab, grow=False)
+    grown = _train(cfg, train, val, vocab, grow=True)
+    model, history, events = grown["model"], grown["history"], grown["events"]
+    slot = model.seed_slots[model.slot_ids[0]]
+    summary = {
+        "task": cfg.task,
+        "host": type(model.host.model if isinstance(model.host, kf.ModuleHost) else model.host).__name__,
+        "accuracy_host_alone": alone["history"][-1]["val_acc"],
+        "params_host_alone": alone["model"].total_params,
+        "accuracy_grown": history[-1]["val_acc"],
+        "params_grown": model.total_params,
+        "accuracy_at_germination": grown["acc_at_germination"],
+        "outcome": next(
+            (e.event_type.value for e in events if e.event_type.name in ("SEED_FOSSILIZED", "SEED_CULLED")),
+            None,
+        ),
+        "seed_params_added": model.active_seed_params if slot.stage == S.FOSSILIZED else 0,
+        "counterfactual": next(
+            (h["counterfactual"] for h in reversed(history) if h["counterfactual"] is not None), None
+        ),
+        "step_ms": _median(grown["step_times"]) * 1e3,
+    }
+    summary |= _time_backends(cfg, model, train, torch.Generator().manual_seed(cfg.seed))
+    if cfg.plot:
+        plot_timeline(
+            history,
+            cfg.plot,
+            title=f"kasmina-fast demo ({cfg.task}, {summary['host']})",
+            baseline=alone["history"],
+        )
+    return DemoResult(history, events, summary)
+
+
+def _train(cfg: DemoConfig, train, val, vocab: int, grow: bool) -> dict[str, Any]:
+    """One run of ``cfg.epochs``; with ``grow``, the controller grows a seed in the first slot."""
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)  # the same initial host weights in both runs
+    gen = torch.Generator().manual_seed(cfg.seed)  # the same batches
     events: list[kf.TelemetryEvent] = []
     epoch_now = [0]
+    label = "grown" if grow else "host alone"
 
     def on_event(e: kf.TelemetryEvent) -> None:
         events.append(e)
         if not cfg.quiet and e.event_type == kf.TelemetryEventType.SEED_STAGE_CHANGED:
             tqdm.write(f"  epoch {epoch_now[0]:>2}: slot {e.slot_id} {e.data['from']} -> {e.data['to']}")
 
+    example = next(batches(dataclasses.replace(cfg, steps_per_epoch=1), train, torch.Generator()))[0][:2]
     try:
-        model = build(cfg, vocab, on_event)
+        model = build(cfg, vocab, example, on_event)
     except ValueError as exc:  # a slot the host does not have
         raise SystemExit(f"demo: {exc}") from None
-    slot_id = cfg.slots[0]
+    slot_id = model.slot_ids[0] if cfg.slots is None else cfg.slots[0]
     slot = model.seed_slots[slot_id]
     forward = torch.compile(model, fullgraph=True) if cfg.compile else model
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    total = steps_per_epoch(cfg, train)
+    # cosine decay to 0: the last epochs' accuracy is the converged one (not one noisy step's)
+    lr_at = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.epochs * total) / (cfg.epochs * total)))  # noqa: E731
     history: list[dict[str, Any]] = []
-    acc_before = None
+    acc_at_germination = None
     step_times: list[float] = []
+    step = 0
+    if not cfg.quiet:
+        tqdm.write(f"-- {label}: {model.total_params} parameters")
     with kf.use_backend(cfg.backend):
         for epoch in range(cfg.epochs):
             epoch_now[0] = epoch
-            if epoch == cfg.germinate_epoch:
-                acc_before = history[-1]["val_acc"] if history else accuracy(cfg, model, val)
+            if grow and epoch == cfg.germinate_epoch:
+                acc_at_germination = history[-1]["val_acc"] if history else accuracy(cfg, model, val)
                 blueprint = cfg.blueprint or ("conv_light" if cfg.task == "digits" else "mlp")
                 model.germinate_seed(blueprint, slot=slot_id)  # GERMINATED
                 model.advance_stage(S.TRAINING, slot=slot_id)  # G1 at once: it trains this epoch
             sync_optimizer(opt, model)
             telemetry = None
-            bar = tqdm(batches(cfg, train, gen), desc=f"epoch {epoch:>2}", leave=False, disable=cfg.quiet)
+            bar = tqdm(
+                batches(cfg, train, gen),
+                total=total,
+                desc=f"{label} epoch {epoch:>2}",
+                unit="batch",
+                leave=False,
+                disable=cfg.quiet,
+            )
             for i, (x, y) in enumerate(bar):
                 t0 = time.perf_counter()
+                for group in opt.param_groups:
+                    group["lr"] = 3e-3 * lr_at(step)
+                step += 1
                 loss = loss_fn(cfg, forward(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -227,32 +336,21 @@ def run(cfg: DemoConfig) -> DemoResult:
                 model.cull_seed(slot=slot_id, reason="stalled in TRAINING")
             row = {"epoch": epoch, "val_acc": acc, "alpha": float(slot.alpha), "stage": slot.stage.name}
             history.append(row | {"counterfactual": contribution})
-            if not cfg.quiet:
+            if not cfg.quiet and grow:
                 cf = "" if contribution is None else f", counterfactual {contribution:+.2f}"
                 line = (
                     f"epoch {epoch:>2}: val acc {acc:6.2f}%  {row['stage']:<12} alpha {row['alpha']:.2f}{cf}"
                 )
                 tqdm.write(line)
-    summary = {
-        "task": cfg.task,
-        "accuracy_before_seed": acc_before,
-        "accuracy_after": history[-1]["val_acc"],
-        "outcome": next(
-            (e.event_type.value for e in events if e.event_type.name in ("SEED_FOSSILIZED", "SEED_CULLED")),
-            None,
-        ),
-        "seed_params_added": sum(p.numel() for p in model.seed_parameters())
-        if slot.stage == S.FOSSILIZED
-        else 0,
-        "counterfactual": next(
-            (h["counterfactual"] for h in reversed(history) if h["counterfactual"] is not None), None
-        ),
-        "step_ms": _median(step_times) * 1e3,
+            elif not cfg.quiet:
+                tqdm.write(f"epoch {epoch:>2}: val acc {acc:6.2f}%")
+    return {
+        "model": model,
+        "history": history,
+        "events": events,
+        "step_times": step_times,
+        "acc_at_germination": acc_at_germination,
     }
-    summary |= _time_backends(cfg, model, train, gen)
-    if cfg.plot:
-        plot_timeline(history, cfg.plot, title=f"kasmina-fast demo ({cfg.task})")
-    return DemoResult(history, events, summary)
 
 
 def _median(xs: list[float]) -> float:
@@ -275,8 +373,11 @@ def _time_backends(cfg: DemoConfig, model, train, gen) -> dict[str, float]:
     return out
 
 
-def plot_timeline(history: list[dict[str, Any]], path: str, title: str = "") -> None:
-    """Validation accuracy and alpha per epoch over coloured stage bands."""
+def plot_timeline(
+    history: list[dict[str, Any]], path: str, title: str = "", baseline: list[dict[str, Any]] | None = None
+) -> None:
+    """Validation accuracy and alpha per epoch over coloured stage bands (and the host
+    alone's accuracy, grey, when given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,6 +397,8 @@ def plot_timeline(history: list[dict[str, Any]], path: str, title: str = "") -> 
     for h in history:
         for ax in (ax1, ax2):
             ax.axvspan(h["epoch"] - 0.5, h["epoch"] + 0.5, color=colours.get(h["stage"], "white"), lw=0)
+    if baseline:
+        ax1.plot([h["epoch"] for h in baseline], [h["val_acc"] for h in baseline], "--", color="#888888")
     ax1.plot(epochs, [h["val_acc"] for h in history], "o-", color="#1f4e79")
     ax1.set_ylabel("validation accuracy (%)")
     ax2.plot(epochs, [h["alpha"] for h in history], "s-", color="#b35900")
@@ -306,6 +409,9 @@ def plot_timeline(history: list[dict[str, Any]], path: str, title: str = "") -> 
         plt.Rectangle((0, 0), 1, 1, color=c) for s, c in colours.items() if s in {h["stage"] for h in history}
     ]
     labels = [s for s in colours if s in {h["stage"] for h in history}]
+    if baseline:
+        handles.append(plt.Line2D([0], [0], ls="--", color="#888888"))
+        labels.append("host alone")
     ax1.legend(handles, labels, loc="lower right", fontsize=8)
     ax1.set_title(title)
     fig.tight_layout()
@@ -319,10 +425,13 @@ def print_summary(result: DemoResult) -> None:
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
 
+    gain = s["accuracy_grown"] - s["accuracy_host_alone"]
     rows = [
-        ("task", s["task"]),
-        ("accuracy before the seed", f(s["accuracy_before_seed"], "{:.2f}%")),
-        ("accuracy after", f(s["accuracy_after"], "{:.2f}%")),
+        ("task, host", f"{s['task']}, {s['host']}"),
+        ("host alone: accuracy", f"{s['accuracy_host_alone']:.2f}% ({s['params_host_alone']} parameters)"),
+        ("grown: accuracy", f"{s['accuracy_grown']:.2f}% ({s['params_grown']} parameters)"),
+        ("growth paid", f"{gain:+.2f} points for {s['params_grown'] - s['params_host_alone']} parameters"),
+        ("accuracy when the seed germinated", f(s["accuracy_at_germination"], "{:.2f}%")),
         ("seed outcome", s["outcome"] or "undecided"),
         ("seed parameters added", str(s["seed_params_added"])),
         ("last counterfactual (points)", f(s["counterfactual"], "{:+.2f}")),
@@ -339,6 +448,16 @@ def print_summary(result: DemoResult) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("digits", "text"), default="digits")
+    p.add_argument(
+        "--host",
+        choices=("builtin", "hf-resnet", "gpt2"),
+        default="builtin",
+        help="builtin: CNNHost (digits) / TransformerHost (text); hf-resnet (digits) and gpt2 (text): "
+        "Hugging Face models grafted with kasmina_fast.graft (the hf extra)",
+    )
+    p.add_argument(
+        "--width", type=int, default=None, help="the host's width (default: small, so growth pays)"
+    )
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap the training steps per epoch")
@@ -350,16 +469,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--slots",
         nargs="+",
-        default=["mid"],
+        default=None,
         metavar="NAME",
-        help="injection points (early mid late, or per block); the seed grows in the first",
+        help="injection points (early mid late, or per block; module paths with --host hf-resnet or "
+        "gpt2); the seed grows in the first",
     )
     p.add_argument("--quiet", action="store_true")
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.epochs < 1 or args.batch_size < 1:
-        raise SystemExit("demo: --epochs and --batch-size must be >= 1")
+    if args.epochs < 1 or args.batch_size < 1 or (args.width is not None and args.width < 4):
+        raise SystemExit("demo: --epochs and --batch-size must be >= 1, --width >= 4")
+    if args.host not in HOSTS[args.task]:
+        raise SystemExit(
+            f"demo: --host {args.host} is not a host of --task {args.task}: {', '.join(HOSTS[args.task])}"
+        )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("demo: --device cuda asked for, but no CUDA device is visible")
     cfg = DemoConfig(
@@ -373,7 +497,9 @@ def main(args: argparse.Namespace) -> int:
         backend=args.backend,
         plot=args.plot,
         quiet=args.quiet,
-        slots=tuple(args.slots),
+        host=args.host,
+        width=args.width,
+        slots=None if args.slots is None else tuple(args.slots),
     )
     result = run(cfg)
     print_summary(result)

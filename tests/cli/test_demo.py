@@ -24,6 +24,8 @@ def test_demo_reaches_a_decision_with_events_in_order(task):
     assert kept[: len(kept) - 1] == order[: len(kept) - 1], stages
     s = result.summary
     assert s["outcome"] in ("SEED_FOSSILIZED", "SEED_CULLED")
+    assert s["params_grown"] == s["params_host_alone"] + s["seed_params_added"]
+    assert s["accuracy_grown"] == result.history[-1]["val_acc"]
     assert s["step_ms_fast"] > 0 and s["step_ms_reference"] > 0
     assert len(result.history) == TINY["epochs"]
 
@@ -87,3 +89,53 @@ def test_demo_refuses_a_missing_gpu():
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit, match="no CUDA device"):
         main(["demo", "--device", "cuda"])
+
+
+def test_the_host_alone_is_the_same_run_without_the_seed(monkeypatch):
+    """Same initial weights and batches: before germination the two runs are identical."""
+    import kasmina_fast.cli.demo as demo
+
+    runs = []
+    train = demo._train
+
+    def spy(*args, **kw):
+        out = train(*args, **kw)
+        runs.append(out)
+        return out
+
+    monkeypatch.setattr(demo, "_train", spy)
+    result = run(DemoConfig(**TINY | {"germinate_epoch": 3, "epochs": 5}))
+    alone, grown = runs
+    assert [h["val_acc"] for h in alone["history"][:3]] == [h["val_acc"] for h in grown["history"][:3]]
+    assert all(h["stage"] == "DORMANT" for h in alone["history"])
+    assert result.summary["accuracy_host_alone"] == alone["history"][-1]["val_acc"]
+    assert alone["model"].total_params == result.summary["params_host_alone"]
+
+
+@pytest.mark.parametrize(("task", "host"), [("digits", "hf-resnet"), ("text", "gpt2")])
+def test_demo_on_hugging_face_models(task, host, capsys):
+    argv = ["demo", "--task", task, "--host", host, "--epochs", "4", "--steps-per-epoch", "3"]
+    assert main([*argv, "--batch-size", "8", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    want = {"hf-resnet": "ResNetForImageClassification", "gpt2": "GPT2LMHeadModel"}[host]
+    assert "task, host" in out and want in out and "growth paid" in out
+
+
+def test_demo_names_the_extra_when_transformers_is_missing(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    with pytest.raises(SystemExit, match=r"pip install 'kasmina-fast\[hf\]'"):
+        main(["demo", "--host", "hf-resnet", "--epochs", "1", "--quiet"])
+
+
+def test_demo_refuses_a_host_of_the_other_task():
+    with pytest.raises(SystemExit, match="--host gpt2 is not a host of --task digits"):
+        main(["demo", "--host", "gpt2"])
+
+
+def test_the_progress_bar_counts_batches_of_the_epochs_total(capsys):
+    assert main(["demo", "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "host alone epoch  0:" in err and "grown epoch  1:" in err, err[-500:]
+    assert "0/3 [" in err and "batch/s" in err, err[-500:]  # done / the epoch's total
