@@ -43,3 +43,15 @@ def test_readme_compile_example_runs():
     scope: dict = {"_counter": counter}
     exec(compile(code, str(README), "exec"), scope)
     assert counter.frame_count == 1, "the alpha ramp must not recompile"
+
+
+def test_readme_graft_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    block = next((b for b in blocks if "kf.graft(" in b), None)
+    assert block is not None, "the README has no graft example"
+    scope: dict = {}
+    exec(compile(block, str(README), "exec"), scope)
+    grown, grown_gpt = scope["grown"], scope["grown_gpt"]
+    assert grown.slot_ids == ["0", "2"] and grown.seed_slots["2"].stage.name == "TRAINING"
+    assert grown_gpt.host.topologies == {"transformer.h.1": "transformer"}
+    assert scope["logits"].shape == (2, 16, 50257)

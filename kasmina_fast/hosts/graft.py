@@ -53,13 +53,16 @@ class _SlotHook:
         self.slot = slot
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        slot = self.slot
+        if not getattr(slot, "_active", True):  # an empty SeedSlot: the output as it is, at no call's cost
+            return None
         if isinstance(output, Tensor):
-            return self.slot(output)
+            return slot(output)
         if isinstance(output, Mapping):
             key = next(iter(output.keys()))
-            output[key] = self.slot(output[key])
+            output[key] = slot(output[key])
             return output
-        first = self.slot(output[0])
+        first = slot(output[0])
         if isinstance(output, list):
             return [first, *output[1:]]
         if hasattr(output, "_replace"):  # a namedtuple
