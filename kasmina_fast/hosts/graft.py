@@ -90,7 +90,9 @@ class ModuleHost(nn.Module):
     """Any ``nn.Module`` as a host, with a point after each of the submodules ``points``.
 
     ``model`` is kept as the child ``model`` (``ModuleHost(m).model is m``); the
-    slots are the children ``slots[<path with '.' as '-'>]``. The points are in the
+    slots are the children ``slots[<path with '.' as '-'>]``. The hooks live on the
+    model's submodules, so calling ``model`` itself runs the slots too; a deep copy
+    of the grafted model is a separate grown model (its hooks call its own slots). The points are in the
     order the probe ran them (host order). A point's topology comes from the
     probe: :attr:`topologies`.
 

@@ -403,3 +403,46 @@ def test_forward_from_segment_says_why_it_cannot_split_a_python_forward():
         NotImplementedError, match=r"ResNetForImageClassification on its path is not a plain nn\.Sequential"
     ):
         g.host.forward_from_segment("resnet.encoder.stages.0", h)
+
+
+def _blending(g, point):
+    g.germinate_seed("norm", slot=point)
+    g.step_epoch()
+    m = g.seed_slots[point].state.metrics
+    m.seed_gradient_norm_ratio = 0.2
+    m.record_accuracy(50.0)
+    g.step_epoch()
+    g.step_epoch()
+    for p in g.seed_parameters():
+        nn.init.normal_(p, std=0.3)
+
+
+def test_a_deep_copy_is_a_separate_grown_model():
+    """The copy's hooks call the copy's slots (never the original's)."""
+    g, model, inputs, out = grafted("unet", gates=PERMISSIVE)
+    _blending(g, "dec")
+    before = out(call(g, inputs))
+    twin = copy.deepcopy(g)
+    assert torch.equal(out(call(twin, inputs)), before)
+    with torch.no_grad():
+        for p in twin.seed_parameters():
+            p.add_(1.0)
+    assert not torch.equal(out(call(twin, inputs)), before)
+    assert torch.equal(out(call(g, inputs)), before)
+    assert torch.equal(out(call(model, inputs)), before)  # the user's model object runs its slots too
+
+
+def test_distributed_checkpoint_of_a_grafted_model(tmp_path):
+    from kasmina_fast import checkpoint
+
+    g, _, inputs, out = grafted("gpt2", gates=PERMISSIVE)
+    point = g.slot_ids[-1]
+    _blending(g, point)
+    opt = torch.optim.Adam(g.parameters(), lr=1e-3)
+    out(call(g, inputs)).square().mean().backward()
+    opt.step()
+    checkpoint.save(g, opt, str(tmp_path / "ckpt"))
+    fresh, *_ = grafted("gpt2", gates=PERMISSIVE)
+    checkpoint.load(fresh, str(tmp_path / "ckpt"), lambda m: torch.optim.Adam(m.parameters(), lr=1e-3))
+    assert fresh.seed_slots[point].stage == S.BLENDING
+    assert torch.equal(out(call(fresh, inputs)), out(call(g, inputs)))
