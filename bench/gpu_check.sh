@@ -76,7 +76,7 @@ fi
 
 if want bench; then
 step "benchmarks: fused backends vs eager reference, small-slot chains"
-timeout 150 "$PY" -m pytest bench -q -p no:cacheprovider -k "not compiled and not overhead" \
+timeout 150 "$PY" -m pytest bench -q -p no:cacheprovider -k "not compiled and not overhead and not graft" \
   --benchmark-json="$out/bench.json" >>"$out/bench.log" 2>&1 || { tail -20 "$out/bench.log"; status=1; }
 fi
 

@@ -28,6 +28,8 @@ import kasmina_fast as kf
 from kasmina_fast.cli import hf
 from kasmina_fast.cli.cases import sync
 
+pytest.importorskip("transformers", reason="the hf extra is not installed")
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BATCH = 128 if DEVICE == "cuda" else 32
 POINTS = ["resnet.embedder", "resnet.encoder.stages.0", "resnet.encoder.stages.1"]

@@ -114,6 +114,7 @@ def test_the_host_alone_is_the_same_run_without_the_seed(monkeypatch):
 
 @pytest.mark.parametrize(("task", "host"), [("digits", "hf-resnet"), ("text", "gpt2")])
 def test_demo_on_hugging_face_models(task, host, capsys):
+    pytest.importorskip("transformers", reason="the hf extra (in .ci/requirements.txt) is not installed")
     argv = ["demo", "--task", task, "--host", host, "--epochs", "4", "--steps-per-epoch", "3"]
     assert main([*argv, "--batch-size", "8", "--quiet"]) == 0
     out = capsys.readouterr().out

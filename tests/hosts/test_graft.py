@@ -446,3 +446,25 @@ def test_distributed_checkpoint_of_a_grafted_model(tmp_path):
     checkpoint.load(fresh, str(tmp_path / "ckpt"), lambda m: torch.optim.Adam(m.parameters(), lr=1e-3))
     assert fresh.seed_slots[point].stage == S.BLENDING
     assert torch.equal(out(call(fresh, inputs)), out(call(g, inputs)))
+
+
+def test_a_model_output_point_transforms_its_first_field_eager_and_compiled():
+    """GPT2Model returns a ModelOutput: the slot transforms last_hidden_state."""
+    base, _, inputs, out = graft_case("gpt2")
+    bare = out(call(base, inputs))
+    g = kf.graft(base, ["transformer"], example_input=inputs)
+    assert g.host.injection_points == {"transformer": 32}
+    g.germinate_seed("norm", slot="transformer")
+    g.advance_stage(S.TRAINING, slot="transformer")
+    slot = g.seed_slots["transformer"]
+    for p in slot.seed.parameters():
+        nn.init.normal_(p)
+    assert torch.equal(out(call(g, inputs)), bare)
+    with slot.force_alpha(1.0), torch.no_grad():
+        got = out(call(g, inputs))
+        h = base.transformer(**inputs).last_hidden_state  # (the hook has run: this is the slot's output)
+        assert torch.equal(got, base.lm_head(h))
+        assert not torch.equal(got, bare)
+        torch._dynamo.reset()
+        compiled = torch.compile(g, fullgraph=True, backend="eager")
+        assert torch.equal(out(call(compiled, inputs)), got)
