@@ -4,7 +4,8 @@ The fast ops (``blend``, ``ste``, ``foreach_norm``, ``gradient_stats``) are
 ``torch.library`` custom ops in the ``kasmina`` namespace with fused C++,
 CUDA and Triton kernels, checked against one eager reference
 (:mod:`kasmina_fast.reference`). :mod:`kasmina_fast.backends` says which
-kernels run here and lets you force one.
+kernels run here and lets you force one. :func:`graft` puts seed slots into
+any ``nn.Module``; ``CNNHost`` and ``TransformerHost`` are built-in hosts.
 """
 
 from kasmina_fast import backends

@@ -49,7 +49,9 @@ def shard_like_host(module: nn.Module, host_params: Sequence[nn.Parameter]) -> N
 
 
 class MorphogeneticModel(nn.Module):
-    """A host plus one slot per chosen injection point, in host order.
+    """A host plus one slot per chosen injection point, in host order (for any
+    ``nn.Module`` as the host, see :func:`kasmina_fast.graft`). Each slot takes its
+    point's topology where the host knows it.
 
     ``max_seeds`` bounds the live seeds (GERMINATED to FOSSILIZED) across slots;
     ``max_seeds_per_slot`` bounds the germinations of each slot over its life.
