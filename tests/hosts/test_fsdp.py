@@ -1,4 +1,5 @@
-"""Seeds in an FSDP2-sharded model, with 2 gloo processes on the CPU: the same model,
+"""Seeds in an FSDP2-sharded model (TransformerHost, and a grafted Hugging Face GPT-2),
+with 2 gloo processes on the CPU: the same model,
 data and global batch give the same losses and final parameters sharded and in one
 process, through germinate -> TRAINING -> BLENDING (a gated blend, whose gate is
 sharded too) -> FOSSILIZED in one slot and a cull in another."""
@@ -20,35 +21,50 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="needs torch.dis
 WORLD, EPOCHS, STEPS, BATCH, T = 2, 8, 2, 8, 8
 
 
-def _model():
+def _model(kind: str = "builtin"):
+    """``builtin``: TransformerHost, slots mid and late; ``graft``: a Hugging Face GPT-2
+    grafted after its second and third block."""
     torch.manual_seed(0)
-    host = kf.TransformerHost(vocab_size=32, n_embd=16, n_head=2, n_layer=3, block_size=T)
     gates = kf.QualityGates(min_blending_epochs=1, min_training_improvement=0.5, min_seed_gradient_ratio=1e-6)
     tc = kf.TaskConfig(topology="transformer", blending_steps=2)
+    if kind == "graft":
+        from kasmina_fast.cli import hf
+
+        gpt = hf.gpt2(vocab_size=32, block_size=T, n_embd=16, n_layer=3, n_head=2)
+        example = torch.zeros(2, T, dtype=torch.long)
+        return kf.graft(
+            gpt, ["transformer.h.1", "transformer.h.2"], example_input=example, task_config=tc, gates=gates
+        )
+    host = kf.TransformerHost(vocab_size=32, n_embd=16, n_head=2, n_layer=3, block_size=T)
     return kf.MorphogeneticModel(host, slots=["mid", "late"], task_config=tc, gates=gates)
 
 
-def _train(rank: int, sharded: bool) -> tuple[list[float], list[str], dict[str, torch.Tensor]]:
+def _logits(out):
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def _train(rank: int, sharded: bool, kind: str) -> tuple[list[float], list[str], dict[str, torch.Tensor]]:
     """The whole run; ``sharded``: this rank's half of every global batch."""
-    model = _sharded(_model()) if sharded else _model()
+    model = _sharded(_model(kind)) if sharded else _model(kind)
+    mid, late = model.slot_ids
     gen = torch.Generator().manual_seed(1)
     version, opt = None, None
     losses, stages = [], []
     for epoch in range(EPOCHS):
         if epoch == 1:
-            model.germinate_seed("lora", slot="mid", blend_algorithm_id="gated")
-            model.germinate_seed("mlp", slot="late")
+            model.germinate_seed("lora", slot=mid, blend_algorithm_id="gated")
+            model.germinate_seed("mlp", slot=late)
         if epoch == 3:
-            model.cull_seed(slot="late", reason="controller")
-            late = model.seed_slots["late"]
-            assert late.seed is None and not list(late.parameters())  # its shards are gone
+            model.cull_seed(slot=late, reason="controller")
+            culled = model.seed_slots[late]
+            assert culled.seed is None and not list(culled.parameters())  # its shards are gone
         if model.architecture_version != version:
             opt, version = torch.optim.SGD(model.parameters(), lr=0.1), model.architecture_version
         for _ in range(STEPS):
             idx = torch.randint(0, 32, (BATCH, T + 1), generator=gen)
             if sharded:
                 idx = idx.chunk(WORLD)[rank]
-            logits = model(idx[:, :-1])
+            logits = _logits(model(idx[:, :-1]))
             loss = F.cross_entropy(logits.reshape(-1, 32), idx[:, 1:].reshape(-1))
             opt.zero_grad()
             loss.backward()
@@ -65,8 +81,8 @@ def _train(rank: int, sharded: bool) -> tuple[list[float], list[str], dict[str, 
                 slot.state.metrics.record_accuracy(50.0 + 2 * epoch)  # the same on every rank and run
                 slot.state.metrics.counterfactual_contribution = 2.0
         model.step_epoch()
-        if model.seed_slots["mid"].stage == kf.SeedStage.PROBATIONARY:
-            assert model.advance_stage(kf.SeedStage.FOSSILIZED, slot="mid").passed
+        if model.seed_slots[mid].stage == kf.SeedStage.PROBATIONARY:
+            assert model.advance_stage(kf.SeedStage.FOSSILIZED, slot=mid).passed
         stages.append(",".join(s.stage.name for s in model.seed_slots.values()))
     params = {}
     for name, p in model.named_parameters():
@@ -75,10 +91,10 @@ def _train(rank: int, sharded: bool) -> tuple[list[float], list[str], dict[str, 
     return losses, stages, params
 
 
-def _worker(rank: int, init: str, out: str) -> None:
+def _worker(rank: int, init: str, out: str, kind: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
-        losses, stages, params = _train(rank, sharded=True)
+        losses, stages, params = _train(rank, sharded=True, kind=kind)
         if rank == 0:
             torch.save({"losses": losses, "stages": stages, "params": params}, out)
         dist.barrier()  # no rank tears the group down while another still talks
@@ -86,11 +102,14 @@ def _worker(rank: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_sharded_lifecycle_equals_one_process(tmp_path):
+@pytest.mark.parametrize("kind", ["builtin", "graft"])
+def test_sharded_lifecycle_equals_one_process(tmp_path, kind):
+    if kind == "graft":
+        pytest.importorskip("transformers", reason="the hf extra (in .ci/requirements.txt) is not installed")
     out = str(tmp_path / "sharded.pt")
-    mp.spawn(_worker, args=(f"file://{tmp_path / 'init'}", out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(f"file://{tmp_path / 'init'}", out, kind), nprocs=WORLD, join=True)
     sharded = torch.load(out)
-    losses, stages, params = _train(0, sharded=False)
+    losses, stages, params = _train(0, sharded=False, kind=kind)
     assert stages == sharded["stages"], json.dumps([stages, sharded["stages"]])
     assert "FOSSILIZED" in stages[-1].split(",")[0] and any("EMBARGOED" in s for s in stages), stages
     torch.testing.assert_close(torch.tensor(sharded["losses"]), torch.tensor(losses), rtol=1e-4, atol=1e-5)
@@ -106,7 +125,7 @@ def _batch(seed: int):
 def _step_loss(model, opt, idx, rank: int, sharded: bool) -> float:
     if sharded:
         idx = idx.chunk(WORLD)[rank]
-    loss = F.cross_entropy(model(idx[:, :-1]).reshape(-1, 32), idx[:, 1:].reshape(-1))
+    loss = F.cross_entropy(_logits(model(idx[:, :-1])).reshape(-1, 32), idx[:, 1:].reshape(-1))
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -136,8 +155,9 @@ def _sharded(model):
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (WORLD,))
-    for stage in model.host.stages:
-        fully_shard(stage, mesh=mesh)
+    blocks = model.host.model.transformer.h if isinstance(model.host, kf.ModuleHost) else model.host.stages
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 
