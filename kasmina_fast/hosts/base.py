@@ -18,7 +18,8 @@ class SegmentedHost(nn.Module):
     ``_init_segments`` and implement ``_enter`` (input -> first features) and
     ``_exit`` (last features -> output).
 
-    Every segment is an injection point: a slot sits right after its stage.
+    Every segment is an injection point: a slot sits right after its stage; all
+    points are of the subclass's ``topology``.
     ``aliases`` give some points a second name (``early``/``mid``/``late`` of a
     deeper host); a point answers to each of its names, but holds one slot.
     """
@@ -40,6 +41,13 @@ class SegmentedHost(nn.Module):
     @property
     def segments(self) -> list[str]:
         return list(self._segment_names)
+
+    topology: str
+
+    @property
+    def topologies(self) -> dict[str, str]:
+        """Every point -> the host's topology."""
+        return dict.fromkeys(self._channels, self.topology)
 
     @property
     def injection_points(self) -> dict[str, int]:

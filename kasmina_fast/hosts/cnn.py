@@ -34,6 +34,8 @@ class CNNHost(SegmentedHost):
     to ``memory_format`` once, on entry.
     """
 
+    topology = "cnn"
+
     def __init__(
         self,
         num_classes: int = 10,

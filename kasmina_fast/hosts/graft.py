@@ -14,6 +14,7 @@ that tensor, and the slot transforms that element only.
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -283,23 +284,13 @@ def graft(
     such as ``{"input_ids": ...}``) drives one probe forward that finds each point's
     topology and channels; each slot takes its point's topology. Without ``task_config``
     all points must share one topology (else ValueError: pass ``task_config``, whose
-    dwell and blending settings then apply to every slot). ``device``: where the model
+    dwell and blending settings then apply to every slot); with one, points of one
+    topology must be of its topology. ``device``: where the model
     and the seeds live (default: where ``model``'s first parameter is). ``plane_options``
     go to :class:`MorphogeneticModel` (``gates``, ``on_telemetry``, ``max_seeds``, ...).
     """
     host = ModuleHost(model, slots, example_input=example_input)
-    topologies = set(host.topologies.values())
-    if task_config is None:
-        if len(topologies) > 1:
-            listing = ", ".join(f"{p} ({t})" for p, t in host.topologies.items())
-            raise ValueError(
-                f"graft: the points are of mixed topology: {listing}; pass task_config= (its settings "
-                "apply to every slot; each slot keeps its point's topology)"
-            )
-        task_config = TaskConfig(topology=topologies.pop())
-    elif not isinstance(task_config, TaskConfig):
-        raise TypeError(f"graft: task_config must be a TaskConfig, got {type(task_config).__name__}")
     if device is None:
-        first = next(iter([*model.parameters(), *model.buffers()]), None)
+        first = next(itertools.chain(model.parameters(), model.buffers()), None)
         device = first.device if first is not None else torch.device("cpu")
     return MorphogeneticModel(host, device, slots=host.segments, task_config=task_config, **plane_options)

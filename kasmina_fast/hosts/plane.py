@@ -10,19 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kasmina_fast.hosts.cnn import CNNHost
 from kasmina_fast.hosts.protocol import HostProtocol
-from kasmina_fast.hosts.transformer import TransformerHost
 from kasmina_fast.lifecycle import QualityGates, SeedSlot, SeedStage, SeedState, TaskConfig, TelemetryEvent
-
-
-def _topologies(host: nn.Module) -> dict[str, str]:
-    """Each injection point's topology, where the host knows it."""
-    if isinstance(host, CNNHost):
-        return dict.fromkeys(host.injection_points, "cnn")
-    if isinstance(host, TransformerHost):
-        return dict.fromkeys(host.injection_points, "transformer")
-    return dict(getattr(host, "topologies", {}))
 
 
 def shard_like_host(module: nn.Module, host_params: Sequence[nn.Parameter]) -> None:
@@ -80,18 +69,29 @@ class MorphogeneticModel(nn.Module):
         super().__init__()
         if not isinstance(host, HostProtocol):
             raise TypeError(f"MorphogeneticModel: host must follow HostProtocol, got {type(host).__name__}")
-        topologies = _topologies(host)
+        # each point's topology, where the host says it (CNNHost, TransformerHost, ModuleHost)
+        topologies: dict[str, str] = dict(getattr(host, "topologies", {}))
+        kinds = set(topologies.values())
         if task_config is None:
-            if len(set(topologies.values())) != 1:
+            if not kinds:
                 raise ValueError(
-                    "MorphogeneticModel: pass task_config for a host whose points are not all of one "
-                    "known topology"
+                    "MorphogeneticModel: pass task_config for a host that does not say its topology"
                 )
-            task_config = TaskConfig(topology=next(iter(topologies.values())))
-        elif isinstance(host, (CNNHost, TransformerHost)) and task_config.topology not in topologies.values():
+            if len(kinds) > 1:
+                listing = ", ".join(f"{p} ({t})" for p, t in topologies.items())
+                raise ValueError(
+                    f"MorphogeneticModel: the points are of mixed topology: {listing}; pass task_config= "
+                    "(its settings apply to every slot; each slot keeps its point's topology)"
+                )
+            task_config = TaskConfig(topology=kinds.pop())
+        elif not isinstance(task_config, TaskConfig):
+            raise TypeError(
+                f"MorphogeneticModel: task_config must be a TaskConfig, got {type(task_config).__name__}"
+            )
+        elif len(kinds) == 1 and task_config.topology not in kinds:
             raise ValueError(
                 f"MorphogeneticModel: task_config.topology is {task_config.topology!r} "
-                f"but the host is a {next(iter(topologies.values()))}"
+                f"but the host's points are {kinds.pop()}"
             )
         points = host.injection_points
         unknown = [s for s in slots if s not in points]
@@ -104,10 +104,9 @@ class MorphogeneticModel(nn.Module):
         self.task_config = task_config
         self.max_seeds = max_seeds
         self.max_seeds_per_slot = max_seeds_per_slot
-        self.slot_ids = [s for s in points if s in slots]  # host order
         self.shard_module = shard_module
-        self._slots: dict[str, SeedSlot] = {}  # the host holds them as modules
-        for slot_id in self.slot_ids:
+        self._slots: dict[str, SeedSlot] = {}  # in host order; the host holds them as modules
+        for slot_id in (s for s in points if s in slots):
             topology = topologies.get(slot_id, task_config.topology)  # a slot takes its point's topology
             config = dataclasses.replace(task_config, topology=topology)
             slot = SeedSlot(slot_id, points[slot_id], device, gates, on_telemetry, fast_mode, config)
@@ -134,6 +133,11 @@ class MorphogeneticModel(nn.Module):
         model.architecture_version += 1
 
     # ---- structure ------------------------------------------------------------------------
+
+    @property
+    def slot_ids(self) -> list[str]:
+        """The slots' injection points, in host order."""
+        return list(self._slots)
 
     @property
     def seed_slots(self) -> dict[str, SeedSlot]:

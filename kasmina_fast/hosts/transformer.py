@@ -49,6 +49,8 @@ class TransformerHost(SegmentedHost):
     blocks ``N // 3``, ``2 * (N // 3)`` and ``N`` (the spec's system's boundaries;
     with 2 blocks only ``late`` exists)."""
 
+    topology = "transformer"
+
     def __init__(
         self,
         vocab_size: int = 256,

@@ -140,3 +140,12 @@ def test_the_progress_bar_counts_batches_of_the_epochs_total(capsys):
     err = capsys.readouterr().err
     assert "host alone epoch  0:" in err and "grown epoch  1:" in err, err[-500:]
     assert "0/3 [" in err and "batch/s" in err, err[-500:]  # done / the epoch's total
+
+
+def test_the_summary_counts_the_seed_of_the_slot_it_grew_in():
+    """``--slots late mid``: the seed grows in ``late`` (the first given), not in the
+    first in host order."""
+    s = run(DemoConfig(slots=("late", "mid"), quiet=True)).summary
+    assert s["outcome"] == "SEED_FOSSILIZED", s
+    assert s["seed_params_added"] > 0
+    assert s["params_grown"] == s["params_host_alone"] + s["seed_params_added"]
