@@ -6,6 +6,8 @@ CUDA and Triton kernels, checked against one eager reference
 (:mod:`kasmina_fast.reference`). :mod:`kasmina_fast.backends` says which
 kernels run here and lets you force one. :func:`graft` puts seed slots into
 any ``nn.Module``; ``CNNHost`` and ``TransformerHost`` are built-in hosts.
+:class:`Grower` (and the framework callbacks in :mod:`kasmina_fast.integrations`)
+runs the growth protocol inside a training loop.
 """
 
 from kasmina_fast import backends
@@ -15,6 +17,7 @@ from kasmina_fast.hosts import CNNHost, HostProtocol, ModuleHost, MorphogeneticM
 from kasmina_fast.lifecycle import *  # noqa: F403
 from kasmina_fast.lifecycle import __all__ as _lifecycle_all
 from kasmina_fast.ops import blend, blend_with_isolation, foreach_norm, gradient_stats, ste, ste_forward
+from kasmina_fast.training import EpochReport, Grower, sync_optimizer
 
 __version__ = "0.1.0"
 
@@ -25,6 +28,8 @@ __all__ = [
     "BlueprintRegistry",
     "BlueprintSpec",
     "CNNHost",
+    "EpochReport",
+    "Grower",
     "HostProtocol",
     "ModuleHost",
     "MorphogeneticModel",
@@ -38,5 +43,6 @@ __all__ = [
     "gradient_stats",
     "ste",
     "ste_forward",
+    "sync_optimizer",
     "use_backend",
 ]

@@ -14,6 +14,7 @@ that tensor, and the slot transforms that element only.
 from __future__ import annotations
 
 import difflib
+import inspect
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -140,6 +141,11 @@ class ModuleHost(nn.Module):
     @property
     def segments(self) -> list[str]:
         return list(self._channels)
+
+    @property
+    def forward_signature(self) -> inspect.Signature:
+        """The user's model's forward signature (what :meth:`forward` passes through)."""
+        return inspect.signature(self.model.forward)
 
     @property
     def topologies(self) -> dict[str, str]:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -115,7 +117,22 @@ class MorphogeneticModel(nn.Module):
             self._slots[slot_id] = slot
         self.germinations = dict.fromkeys(self.slot_ids, 0)
         self.architecture_version = 0
+        self._expose_signature(host)
         self.register_load_state_dict_post_hook(MorphogeneticModel._reattach_host)
+
+    def _expose_signature(self, host: nn.Module) -> None:
+        """``inspect.signature(model.forward)`` gives the host's arguments (a grafted
+        model's are the user's), not ``(*args, **kwargs)``: frameworks that choose the
+        inputs from it (Hugging Face ``Trainer`` drops dataset columns it does not
+        name) work unchanged. ``forward`` stays this class's; a ``functools.partial``
+        carries the signature (it deep-copies and pickles with the model)."""
+        try:
+            signature = getattr(host, "forward_signature", None) or inspect.signature(host.forward)
+        except (TypeError, ValueError):  # a forward without a readable signature
+            return
+        forward = functools.partial(type(self).forward, self)
+        forward.__signature__ = signature
+        self.forward = forward
 
     def get_extra_state(self) -> dict:
         return {"germinations": dict(self.germinations)}

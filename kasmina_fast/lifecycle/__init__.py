@@ -3,6 +3,7 @@
 from kasmina_fast.lifecycle.consensus import agree
 from kasmina_fast.lifecycle.gates import MIN_FOSSILIZE_CONTRIBUTION, QualityGates
 from kasmina_fast.lifecycle.isolation import GradientIsolationMonitor
+from kasmina_fast.lifecycle.policy import HeuristicPolicy
 from kasmina_fast.lifecycle.schedules import (
     BLEND_ALGORITHMS,
     BlendAlgorithm,
@@ -37,6 +38,7 @@ __all__ = [
     "GateResult",
     "GatedBlend",
     "GradientIsolationMonitor",
+    "HeuristicPolicy",
     "LinearBlend",
     "QualityGates",
     "SeedMetrics",

@@ -42,9 +42,10 @@ class QualityGates:
                 ("epochs_in_stage", m.epochs_in_current_stage >= self.min_blending_epochs),
             ]
             if gradient_monitored:
-                checks.append(
-                    ("seed_gradient_ratio", m.seed_gradient_norm_ratio >= self.min_seed_gradient_ratio)
-                )
+                # a ratio never measured fails under its own name, not as "too low"
+                measured = m.gradient_measurements > 0 or m.seed_gradient_norm_ratio != 0.0
+                ok = m.seed_gradient_norm_ratio >= self.min_seed_gradient_ratio
+                checks.append(("seed_gradient_ratio" if ok or measured else "seed_gradient_measured", ok))
         elif gate == GateLevel.G3:
             checks = [
                 ("stage_is_blending", state.stage == SeedStage.BLENDING),
@@ -63,4 +64,10 @@ class QualityGates:
         failed = tuple(name for name, ok in checks if not ok)
         ok = not failed
         msg = f"{gate.name} {'passed' if ok else 'failed: ' + ', '.join(failed)}"
+        if "seed_gradient_measured" in failed:
+            msg += (
+                " (no gradient statistics were measured in this stage: call "
+                "capture_gradient_telemetry() after backward and materialize_gradient_telemetry() "
+                "once per epoch, or use kasmina_fast.Grower)"
+            )
         return GateResult(gate, ok, len(passed) / len(checks), passed, failed, msg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -38,6 +39,9 @@ from kasmina_fast.ops import blend, ste
 
 S = SeedStage
 _SCHEDULED = (S.BLENDING, S.PROBATIONARY, S.FOSSILIZED)
+#: epochs in TRAINING without a gradient measurement before the slot warns (once per seed)
+STALL_WARNING_EPOCHS = 3
+logger = logging.getLogger("kasmina_fast")
 
 
 class SeedShapeError(AssertionError, ValueError):
@@ -100,6 +104,8 @@ class SeedSlot(nn.Module):
         self._forced_alpha: Tensor | None = None
         self._probe_cache: dict[tuple[str, int, str], Tensor] = {}
         self._germinations = 0
+        self._captured = False  # capture_gradient_telemetry ran for this seed
+        self._stall_warned = False
         #: Called with every module the slot creates (a seed, a gated blend's gate)
         #: before it is used: how a sharded host shards them (MorphogeneticModel sets it).
         self.place_module: Callable[[nn.Module], None] | None = None
@@ -248,6 +254,7 @@ class SeedSlot(nn.Module):
         self._place(seed)
         self.seed = seed
         self._state = state
+        self._captured = self._stall_warned = False
         state._held_by(self.slot_id)
         self.attach_host(host_module)
         state.metrics.seed_param_count = sum(p.numel() for p in seed.parameters())
@@ -336,6 +343,7 @@ class SeedSlot(nn.Module):
             if agree(self.gates.check(S.TRAINING, st).passed, self.device):
                 self._transition(S.TRAINING)
         elif stage == S.TRAINING:
+            self._warn_if_unmeasured(st)
             ready = st.metrics.epochs_in_current_stage >= self.task_config.training_dwell
             ok = ready and self.gates.check(S.BLENDING, st, gradient_monitored=not self.fast_mode).passed
             if agree(ok, self.device):
@@ -353,6 +361,33 @@ class SeedSlot(nn.Module):
             negative = cf is not None and cf <= 0
             if agree(timeout or negative, self.device):
                 self.cull("probation_timeout" if timeout else "negative_counterfactual")
+
+    def _warn_if_unmeasured(self, st: SeedState) -> None:
+        """One warning per seed that sits in TRAINING with no gradient statistics (G2
+        cannot pass then), naming the call that is missing."""
+        m = st.metrics
+        if (
+            self.fast_mode
+            or self._stall_warned
+            or m.gradient_measurements > 0
+            or m.epochs_in_current_stage < STALL_WARNING_EPOCHS
+        ):
+            return
+        self._stall_warned = True
+        missing = (
+            "materialize_gradient_telemetry(stats) once per epoch, with what capture_gradient_telemetry() returned"
+            if self._captured
+            else "capture_gradient_telemetry() after loss.backward() (and materialize_gradient_telemetry() "
+            "once per epoch)"
+        )
+        logger.warning(
+            "SeedSlot %r: seed %r has spent %d epochs in TRAINING without a gradient measurement, so G2 "
+            "cannot pass; call slot.%s, or use kasmina_fast.Grower",
+            self.slot_id,
+            st.seed_id,
+            m.epochs_in_current_stage,
+            missing,
+        )
 
     def _step_cleanup(self, st: SeedState) -> None:
         if st.stage == S.CULLED:
@@ -375,6 +410,7 @@ class SeedSlot(nn.Module):
         or without a seed). Call after ``loss.backward()``."""
         if self.fast_mode or self.seed is None or self.state is None:
             return None
+        self._captured = True
         return self.isolation_monitor.check_isolation_async()
 
     def materialize_gradient_telemetry(self, async_stats: dict[str, Tensor] | None) -> None:
@@ -384,6 +420,7 @@ class SeedSlot(nn.Module):
             return
         ok, stats = self.isolation_monitor.materialize_isolation_stats(async_stats)
         self.state.metrics.seed_gradient_norm_ratio = stats["seed_gradient_norm_ratio"]
+        self.state.metrics.gradient_measurements += 1
         if not ok:
             self.state.is_healthy = False
 

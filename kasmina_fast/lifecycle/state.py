@@ -26,6 +26,8 @@ class SeedMetrics:
     current_alpha: float = 0.0
     counterfactual_contribution: float | None = None
     seed_gradient_norm_ratio: float = 0.0
+    #: gradient statistics materialized since the stage began (G2 needs one)
+    gradient_measurements: int = 0
     host_param_count: int = 0
     seed_param_count: int = 0
 
@@ -47,6 +49,7 @@ class SeedMetrics:
         """A new stage begins: its baseline is the current accuracy."""
         self.accuracy_at_stage_start = self.current_val_accuracy
         self.epochs_in_current_stage = 0
+        self.gradient_measurements = 0
 
     @property
     def total_improvement(self) -> float:
