@@ -10,12 +10,13 @@ standard-library sources. ``--host hf-resnet`` (digits) and ``--host gpt2``
 The same host is trained twice in one run, from the same initial weights on the
 same batches: alone, then growing a seed; the summary compares their final
 accuracy and parameters. The default hosts are small (``--width``) so that the
-host alone is short of capacity, where a seed can pay. A small heuristic
-controller (deciding is the caller's job, not the library's) germinates the
-seed, measures its counterfactual contribution every epoch with alpha forced to
-0, fossilizes it when it helps by at least one point and culls it when it
-stalls; ``step_epoch`` does the rest. The learning rate decays to 0 (cosine),
-so the final accuracies are converged values, not one noisy step's.
+host alone is short of capacity, where a seed can pay. :class:`kasmina_fast.Grower`
+runs the growth: a ``HeuristicPolicy`` germinates the seed at ``germinate_epoch``,
+the counterfactual contribution is measured every epoch with alpha forced to 0,
+the seed is fossilized when it helps by at least one point and culled when it
+stalls; ``step_epoch`` does the rest. The learning rate decays to 0 (cosine, a
+``LambdaLR`` that the seed's param group follows), so the final accuracies are
+converged values, not one noisy step's.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class DemoConfig:
     device: str = "cpu"
     compile: bool = False
     backend: str = "auto"
-    germinate_epoch: int = 2
+    germinate_epoch: int = 2  # the seed trains from this epoch (>= 1)
     blueprint: str | None = None  # default per task
     host: str = "builtin"  # builtin (CNNHost / TransformerHost), hf-resnet (digits), gpt2 (text)
     width: int | None = None  # the host's channels / embedding width; None: the small default
@@ -143,14 +144,6 @@ def build(cfg: DemoConfig, vocab: int, example: Tensor, on_event) -> kf.Morphoge
 def logits(out) -> Tensor:
     """The model's output as logits (a Hugging Face model returns a ``ModelOutput``)."""
     return out if isinstance(out, Tensor) else out.logits
-
-
-def sync_optimizer(opt: torch.optim.Optimizer, model: torch.nn.Module) -> None:
-    """Add parameters that appeared (a new seed, a gate) to the optimizer."""
-    known = {id(p) for g in opt.param_groups for p in g["params"]}
-    new = [p for p in model.parameters() if id(p) not in known]
-    if new:
-        opt.add_param_group({"params": new})
 
 
 def steps_per_epoch(cfg: DemoConfig, data) -> int:
@@ -275,22 +268,35 @@ def _train(cfg: DemoConfig, train, val, vocab: int, grow: bool) -> dict[str, Any
     forward = torch.compile(model, fullgraph=True) if cfg.compile else model
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     total = steps_per_epoch(cfg, train)
+    # cosine decay to 0, so the last epochs' accuracy is a converged one, not one noisy
+    # step's; the seed's param group follows it (kf.sync_optimizer, inside the Grower)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / (cfg.epochs * total)))
+    )
+    blueprint = cfg.blueprint or ("conv_light" if cfg.task == "digits" else "mlp")
+    policy = kf.HeuristicPolicy(
+        blueprint,
+        slots=[slot_id],
+        germinate_at=max(0, cfg.germinate_epoch - 1),  # at the end of the epoch before
+        patience=cfg.patience,
+        max_germinations=1,
+    )
+    grower = kf.Grower(
+        model,
+        opt,
+        evaluate=lambda: accuracy(cfg, forward, val),
+        lr_scheduler=sched,
+        policy=policy,
+        telemetry_every=5,  # strided gradient telemetry: device tensors, no sync
+    )
     history: list[dict[str, Any]] = []
     acc_at_germination = None
     step_times: list[float] = []
-    step = 0
     if not cfg.quiet:
         tqdm.write(f"-- {label}: {model.total_params} parameters")
     with kf.use_backend(cfg.backend):
         for epoch in range(cfg.epochs):
             epoch_now[0] = epoch
-            if grow and epoch == cfg.germinate_epoch:
-                acc_at_germination = history[-1]["val_acc"] if history else accuracy(cfg, model, val)
-                blueprint = cfg.blueprint or ("conv_light" if cfg.task == "digits" else "mlp")
-                model.germinate_seed(blueprint, slot=slot_id)  # GERMINATED
-                model.advance_stage(S.TRAINING, slot=slot_id)  # G1 at once: it trains this epoch
-            sync_optimizer(opt, model)
-            telemetry = None
             bar = tqdm(
                 batches(cfg, train, gen),
                 total=total,
@@ -299,41 +305,24 @@ def _train(cfg: DemoConfig, train, val, vocab: int, grow: bool) -> dict[str, Any
                 leave=False,
                 disable=cfg.quiet,
             )
-            for i, (x, y) in enumerate(bar):
+            for x, y in bar:
                 t0 = time.perf_counter()
-                # cosine decay to 0 (by hand: a scheduler misses the groups a seed adds later),
-                # so the last epochs' accuracy is a converged one, not one noisy step's
-                for group in opt.param_groups:
-                    group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * step / (cfg.epochs * total)))
-                step += 1
                 loss = loss_fn(cfg, forward(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if i % 5 == 0:  # strided gradient telemetry: device tensors, no sync
-                    telemetry = slot.capture_gradient_telemetry()
+                if grow:
+                    grower.after_backward()
                 opt.step()
+                sched.step()
                 step_times.append(time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-            slot.materialize_gradient_telemetry(telemetry)  # the one sync
-            acc = accuracy(cfg, forward, val)
-            contribution = None
-            if slot.stage in (S.BLENDING, S.PROBATIONARY):
-                with slot.force_alpha(0.0):
-                    contribution = acc - accuracy(cfg, model, val)
-            if slot.state is not None:
-                slot.state.metrics.record_accuracy(acc)
-                slot.state.metrics.counterfactual_contribution = contribution
-            in_training = slot.stage == S.TRAINING
-            model.step_epoch()
-            # the controller
-            if slot.stage == S.PROBATIONARY and contribution is not None and contribution >= 1.0:
-                model.advance_stage(S.FOSSILIZED, slot=slot_id)
-            elif (
-                in_training
-                and slot.state is not None
-                and slot.state.metrics.epochs_in_current_stage > cfg.patience
-            ):
-                model.cull_seed(slot=slot_id, reason="stalled in TRAINING")
+            if grow:  # measure, step the lifecycle, the policy, the optimizer
+                report = grower.end_epoch()
+                acc, contribution = report.metric, report.counterfactuals.get(slot_id)
+                if report.decisions and report.decisions[0].startswith("germinate"):
+                    acc_at_germination = acc
+            else:
+                acc, contribution = accuracy(cfg, forward, val), None
             row = {"epoch": epoch, "val_acc": acc, "alpha": float(slot.alpha), "stage": slot.stage.name}
             history.append(row | {"counterfactual": contribution})
             if not cfg.quiet and grow:
