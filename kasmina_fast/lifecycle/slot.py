@@ -375,7 +375,8 @@ class SeedSlot(nn.Module):
             return
         self._stall_warned = True
         missing = (
-            "materialize_gradient_telemetry(stats) once per epoch, with what capture_gradient_telemetry() returned"
+            "materialize_gradient_telemetry(stats) once per epoch, with what "
+            "capture_gradient_telemetry() returned"
             if self._captured
             else "capture_gradient_telemetry() after loss.backward() (and materialize_gradient_telemetry() "
             "once per epoch)"

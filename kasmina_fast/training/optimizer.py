@@ -42,7 +42,9 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"sync_optimizer: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        raise TypeError(
+            f"sync_optimizer: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
     return optimizer
 
 

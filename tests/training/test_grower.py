@@ -12,7 +12,9 @@ import torch.nn.functional as F
 import kasmina_fast as kf
 from kasmina_fast import SeedStage as S
 
-PERMISSIVE = kf.QualityGates(min_training_improvement=-100.0, min_blending_epochs=1, min_seed_gradient_ratio=0.0)
+PERMISSIVE = kf.QualityGates(
+    min_training_improvement=-100.0, min_blending_epochs=1, min_seed_gradient_ratio=0.0
+)
 
 
 def _setup(gates=PERMISSIVE, seed=0):
@@ -23,7 +25,9 @@ def _setup(gates=PERMISSIVE, seed=0):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + 0.01 * s))
     gen = torch.Generator().manual_seed(1)
-    data = [(torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 4, (8,), generator=gen)) for _ in range(3)]
+    data = [
+        (torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 4, (8,), generator=gen)) for _ in range(3)
+    ]
     x_val, y_val = torch.randn(32, 3, 16, 16, generator=gen), torch.randint(0, 4, (32,), generator=gen)
 
     @torch.no_grad()
@@ -49,12 +53,16 @@ def test_grower_equals_the_hand_written_protocol():
     """The same seeds, stages, lrs and final weights as the protocol written out by hand."""
     policy_args = dict(germinate_at=1, fossilize_at=-100.0, max_germinations=1)
     model, opt, sched, data, evaluate = _setup()
-    grower = kf.Grower(model, opt, evaluate=evaluate, lr_scheduler=sched, policy=kf.HeuristicPolicy(**policy_args))
+    grower = kf.Grower(
+        model, opt, evaluate=evaluate, lr_scheduler=sched, policy=kf.HeuristicPolicy(**policy_args)
+    )
     log_a = []
     for _ in range(9):
         _train_epoch(model, opt, sched, data, grower.after_backward)
         report = grower.end_epoch()
-        log_a.append((report.metric, dict(report.counterfactuals), [s.stage for s in model.seed_slots.values()]))
+        log_a.append(
+            (report.metric, dict(report.counterfactuals), [s.stage for s in model.seed_slots.values()])
+        )
     params_a = [p.detach().clone() for p in model.parameters()]
     assert {S.BLENDING, S.PROBATIONARY} <= {stage for _, _, stages in log_a for stage in stages}
 
@@ -64,7 +72,7 @@ def test_grower_equals_the_hand_written_protocol():
     for epoch in range(9):
         telemetry = {}
 
-        def capture():
+        def capture(telemetry=telemetry):
             for sid, slot in model.seed_slots.items():
                 t = slot.capture_gradient_telemetry()
                 if t is not None:
@@ -93,7 +101,7 @@ def test_grower_equals_the_hand_written_protocol():
 
 
 def test_counterfactual_is_measured_with_the_slots_alpha_forced_to_zero():
-    model, opt, sched, data, _ = _setup()
+    model, opt, _sched, _data, _ = _setup()
     seen = []
 
     def evaluate() -> float:
@@ -162,7 +170,7 @@ def test_policy_state_round_trip():
 @pytest.mark.parametrize("captured", [False, True])
 def test_no_silent_stall(caplog, captured):
     """Without gradient statistics G2 says so, and the slot warns once, naming the call."""
-    model, opt, sched, data, evaluate = _setup(gates=kf.QualityGates())
+    model, opt, sched, data, _evaluate = _setup(gates=kf.QualityGates())
     slot = model.seed_slots["mid"]
     model.germinate_seed("conv_light", slot="mid")
     model.advance_stage(S.TRAINING, slot="mid")

@@ -153,7 +153,9 @@ def test_group_options_and_host_group_choice():
     decay = [p for p in host if p.ndim > 1]
     no_decay = [p for p in host if p.ndim <= 1]
     # the Hugging Face layout: the first group holding host parameters is copied
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}])
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    )
     model.germinate_seed("norm", slot="mid")
     kf.sync_optimizer(opt, model, weight_decay=0.0, eps=1e-6)
     assert opt.param_groups[2]["weight_decay"] == 0.0 and opt.param_groups[2]["eps"] == 1e-6
