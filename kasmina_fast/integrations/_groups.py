@@ -1,0 +1,123 @@
+"""The seeds' param groups of a framework's optimizer, taken out and put back.
+
+A framework builds its optimizer from the model as it is when training starts
+(on a resume: without the seeds, or with them in its own groups) and then loads
+the saved optimizer state, which must have the same groups. These helpers move
+the groups that ``sync_optimizer`` added (every parameter a seed's or a gate's)
+in and out, with their state and their learning-rate schedule entries, keyed by
+the parameters' names in the :class:`MorphogeneticModel`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler as sched_mod
+
+from kasmina_fast.training.optimizer import _drop_from_scheduler, unwrap_optimizer, unwrap_scheduler
+
+
+def _schedulers(scheduler: Any) -> list[Any]:
+    """The scheduler and its children (SequentialLR), depth first."""
+    if scheduler is None:
+        return []
+    out = [scheduler]
+    for child in getattr(scheduler, "_schedulers", ()):
+        out += _schedulers(child)
+    return out
+
+
+def seed_group_indices(optimizer: Any, plane: nn.Module) -> list[int]:
+    """The groups holding seed (and gate) parameters only: those ``sync_optimizer`` added.
+    They must be the last groups (sync_optimizer appends them)."""
+    opt = unwrap_optimizer(optimizer)
+    seed = {id(p) for p in plane.seed_parameters()}
+    found = [
+        i for i, g in enumerate(opt.param_groups) if g["params"] and all(id(p) in seed for p in g["params"])
+    ]
+    if found and found != list(range(len(opt.param_groups) - len(found), len(opt.param_groups))):
+        raise RuntimeError(
+            "kasmina_fast: the seeds' param groups must be the optimizer's last groups (sync_optimizer "
+            f"appends them); groups {found} of {len(opt.param_groups)} hold seed parameters only"
+        )
+    return found
+
+
+def export_groups(optimizer: Any, plane: nn.Module, scheduler: Any, indices: list[int]) -> dict[str, Any]:
+    """The groups ``indices``: hyperparameters, parameter names, optimizer state, and
+    each scheduler's entries (``weights_only``-loadable: tensors and primitives)."""
+    opt = unwrap_optimizer(optimizer)
+    names = {id(p): n for n, p in plane.named_parameters()}
+    groups = []
+    for i in indices:
+        g = opt.param_groups[i]
+        groups.append(
+            {
+                "hyper": {k: v for k, v in g.items() if k != "params"},
+                "params": [names[id(p)] for p in g["params"]],
+                "state": [dict(opt.state.get(p, {})) for p in g["params"]],
+            }
+        )
+    scheds = []
+    n_base = len(opt.param_groups) - len(indices)
+    for s in _schedulers(unwrap_scheduler(scheduler)):
+        entry: dict[str, Any] = {}
+        for name in ("base_lrs", "_last_lr"):
+            if isinstance(getattr(s, name, None), list):
+                entry[name] = [getattr(s, name)[i] for i in indices]
+        if isinstance(s, sched_mod.LambdaLR):  # which host group's lambda each group follows
+            entry["lambda_source"] = [
+                next((j for j in range(n_base) if s.lr_lambdas[j] is s.lr_lambdas[i]), 0) for i in indices
+            ]
+        scheds.append(entry)
+    return {"groups": groups, "schedulers": scheds}
+
+
+def remove_groups(optimizer: Any, scheduler: Any, indices: list[int]) -> None:
+    """Take the groups ``indices`` (and their state and schedule entries) out."""
+    opt = unwrap_optimizer(optimizer)
+    sched = unwrap_scheduler(scheduler)
+    for i in sorted(indices, reverse=True):
+        for p in opt.param_groups[i]["params"]:
+            opt.state.pop(p, None)
+        del opt.param_groups[i]
+        if sched is not None:
+            _drop_from_scheduler(sched, i)
+
+
+def add_groups(optimizer: Any, plane: nn.Module, scheduler: Any, exported: dict[str, Any]) -> None:
+    """Put ``export_groups`` output back, after the groups there are (parameters by name;
+    a parameter some other group holds is taken out of it first)."""
+    opt = unwrap_optimizer(optimizer)
+    params = dict(plane.named_parameters())
+    wanted = {id(params[n]) for g in exported["groups"] for n in g["params"]}
+    for g in opt.param_groups:  # e.g. a framework put the seeds into its own groups
+        g["params"] = [p for p in g["params"] if id(p) not in wanted]
+    for g in exported["groups"]:
+        ps = [params[n] for n in g["params"]]
+        opt.add_param_group({**g["hyper"], "params": ps})
+        for p, state in zip(ps, g["state"]):
+            if state:
+                opt.state[p] = {
+                    k: v.to(p.device) if torch.is_tensor(v) and v.ndim else v for k, v in state.items()
+                }
+    for s, entry in zip(_schedulers(unwrap_scheduler(scheduler)), exported["schedulers"]):
+        for name in ("base_lrs", "_last_lr"):
+            if name in entry:
+                getattr(s, name).extend(entry[name])
+        if "lambda_source" in entry:
+            s.lr_lambdas.extend(s.lr_lambdas[j] for j in entry["lambda_source"])
+
+
+def layout(exported: dict[str, Any]) -> dict[str, Any]:
+    """``export_groups`` output without the tensors: what a framework that saves the
+    optimizer state itself (Lightning) needs to rebuild the groups before loading it."""
+    return {
+        "groups": [
+            {"hyper": g["hyper"], "params": g["params"], "state": [{}] * len(g["params"])}
+            for g in exported["groups"]
+        ],
+        "schedulers": exported["schedulers"],
+    }

@@ -1,0 +1,257 @@
+"""Growth inside Hugging Face ``transformers.Trainer``: :class:`GrowthCallback`.
+
+::
+
+    grown = kf.graft(model, ["transformer.h.1"], example_input={"input_ids": ids})
+    trainer = Trainer(model=grown, args=args, train_dataset=train, eval_dataset=val,
+                      callbacks=[GrowthCallback(policy)])
+    trainer.train()            # later: trainer.train(resume_from_checkpoint=True)
+
+The grafted model shows the user's forward signature, so ``Trainer`` keeps the
+dataset columns as usual. The callback runs :class:`kasmina_fast.Grower`: gradient
+telemetry before each optimizer step; at each evaluation the counterfactuals,
+``step_epoch()``, the policy, and the Trainer's own optimizer and lr scheduler
+kept in sync (new seeds join them, culled ones leave).
+
+Checkpoints. ``Trainer`` saves a model that is not a ``PreTrainedModel`` as a
+safetensors file of ``model.state_dict()``, which holds tensors only, once each.
+From the step the Trainer decides to save until ``on_save``, the grown model's
+state dict is therefore the host's tensors (a tied weight's twin copied) plus one uint8
+tensor, ``kasmina_growth``, that carries everything growth adds: the lifecycle,
+the seeds' weights, the seeds' param groups with their optimizer state and
+schedule entries (taken out of the optimizer and the scheduler for that window,
+so ``optimizer.pt`` and ``scheduler.pt`` hold the groups the Trainer itself makes),
+the pending telemetry, the Grower's and the policy's state. On
+``train(resume_from_checkpoint=...)`` the Trainer loads that file into the model;
+the callback keeps ``kasmina_growth`` aside and, once the Trainer has built its
+optimizer and loaded its state, puts the seeds and their groups back: training
+continues with the same stages and the same losses as if never stopped.
+``save_strategy="best"`` (decided after the callback's last look) is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from kasmina_fast.integrations import _groups
+from kasmina_fast.training.grower import Grower
+from kasmina_fast.training.optimizer import find_plane
+
+try:
+    from transformers import TrainerCallback
+except ImportError as exc:  # pragma: no cover - without the hf extra
+    raise ImportError(
+        "kasmina_fast.integrations.hf needs Hugging Face transformers: pip install 'kasmina-fast[hf]'"
+    ) from exc
+
+#: the state-dict key that carries the growth state in a Trainer checkpoint
+GROWTH_KEY = "kasmina_growth"
+
+
+@torch.no_grad()
+def negative_eval_loss(model: nn.Module, dataloader: Any) -> float:
+    """The default score: -100 x the mean of ``model(**batch).loss`` over the evaluation
+    set, weighted by batch size (higher is better; the gates' point thresholds then
+    read as hundredths of a loss unit)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for batch in dataloader:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        out = model(**batch)
+        loss = out["loss"] if isinstance(out, dict) else out[0]
+        n = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
+        total += float(loss) * n
+        count += n
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("GrowthCallback: the evaluation set is empty")
+    return -100.0 * total / count
+
+
+def _growth_keys(plane: nn.Module, state_dict: dict[str, Any]) -> list[str]:
+    """The keys of ``plane``'s state dict that growth owns: the slots' and every extra state."""
+    slots = tuple(
+        n + "." for n, m in plane.named_modules() if m is not plane and hasattr(m, "seed_parameters")
+    )
+    return [k for k in state_dict if k.endswith("_extra_state") or k.startswith(slots)]
+
+
+def _value(option: Any) -> str:
+    """A TrainingArguments strategy (an enum or a string) as its string."""
+    return str(getattr(option, "value", option))
+
+
+def _pack(obj: Any) -> torch.Tensor:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
+
+def _unpack(t: torch.Tensor) -> Any:
+    return torch.load(io.BytesIO(t.numpy().tobytes()), weights_only=True)
+
+
+class GrowthCallback(TrainerCallback):
+    """Grows a grafted model inside ``transformers.Trainer`` (see the module docstring).
+
+    Args:
+        policy: ``policy(model, epoch, metric)``; default :class:`kasmina_fast.HeuristicPolicy`.
+        evaluate: ``evaluate(model, eval_dataloader) -> float``, higher is better; default
+            :func:`negative_eval_loss`. Called once per evaluation, plus once per
+            blending slot with its alpha forced to 0.
+        model: the :class:`MorphogeneticModel`, where the Trainer's model only holds one.
+        telemetry_every: gradient telemetry every this many optimizer steps.
+    """
+
+    def __init__(
+        self,
+        policy: Callable[[Any, int, float], Any] | None = None,
+        *,
+        evaluate: Callable[[nn.Module, Any], float] | None = None,
+        model: nn.Module | None = None,
+        telemetry_every: int = 1,
+    ) -> None:
+        self.policy = policy
+        self.evaluate = evaluate or negative_eval_loss
+        self.plane = model
+        self.telemetry_every = telemetry_every
+        self.grower: Grower | None = None
+        self.reports: list[Any] = []
+        self._eval_loader: Any = None
+        self._restored: dict[str, Any] | None = None  # kasmina_growth of a checkpoint being resumed
+        self._stash: dict[str, Any] | None = None  # the seeds' groups while the Trainer saves
+        self._hooks: list[Any] = []
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        self._attach(model)
+
+    def _attach(self, model: nn.Module | None) -> None:
+        if self.plane is None:
+            if model is None:
+                raise TypeError("GrowthCallback: pass model= (the grown model)")
+            self.plane = find_plane(model)
+        if not self._hooks:
+            self._hooks = [
+                # (partials: the public hook API marks the callable, which a bound method refuses)
+                self.plane.register_state_dict_post_hook(
+                    functools.partial(GrowthCallback._saving_state_dict, self)
+                ),
+                self.plane.register_load_state_dict_pre_hook(
+                    functools.partial(GrowthCallback._loading_state_dict, self)
+                ),
+            ]
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if _value(getattr(args, "save_strategy", "")) == "best":
+            raise ValueError("GrowthCallback: save_strategy='best' is not supported (use 'steps' or 'epoch')")
+        if _value(getattr(args, "eval_strategy", "no")) == "no":
+            raise ValueError(
+                "GrowthCallback: growth steps at each evaluation; set eval_strategy ('steps' or 'epoch') "
+                "and an eval_dataset"
+            )
+        self._attach(model)
+        self.grower = Grower(
+            self.plane,
+            optimizer,
+            evaluate=lambda: self.evaluate(self.plane, self._eval_loader),
+            lr_scheduler=lr_scheduler,
+            policy=self.policy,
+            telemetry_every=self.telemetry_every,
+        )
+        if self._restored is not None:
+            self._resume(self._restored, optimizer, lr_scheduler)
+            self._restored = None
+
+    # ---- training -----------------------------------------------------------------------
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.grower.after_backward()
+
+    def on_step_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if control.should_save:
+            self._arm(optimizer, lr_scheduler)
+
+    def on_epoch_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if control.should_save:
+            self._arm(optimizer, lr_scheduler)
+
+    def on_evaluate(
+        self, args, state, control, optimizer=None, lr_scheduler=None, eval_dataloader=None, **kw
+    ):
+        if self.grower is None:  # an evaluation outside train()
+            return
+        self._disarm(optimizer, lr_scheduler)
+        self._eval_loader = eval_dataloader
+        self.reports.append(self.grower.end_epoch())
+        self._eval_loader = None
+        if control.should_save:
+            self._arm(optimizer, lr_scheduler)
+
+    def on_save(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self._disarm(optimizer, lr_scheduler)
+
+    def on_train_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self._disarm(optimizer, lr_scheduler)
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def _arm(self, optimizer, lr_scheduler) -> None:
+        """The Trainer saves next: take the seeds' groups out of its optimizer and scheduler."""
+        if self._stash is not None:
+            return
+        indices = _groups.seed_group_indices(optimizer, self.plane)
+        self._stash = _groups.export_groups(optimizer, self.plane, lr_scheduler, indices)
+        _groups.remove_groups(optimizer, lr_scheduler, indices)
+
+    def _disarm(self, optimizer, lr_scheduler) -> None:
+        if self._stash is not None:
+            stash, self._stash = self._stash, None
+            _groups.add_groups(optimizer, self.plane, lr_scheduler, stash)
+
+    def _saving_state_dict(self, module, state_dict, prefix, local_metadata):
+        """While the Trainer saves: host tensors once each, plus ``kasmina_growth``."""
+        if self._stash is None or prefix:
+            return
+        growth = {
+            "model": {k: state_dict.pop(k) for k in _growth_keys(module, state_dict)},
+            "optimizer": self._stash,
+            "grower": self.grower.state_dict(),
+            "telemetry": {sid: t["stats"].cpu() for sid, t in self.grower._telemetry.items()},
+        }
+        seen = set()
+        for k in list(state_dict):  # safetensors refuses shared storage: a tied weight's twin is a copy
+            t = state_dict[k]
+            if t.untyped_storage().data_ptr() in seen:
+                state_dict[k] = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+        state_dict[GROWTH_KEY] = _pack(growth)
+
+    def _loading_state_dict(self, module, state_dict, prefix, *args, **kwargs):
+        """A Trainer checkpoint being loaded: keep ``kasmina_growth`` for on_train_begin."""
+        packed = state_dict.pop(prefix + GROWTH_KEY, None)
+        if packed is not None:
+            self._restored = _unpack(packed)
+            current = module.state_dict()  # the growth keys as they are now: nothing missing
+            for key in _growth_keys(module, current):
+                state_dict.setdefault(prefix + key, current[key])
+
+    def _resume(self, growth: dict[str, Any], optimizer, lr_scheduler) -> None:
+        plane = self.plane
+        plane.load_state_dict(growth["model"], strict=False)  # rebuilds the seeds, loads their weights
+        _groups.add_groups(optimizer, plane, lr_scheduler, growth["optimizer"])
+        self.grower.load_state_dict(growth["grower"])
+        device = plane.seed_slots[plane.slot_ids[0]].device
+        self.grower._telemetry = {sid: {"stats": t.to(device)} for sid, t in growth["telemetry"].items()}
+
+
+__all__ = ["GROWTH_KEY", "GrowthCallback", "negative_eval_loss"]

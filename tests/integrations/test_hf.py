@@ -1,0 +1,146 @@
+"""GrowthCallback in a real Hugging Face Trainer run (a small GPT-2 built from a
+config, on the CPU): the seed grows to BLENDING, its parameters (and its gate's)
+are in the Trainer's optimizer and train at the Trainer's scheduled lr, and a run
+resumed from a checkpoint taken mid-BLENDING gives the same next losses, stages
+and weights as the uninterrupted run."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import kasmina_fast as kf
+
+transformers = pytest.importorskip("transformers", reason="needs the hf extra (transformers)")
+pytest.importorskip("accelerate", reason="Trainer needs accelerate")
+
+from kasmina_fast.cli import hf as hf_models  # noqa: E402
+from kasmina_fast.integrations.hf import GROWTH_KEY, GrowthCallback  # noqa: E402
+
+VOCAB, T, SLOT = 48, 16, "transformer.h.1"
+PERMISSIVE = kf.QualityGates(
+    min_training_improvement=-1e9, min_blending_epochs=1, min_seed_gradient_ratio=0.0
+)
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Sequences with a learnable rule (each token is the previous plus one), plus a
+    column the model does not take (the Trainer drops it by the forward's signature)."""
+
+    def __init__(self, n: int, offset: int = 0) -> None:
+        self.n, self.offset = n, offset
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        start = (7 * (i + self.offset)) % VOCAB
+        ids = (start + torch.arange(T)) % VOCAB
+        return {"input_ids": ids, "labels": ids, "note": i}
+
+
+def _grown():
+    torch.manual_seed(0)
+    gpt = hf_models.gpt2(vocab_size=VOCAB, block_size=T, n_embd=32, n_layer=2, n_head=4)  # tied embeddings
+    tc = kf.TaskConfig(topology="transformer", blending_steps=4)
+    ids = torch.zeros(2, T, dtype=torch.long)
+    return kf.graft(gpt, [SLOT], example_input={"input_ids": ids}, task_config=tc, gates=PERMISSIVE)
+
+
+class Recorder(transformers.TrainerCallback):
+    """Every step's learning rates per param group."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append([g["lr"] for g in optimizer.param_groups])
+
+
+def _trainer(out, resume=None):
+    model = _grown()
+    args = transformers.TrainingArguments(
+        output_dir=str(out),
+        max_steps=12,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        learning_rate=3e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=4,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    policy = kf.HeuristicPolicy(germinate_at=0, blend_algorithm_id="gated", fossilize_at=-1e9)
+    growth, recorder = GrowthCallback(policy), Recorder()
+    trainer = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=Tokens(64),
+        eval_dataset=Tokens(16, offset=1000),
+        callbacks=[growth, recorder],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    return model, trainer, growth, recorder, losses
+
+
+def test_trainer_sees_the_users_arguments():
+    grown = _grown()
+    params = inspect.signature(grown.forward).parameters
+    assert "input_ids" in params and "labels" in params
+
+
+def test_growth_in_trainer_and_exact_resume(tmp_path):
+    model, trainer, growth, recorder, losses = _trainer(tmp_path / "a")
+    slot = model.seed_slots[SLOT]
+    stages = [r.transitions for r in growth.reports]
+    assert stages[0] == {SLOT: ("DORMANT", "TRAINING")} and stages[1] == {SLOT: ("TRAINING", "BLENDING")}
+    assert slot.stage == kf.SeedStage.PROBATIONARY and slot.alpha_schedule.gated
+    # the seed's and the gate's parameters are in the Trainer's optimizer, in groups of their own
+    opt = trainer.optimizer
+    groups = [{id(p) for p in g["params"]} for g in opt.param_groups]
+    assert len(groups) == 4  # the Trainer's decay / no-decay groups, the seed's, the gate's
+    assert {id(p) for p in slot.seed_parameters()} == groups[2] | groups[3]
+    assert all(opt.state[p] for p in slot.seed_parameters())  # they trained (Adam state)
+    # at every step the seed's groups got the lr the schedule gave the host's groups
+    for lrs in recorder.lrs:
+        assert all(lr == pytest.approx(lrs[0], rel=1e-12) for lr in lrs)
+    assert recorder.lrs[2][0] != recorder.lrs[6][0]  # (the schedule moves)
+    # (steps 1, 3, 5: no save there, which takes the seeds' groups out while it writes)
+    assert len(recorder.lrs[0]) == 2 and len(recorder.lrs[2]) == 3 and len(recorder.lrs[4]) == 4
+    # the checkpoint mid-BLENDING: the host's tensors, the growth state beside them
+    ckpt = tmp_path / "a" / "checkpoint-8"
+    from safetensors.torch import load_file
+
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert GROWTH_KEY in saved and not any(SLOT.replace(".", "-") in k for k in saved)
+    assert len(torch.load(ckpt / "optimizer.pt", weights_only=True)["param_groups"]) == 2
+    assert [r.transitions for r in growth.reports][3] == {}  # epoch 3 (step 8): still BLENDING
+
+    resumed, trainer_b, growth_b, _, losses_b = _trainer(tmp_path / "a", resume=str(ckpt))
+    assert sorted(losses_b) == list(range(1, 13))  # 1-8 from the checkpoint's log
+    for step in (9, 10, 11, 12):
+        assert losses_b[step] == losses[step], step
+    assert [r.transitions for r in growth_b.reports] == stages[4:]
+    assert resumed.seed_slots[SLOT].stage == slot.stage
+    for (name, a), b in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), name
+    assert len(trainer_b.optimizer.param_groups) == 4
+
+
+def test_refuses_a_run_without_evaluation(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True)
+    trainer = transformers.Trainer(
+        model=_grown(), args=args, train_dataset=Tokens(8), callbacks=[GrowthCallback()]
+    )
+    with pytest.raises(ValueError, match="eval_strategy"):
+        trainer.train()
