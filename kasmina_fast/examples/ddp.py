@@ -10,10 +10,13 @@ The pattern:
    ``germinate_seed`` / ``cull_seed`` are called by the controller on all
    ranks, and every gate decision inside ``step_epoch`` / ``advance_stage``
    is agreed by a MIN all-reduce (unanimous), so ranks cannot diverge.
-2. When ``model.architecture_version`` changes (parameters appeared or
-   disappeared), rebuild the ``DistributedDataParallel`` wrapper and the
-   optimizer. Building DDP broadcasts rank 0's parameters and buffers, so a
-   new seed starts identical on every rank.
+2. :class:`kasmina_fast.Grower` runs the growth protocol: its ``end_epoch``
+   averages the metric over the ranks (so the policy decides the same
+   everywhere) and keeps the optimizer in step (``sync_optimizer``). When
+   ``architecture_version`` changes (parameters appeared or disappeared),
+   wrap the model in ``DistributedDataParallel`` again: building DDP
+   broadcasts rank 0's parameters and buffers, so a new seed starts identical
+   on every rank.
 3. Use ``find_unused_parameters=True``: a slot's gate is unused once the seed
    is fossilized, and a culled seed's parameters leave the model.
 """
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kasmina_fast import CNNHost, MorphogeneticModel, QualityGates, SeedStage, TaskConfig, graft
+from kasmina_fast import CNNHost, Grower, MorphogeneticModel, QualityGates, SeedStage, TaskConfig, graft
 
 
 def _batch(gen: torch.Generator, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,48 +86,44 @@ def run(
             )
         mid, late = model.slot_ids
 
-        def build():
-            ddp = DistributedDataParallel(model, find_unused_parameters=True)  # broadcasts rank 0's state
-            return ddp, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), model.architecture_version
-
-        ddp, opt, version = build()
-        gen = torch.Generator().manual_seed(1000 + rank)  # every rank its own data
-        x_val, y_val = _batch(torch.Generator().manual_seed(7 + rank), 64)
-        log: list[str] = []
-        for epoch in range(epochs):
-            if epoch == 1:  # the controller's decisions: the same on every rank
+        def policy(model, epoch, metric):  # the controller: the same decisions on every rank
+            if epoch == 0:
                 model.germinate_seed("conv_light", slot=mid)
                 model.germinate_seed("norm", slot=late)
-            if epoch == 3:
+            if epoch == 2:
                 model.cull_seed(slot=late, reason="controller")
-            if model.architecture_version != version:
-                ddp, opt, version = build()
-            telemetry = {}
+            if model.seed_slots[mid].stage == SeedStage.PROBATIONARY:
+                model.advance_stage(SeedStage.FOSSILIZED, slot=mid)
+
+        x_val, y_val = _batch(torch.Generator().manual_seed(7 + rank), 64)
+
+        @torch.no_grad()
+        def evaluate() -> float:  # differs per rank: the Grower averages it over the ranks
+            model.eval()
+            acc = (model(x_val).argmax(1) == y_val).float().mean().item() * 100
+            model.train()
+            # permissive (the test): a stand-in for a seed that helps, 5 points while it is on
+            return acc + (5.0 if permissive and not model.seed_slots[mid].alpha_is_forced else 0.0)
+
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        grower = Grower(model, opt, evaluate=evaluate, policy=policy)  # new seeds join opt, culled leave
+        ddp = DistributedDataParallel(model, find_unused_parameters=True)  # broadcasts rank 0's state
+        version = model.architecture_version
+        gen = torch.Generator().manual_seed(1000 + rank)  # every rank its own data
+        log: list[str] = []
+        for _ in range(epochs):
             for _ in range(3):
                 x, y = _batch(gen)
                 loss = F.cross_entropy(ddp(x), y)
                 opt.zero_grad()
                 loss.backward()  # DDP averages gradients across ranks
-                telemetry = {sid: s.capture_gradient_telemetry() for sid, s in model.seed_slots.items()}
+                grower.after_backward()  # gradient telemetry, no sync
                 opt.step()
-            model.eval()
-            with torch.no_grad():
-                acc = (model(x_val).argmax(1) == y_val).float().mean().item() * 100  # differs per rank
-                with model.seed_slots[mid].force_alpha(0.0):
-                    acc0 = (model(x_val).argmax(1) == y_val).float().mean().item() * 100
-            model.train()
-            for sid, slot in model.seed_slots.items():
-                slot.materialize_gradient_telemetry(telemetry.get(sid))
-                if slot.state is not None:
-                    slot.state.metrics.record_accuracy(acc)
-                    if sid == mid:
-                        slot.state.metrics.counterfactual_contribution = (
-                            acc - acc0 + (5.0 if permissive else 0.0)
-                        )
             before = ",".join(s.stage.name for s in model.seed_slots.values())
-            model.step_epoch()  # gate decisions (G1 of a GERMINATED seed too): one agreed collective each
-            if model.seed_slots[mid].stage == SeedStage.PROBATIONARY:
-                model.advance_stage(SeedStage.FOSSILIZED, slot=mid)
+            report = grower.end_epoch()  # gate decisions agreed, the policy, the optimizer synced
+            if report.architecture_version != version:  # parameters appeared or left: wrap again
+                ddp = DistributedDataParallel(model, find_unused_parameters=True)
+                version = report.architecture_version
             log.append(before + " > " + ",".join(s.stage.name for s in model.seed_slots.values()))
         if out_dir is not None:
             flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])

@@ -144,6 +144,11 @@ class SeedSlot(nn.Module):
         return sum(p.numel() for p in self.seed_parameters())
 
     @property
+    def alpha_is_forced(self) -> bool:
+        """``force_alpha`` is in effect (e.g. while a counterfactual is measured)."""
+        return self._forced_alpha is not None
+
+    @property
     def isolate_gradients(self) -> bool:
         """Seed input detached from the host: in TRAINING; in BLENDING/PROBATIONARY for CNNs
         (transformers co-adapt); never once FOSSILIZED."""

@@ -113,3 +113,4 @@ def test_growth_in_lightning_and_exact_resume(tmp_path):
     assert [r.transitions for r in growth_b.reports] == transitions[4:]
     for (name, a), b in zip(module.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), name
+    assert len(trainer_b.optimizers[0].param_groups) == 3
