@@ -74,6 +74,19 @@ def find_plane(model: nn.Module) -> nn.Module:
     raise TypeError(f"kasmina_fast: {type(model).__name__} holds no MorphogeneticModel (graft one first)")
 
 
+def _reshard(model: nn.Module) -> None:
+    """FSDP2 modules back to their sharded parameters: a forward without backward (an
+    evaluation) can leave a module holding unsharded ones, which are other objects than
+    the sharded parameters an optimizer holds (they would look like parameters that left)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch without distributed
+        return
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def _check_scheduler(scheduler: Any) -> None:
     if scheduler is None:
         return
@@ -141,6 +154,7 @@ def sync_optimizer(
     if "params" in group_options:
         raise ValueError("sync_optimizer: group_options cannot set 'params'")
     plane = find_plane(model)
+    _reshard(model)
     in_model = {id(p) for p in model.parameters()} | {id(p) for p in plane.parameters()}
     changed = False
     # parameters that left: out of their group and out of the state

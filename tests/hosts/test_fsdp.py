@@ -263,3 +263,75 @@ def test_fsdp_example_runs_under_torchrun_and_its_checkpoint_loads_in_one_proces
     checkpoint.load(model, ckpt, lambda m: torch.optim.AdamW(m.parameters()))
     assert model.seed_slots["mid"].stage == kf.SeedStage.FOSSILIZED
     assert model(torch.randint(0, fsdp.VOCAB, (2, fsdp.T))).shape == (2, fsdp.T, fsdp.VOCAB)
+
+
+def _grower_train(rank: int, sharded: bool) -> tuple[list[float], list[str], list[list[str]]]:
+    """Growth run by ``Grower`` on a learnable sequence task: its own optimizer surgery
+    (no rebuild), the metric averaged over the ranks, the policy's decisions."""
+    model = _sharded(_model()) if sharded else _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    val = (torch.arange(BATCH)[:, None] * 3 + torch.arange(T + 1)) % 32  # next token = this + 1
+
+    @torch.no_grad()
+    def evaluate() -> float:  # -100 x validation loss: each rank its half, Grower averages
+        idx = val.chunk(WORLD)[rank] if sharded else val
+        return (
+            -100.0
+            * F.cross_entropy(_logits(model(idx[:, :-1])).reshape(-1, 32), idx[:, 1:].reshape(-1)).item()
+        )
+
+    policy = kf.HeuristicPolicy(
+        "lora", slots=["mid"], germinate_at=0, blend_algorithm_id="gated", fossilize_at=0.0
+    )
+    grower = kf.Grower(model, opt, evaluate=evaluate, policy=policy)
+    gen = torch.Generator().manual_seed(1)
+    losses, stages, decisions = [], [], []
+    for _ in range(EPOCHS):
+        for _ in range(STEPS):
+            start = torch.randint(0, 32, (BATCH, 1), generator=gen)
+            idx = (start + torch.arange(T + 1)) % 32
+            losses.append(_step_loss_with(model, opt, idx, rank, sharded, grower.after_backward))
+        report = grower.end_epoch()
+        decisions.append(report.decisions)
+        stages.append(",".join(s.stage.name for s in model.seed_slots.values()))
+    return losses, stages, decisions
+
+
+def _step_loss_with(model, opt, idx, rank: int, sharded: bool, after_backward) -> float:
+    if sharded:
+        idx = idx.chunk(WORLD)[rank]
+    loss = F.cross_entropy(_logits(model(idx[:, :-1])).reshape(-1, 32), idx[:, 1:].reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    after_backward()
+    opt.step()
+    shown = loss.detach().clone()
+    if sharded:
+        dist.all_reduce(shown)
+        shown /= WORLD
+    return shown.item()
+
+
+def _grower_worker(rank: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    try:
+        result = _grower_train(rank, sharded=True)
+        gathered = [None] * WORLD
+        dist.all_gather_object(gathered, list(result[1:]))
+        if rank == 0:
+            torch.save({"losses": result[0], "per_rank": gathered}, out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_grower_on_fsdp2_decides_alike_on_every_rank(tmp_path):
+    """The same stages and policy decisions on both ranks, and as in one process."""
+    out = str(tmp_path / "grower.pt")
+    mp.spawn(_grower_worker, args=(f"file://{tmp_path / 'init'}", out), nprocs=WORLD, join=True)
+    sharded = torch.load(out)
+    assert sharded["per_rank"][0] == sharded["per_rank"][1]
+    losses, stages, decisions = _grower_train(0, sharded=False)
+    assert [stages, decisions] == sharded["per_rank"][0], json.dumps([stages, sharded["per_rank"][0]])
+    assert decisions[0] == ["germinate lora in mid"] and any("BLENDING" in s for s in stages), stages
+    torch.testing.assert_close(torch.tensor(sharded["losses"]), torch.tensor(losses), rtol=1e-4, atol=1e-5)
