@@ -89,7 +89,7 @@ def _lrs(opt_name: str, sched_name: str, join: int | None, scale: float = 1.0):
 
 
 @pytest.mark.parametrize("sched_name", SCHEDULERS)
-@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 def test_new_group_follows_the_schedule(opt_name, sched_name):
     want = _lrs(opt_name, sched_name, join=None)
     got = _lrs(opt_name, sched_name, join=JOIN)
