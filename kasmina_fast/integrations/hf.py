@@ -26,7 +26,11 @@ the pending telemetry, the Grower's and the policy's state. On
 the callback keeps ``kasmina_growth`` aside and, once the Trainer has built its
 optimizer and loaded its state, puts the seeds and their groups back: training
 continues with the same stages and the same losses as if never stopped.
-``save_strategy="best"`` (decided after the callback's last look) is refused.
+``save_strategy="best"`` (decided after the callback's last look) and
+``load_best_model_at_end`` are refused. Outside ``train()`` the state dict is the
+model's own (with the lifecycle as Python objects), which safetensors cannot hold:
+save the final grown model with ``torch.save(model.state_dict(), ...)`` or
+:mod:`kasmina_fast.checkpoint`, not ``trainer.save_model()``.
 """
 
 from __future__ import annotations
@@ -152,8 +156,13 @@ class GrowthCallback(TrainerCallback):
             ]
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        if _value(getattr(args, "save_strategy", "")) == "best":
-            raise ValueError("GrowthCallback: save_strategy='best' is not supported (use 'steps' or 'epoch')")
+        if _value(getattr(args, "save_strategy", "")) == "best" or getattr(
+            args, "load_best_model_at_end", False
+        ):
+            raise ValueError(
+                "GrowthCallback: save_strategy='best' and load_best_model_at_end are not supported (a best "
+                "checkpoint's host weights would not match the seeds grown since)"
+            )
         if _value(getattr(args, "eval_strategy", "no")) == "no":
             raise ValueError(
                 "GrowthCallback: growth steps at each evaluation; set eval_strategy ('steps' or 'epoch') "

@@ -68,6 +68,8 @@ class Grower:
         telemetry_every: capture gradient telemetry every this many ``after_backward`` calls.
         average_over_ranks: under ``torch.distributed``, average the metric and
             counterfactuals over the ranks (so every rank's policy sees the same numbers).
+            Turn it off only if ``evaluate`` already returns the same numbers on every
+            rank: ranks that decide differently call different collectives.
     """
 
     def __init__(
@@ -102,7 +104,7 @@ class Grower:
         self._calls += 1
         if self._calls % self.telemetry_every:
             return
-        for sid, slot in self.plane._slots.items():
+        for sid, slot in self.plane._slots.items():  # (the slots themselves: no dict copy per step)
             if slot.seed is not None:
                 stats = slot.capture_gradient_telemetry()
                 if stats is not None:

@@ -122,12 +122,14 @@ def _batch(seed: int):
     return torch.randint(0, 32, (BATCH, T + 1), generator=torch.Generator().manual_seed(seed))
 
 
-def _step_loss(model, opt, idx, rank: int, sharded: bool) -> float:
+def _step_loss(model, opt, idx, rank: int, sharded: bool, after_backward=None) -> float:
     if sharded:
         idx = idx.chunk(WORLD)[rank]
     loss = F.cross_entropy(_logits(model(idx[:, :-1])).reshape(-1, 32), idx[:, 1:].reshape(-1))
     opt.zero_grad()
     loss.backward()
+    if after_backward is not None:
+        after_backward()
     opt.step()
     shown = loss.detach().clone()
     if sharded:
@@ -290,26 +292,11 @@ def _grower_train(rank: int, sharded: bool) -> tuple[list[float], list[str], lis
         for _ in range(STEPS):
             start = torch.randint(0, 32, (BATCH, 1), generator=gen)
             idx = (start + torch.arange(T + 1)) % 32
-            losses.append(_step_loss_with(model, opt, idx, rank, sharded, grower.after_backward))
+            losses.append(_step_loss(model, opt, idx, rank, sharded, grower.after_backward))
         report = grower.end_epoch()
         decisions.append(report.decisions)
         stages.append(",".join(s.stage.name for s in model.seed_slots.values()))
     return losses, stages, decisions
-
-
-def _step_loss_with(model, opt, idx, rank: int, sharded: bool, after_backward) -> float:
-    if sharded:
-        idx = idx.chunk(WORLD)[rank]
-    loss = F.cross_entropy(_logits(model(idx[:, :-1])).reshape(-1, 32), idx[:, 1:].reshape(-1))
-    opt.zero_grad()
-    loss.backward()
-    after_backward()
-    opt.step()
-    shown = loss.detach().clone()
-    if sharded:
-        dist.all_reduce(shown)
-        shown /= WORLD
-    return shown.item()
 
 
 def _grower_worker(rank: int, init: str, out: str) -> None:

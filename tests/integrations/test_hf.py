@@ -144,3 +144,16 @@ def test_refuses_a_run_without_evaluation(tmp_path):
     )
     with pytest.raises(ValueError, match="eval_strategy"):
         trainer.train()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, eval_strategy="steps", save_strategy="steps",
+        load_best_model_at_end=True, report_to=[], use_cpu=True,
+    )  # fmt: skip
+    trainer = transformers.Trainer(
+        model=_grown(),
+        args=args,
+        train_dataset=Tokens(8),
+        eval_dataset=Tokens(8),
+        callbacks=[GrowthCallback()],
+    )
+    with pytest.raises(ValueError, match="load_best_model_at_end"):
+        trainer.train()
