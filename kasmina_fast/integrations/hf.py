@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kasmina_fast.integrations import _groups
+from kasmina_fast.training import param_groups as _groups
 from kasmina_fast.training.grower import Grower
 from kasmina_fast.training.optimizer import find_plane
 

@@ -196,7 +196,7 @@ def _ckpt_worker(rank: int, init: str, ckpt: str, out: str, load: bool) -> None:
     try:
         if load:
             model = _sharded(_model())
-            opt = checkpoint.load(model, ckpt, _adam)
+            opt = checkpoint.load(model, ckpt, _adam).optimizer
         else:
             model, opt = _to_mid_blending(rank, sharded=True)
             checkpoint.save(model, opt, ckpt)
@@ -227,7 +227,7 @@ def test_distributed_checkpoint_reshards_mid_blending(tmp_path):
     want = _spawned(tmp_path, "save2", ckpt, load=False)
     # 2 -> 1
     model = _model()
-    opt = checkpoint.load(model, ckpt, _adam)
+    opt = checkpoint.load(model, ckpt, _adam).optimizer
     assert model.seed_slots["mid"].stage == kf.SeedStage.BLENDING
     model.step_epoch()
     assert float(model.seed_slots["mid"].alpha) == want["alpha"]

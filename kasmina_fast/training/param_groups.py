@@ -1,4 +1,5 @@
-"""The seeds' param groups of a framework's optimizer, taken out and put back.
+"""The seeds' param groups of an optimizer, taken out and put back (framework
+callbacks and kasmina_fast.checkpoint use them).
 
 A framework builds its optimizer from the model as it is when training starts
 (on a resume: without the seeds, or with them in its own groups) and then loads
