@@ -2,6 +2,7 @@
 and get culled, checkpointed with torch.distributed.checkpoint.
 
     torchrun --nproc-per-node 2 -m kasmina_fast.examples.fsdp [--checkpoint DIR]
+    torchrun --nproc-per-node 2 -m kasmina_fast.examples.fsdp --checkpoint-dir DIR [--resume]
 
 (gloo on the CPU, NCCL on GPUs.) The pattern:
 
@@ -17,7 +18,9 @@ and get culled, checkpointed with torch.distributed.checkpoint.
    global numbers on every rank, with one all-reduce.
 4. ``kasmina_fast.checkpoint.save`` / ``load`` write and read the model, the
    optimizer and the lifecycle state with DCP; a checkpoint loads into any
-   number of ranks.
+   number of ranks. With ``--checkpoint-dir`` a ``Checkpointer`` saves after every
+   epoch, atomically; a killed job continues with ``--resume`` (the same command
+   plus the flag) from the newest complete one, as if never stopped.
 """
 
 from __future__ import annotations
@@ -50,7 +53,15 @@ def build(device: torch.device) -> MorphogeneticModel:
     return model
 
 
-def train(epochs: int, checkpoint_dir: str | None) -> list[str]:
+def _adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+
+def train(
+    epochs: int, checkpoint_dir: str | None, steps_dir: str | None = None, resume: bool = False
+) -> list[str]:
+    """``steps_dir``: a checkpoint after every epoch (``step-N`` folders, the newest two
+    kept); ``resume``: continue from the newest complete one there."""
     rank, world = dist.get_rank(), dist.get_world_size()
     device = (
         torch.device("cuda", rank % torch.cuda.device_count())
@@ -58,16 +69,24 @@ def train(epochs: int, checkpoint_dir: str | None) -> list[str]:
         else torch.device("cpu")
     )
     model = build(device)
-    gen = torch.Generator().manual_seed(1)  # the same global batches on every rank
-    opt, version, log = None, None, []
-    for epoch in range(epochs):
+    ckpt = checkpoint.Checkpointer(steps_dir, keep=2) if steps_dir is not None else None
+    opt, version, log, start = None, None, [], 0
+    if resume:
+        if ckpt is None or ckpt.latest() is None:
+            raise SystemExit("fsdp example: --resume needs --checkpoint-dir with a complete checkpoint")
+        restored = ckpt.load(model, _adamw)  # the seeds, the optimizer, the RNG states, the epoch
+        opt, version, start = restored.optimizer, model.architecture_version, restored.extra["epoch"]
+        if rank == 0:
+            print(f"resumed from epoch {start}", flush=True)
+    for epoch in range(start, epochs):
         if epoch == 1:  # the controller's decisions: the same on every rank
             model.germinate_seed("lora", slot="mid", blend_algorithm_id="gated")
             model.germinate_seed("mlp", slot="late")
         if epoch == 3:
             model.cull_seed(slot="late", reason="controller")
         if model.architecture_version != version:
-            opt, version = torch.optim.AdamW(model.parameters(), lr=3e-3), model.architecture_version
+            opt, version = _adamw(model), model.architecture_version
+        gen = torch.Generator().manual_seed(1000 + epoch)  # the epoch's global batches, on every rank
         for _ in range(4):
             idx = torch.randint(0, VOCAB, (8 * world, T + 1), generator=gen).chunk(world)[rank].to(device)
             loss = F.cross_entropy(model(idx[:, :-1]).reshape(-1, VOCAB), idx[:, 1:].reshape(-1))
@@ -87,7 +106,11 @@ def train(epochs: int, checkpoint_dir: str | None) -> list[str]:
             model.advance_stage(SeedStage.FOSSILIZED, slot="mid")
         log.append(",".join(s.stage.name for s in model.seed_slots.values()))
         if rank == 0:
-            print(f"epoch {epoch}: loss {shown.item() / world:.3f}  {log[-1]}", flush=True)
+            print(f"epoch {epoch}: loss {shown.item() / world:.6f}  {log[-1]}", flush=True)
+        if ckpt is not None:
+            ckpt.save(epoch + 1, model, opt, extra={"epoch": epoch + 1})
+            if rank == 0:
+                print(f"saved epoch {epoch}", flush=True)
     if checkpoint_dir is not None:
         checkpoint.save(model, opt, checkpoint_dir)
     return log
@@ -97,13 +120,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--checkpoint", metavar="DIR", help="save a DCP checkpoint there at the end")
+    ap.add_argument("--checkpoint-dir", metavar="DIR", help="a checkpoint after every epoch (step-N folders)")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest one in --checkpoint-dir")
     args = ap.parse_args(argv)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)  # torchrun sets RANK, WORLD_SIZE and the rendezvous
     try:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        train(args.epochs, args.checkpoint)
+        print(f"rank {dist.get_rank()} pid {os.getpid()}", flush=True)  # (the kill test reads it)
+        train(args.epochs, args.checkpoint, args.checkpoint_dir, args.resume)
         dist.barrier()  # no rank tears the group down while another still talks
     finally:
         dist.destroy_process_group()

@@ -322,3 +322,75 @@ def test_grower_on_fsdp2_decides_alike_on_every_rank(tmp_path):
     assert [stages, decisions] == sharded["per_rank"][0], json.dumps([stages, sharded["per_rank"][0]])
     assert decisions[0] == ["germinate lora in mid"] and any("BLENDING" in s for s in stages), stages
     torch.testing.assert_close(torch.tensor(sharded["losses"]), torch.tensor(losses), rtol=1e-4, atol=1e-5)
+
+
+def _fsdp_example(*args: str):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "kasmina_fast.examples.fsdp", "--epochs", "7", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _epochs(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("epoch ")]
+
+
+def _final_params(ckpt: str) -> dict[str, torch.Tensor]:
+    from kasmina_fast import checkpoint
+    from kasmina_fast.examples import fsdp
+
+    host = kf.TransformerHost(vocab_size=fsdp.VOCAB, n_embd=32, n_head=4, n_layer=3, block_size=fsdp.T)
+    model = kf.MorphogeneticModel(
+        host, slots=["mid", "late"], task_config=kf.TaskConfig(topology="transformer")
+    )
+    checkpoint.load(model, ckpt, lambda m: torch.optim.AdamW(m.parameters()))
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", ["epoch 2:", "saved epoch 4"], ids=["during-a-save", "between-saves"])
+def test_fsdp_example_killed_rank_resumes_exactly(tmp_path, kill_after):
+    """2 FSDP2 ranks saving after every epoch; one rank SIGKILLed (during a save: right
+    after epoch 2 is reported, while its checkpoint is written; or between saves,
+    while epoch 5 trains). The same command with --resume continues from the newest
+    complete checkpoint: the next losses, stages and final weights equal the run that
+    was never interrupted."""
+    import os
+    import signal
+
+    full = _fsdp_example(
+        "--checkpoint-dir", str(tmp_path / "full"), "--checkpoint", str(tmp_path / "full.final")
+    )
+    out, _ = full.communicate(timeout=300)
+    assert full.returncode == 0, out[-3000:]
+    want = _epochs(out)
+    assert len(want) == 7 and "FOSSILIZED" in want[-1], out
+
+    steps, seen = str(tmp_path / "killed"), []
+    job = _fsdp_example("--checkpoint-dir", steps)
+    pids = {}
+    for line in job.stdout:
+        seen.append(line)
+        if line.startswith("rank "):
+            _, rank, _, pid = line.split()
+            pids[int(rank)] = int(pid)
+        if line.startswith(kill_after):
+            os.kill(pids[1], signal.SIGKILL)
+            break
+    rest, _ = job.communicate(timeout=120)
+    assert job.returncode != 0, "".join(seen) + rest  # the job died with its rank
+
+    resumed = _fsdp_example(
+        "--checkpoint-dir", steps, "--resume", "--checkpoint", str(tmp_path / "resumed.final")
+    )
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-3000:]
+    start = int(next(line for line in out.splitlines() if line.startswith("resumed from epoch")).split()[-1])
+    assert start >= (2 if kill_after.startswith("epoch") else 5)
+    assert _epochs(out) == want[start:]  # the same losses (6 decimals) and stages
+    a, b = _final_params(str(tmp_path / "full.final")), _final_params(str(tmp_path / "resumed.final"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
