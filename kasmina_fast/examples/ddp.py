@@ -3,6 +3,7 @@ blend, fossilize and get culled.
 
     python -m kasmina_fast.examples.ddp --world-size 2      (gloo, CPU)
     python -m kasmina_fast.examples.ddp --host graft        (a plain nn.Module, grafted)
+    python -m kasmina_fast.examples.ddp --checkpoint-dir DIR [--resume]   (a killed job continues)
 
 The pattern:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from kasmina_fast import CNNHost, Grower, MorphogeneticModel, QualityGates, SeedStage, TaskConfig, graft
+from kasmina_fast.checkpoint import Checkpointer
 
 
 def _batch(gen: torch.Generator, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +72,8 @@ def run(
     out_dir: str | None,
     permissive: bool,
     host: str = "cnn",
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
 ) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -105,13 +110,24 @@ def run(
             # permissive (the test): a stand-in for a seed that helps, 5 points while it is on
             return acc + (5.0 if permissive and not model.seed_slots[mid].alpha_is_forced else 0.0)
 
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
+            return torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+
+        ckpt = Checkpointer(checkpoint_dir, keep=2) if checkpoint_dir is not None else None
+        start, restored = 0, None
+        if resume:  # the seeds, the optimizer (and the seeds' own groups), every rank's RNG
+            restored = ckpt.load(model, make_optimizer)
+            start = restored.extra["epoch"]
+        opt = restored.optimizer if restored is not None else make_optimizer(model)
         grower = Grower(model, opt, evaluate=evaluate, policy=policy)  # new seeds join opt, culled leave
+        if restored is not None:
+            grower.load_state_dict(restored.extra["grower"])
         ddp = DistributedDataParallel(model, find_unused_parameters=True)  # broadcasts rank 0's state
         version = model.architecture_version
-        gen = torch.Generator().manual_seed(1000 + rank)  # every rank its own data
         log: list[str] = []
-        for _ in range(epochs):
+        print(f"rank {rank} pid {os.getpid()}", flush=True)  # (the kill test reads it)
+        for epoch in range(start, epochs):
+            gen = torch.Generator().manual_seed(1000 * (epoch + 1) + rank)  # every rank its own data
             for _ in range(3):
                 x, y = _batch(gen)
                 loss = F.cross_entropy(ddp(x), y)
@@ -125,12 +141,16 @@ def run(
                 ddp = DistributedDataParallel(model, find_unused_parameters=True)
                 version = report.architecture_version
             log.append(before + " > " + ",".join(s.stage.name for s in model.seed_slots.values()))
+            if rank == 0:
+                print(f"epoch {epoch}: loss {loss.item():.6f}  {log[-1]}", flush=True)
+            if ckpt is not None:
+                ckpt.save(epoch + 1, model, opt, extra={"epoch": epoch + 1, "grower": grower.state_dict()})
+                if rank == 0:
+                    print(f"saved epoch {epoch}", flush=True)
         if out_dir is not None:
             flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
             torch.save(flat, Path(out_dir) / f"params{rank}.pt")
             (Path(out_dir) / f"log{rank}.json").write_text(json.dumps(log))
-        if rank == 0:
-            print("\n".join(f"epoch {i}: {line}" for i, line in enumerate(log)))
     finally:
         dist.destroy_process_group()
 
@@ -140,11 +160,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--world-size", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--host", choices=("cnn", "graft"), default="cnn", help="CNNHost, or a grafted nn.Module")
+    ap.add_argument("--checkpoint-dir", metavar="DIR", help="a checkpoint after every epoch (step-N folders)")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest one in --checkpoint-dir")
     args = ap.parse_args(argv)
+    if args.resume and (args.checkpoint_dir is None or Checkpointer(args.checkpoint_dir).latest() is None):
+        raise SystemExit("ddp example: --resume needs --checkpoint-dir with a complete checkpoint")
     with tempfile.TemporaryDirectory() as d:
         mp.spawn(
             run,
-            args=(args.world_size, str(Path(d) / "init"), args.epochs, None, False, args.host),
+            args=(
+                args.world_size,
+                str(Path(d) / "init"),
+                args.epochs,
+                None,
+                False,
+                args.host,
+                args.checkpoint_dir,
+                args.resume,
+            ),
             nprocs=args.world_size,
         )
 

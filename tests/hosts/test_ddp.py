@@ -28,3 +28,40 @@ def test_two_rank_ddp_lifecycle_keeps_ranks_identical(tmp_path, host):
     assert "EMBARGOED" in lates, lates
     p0, p1 = (torch.load(tmp_path / f"params{r}.pt") for r in range(2))
     assert p0.shape == p1.shape and torch.equal(p0, p1)
+
+
+def _example(*args: str):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "kasmina_fast.examples.ddp", "--epochs", "8", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_ddp_example_killed_rank_resumes_exactly(tmp_path):
+    """A rank SIGKILLed between saves; ``--resume`` continues with the uninterrupted
+    run's losses and stages (RNG, optimizer with the seeds' groups, Grower restored)."""
+    import os
+    import signal
+
+    full = _example("--checkpoint-dir", str(tmp_path / "full"))
+    out, _ = full.communicate(timeout=300)
+    assert full.returncode == 0, out[-3000:]
+    want = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(want) == 8, out
+    job, pids, seen = _example("--checkpoint-dir", str(tmp_path / "killed")), {}, []
+    for line in job.stdout:
+        seen.append(line)
+        if line.startswith("rank "):
+            pids[int(line.split()[1])] = int(line.split()[3])
+        if line.startswith("saved epoch 3"):
+            os.kill(pids[1], signal.SIGKILL)
+            break
+    rest, _ = job.communicate(timeout=120)
+    assert job.returncode != 0, "".join(seen) + rest
+    resumed = _example("--checkpoint-dir", str(tmp_path / "killed"), "--resume")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-3000:]
+    got = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(got) >= 4 and got == want[-len(got) :]
