@@ -48,7 +48,7 @@ def make_run():
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_checkpoint_save_blocks(benchmark, mode, tmp_path):
-    model, opt, step = make_run()
+    model, opt, _step = make_run()
     ckpt = checkpoint.Checkpointer(tmp_path, keep=2, async_save=mode == "async")
     counter = iter(range(10**6))
     benchmark.group = "checkpoint-save-blocked-transformer-3.2M"

@@ -198,12 +198,15 @@ def _state(
         # parameters with optimizer state (a seed that joined and has not stepped has none)
         "optim_state": sorted(optim_sd.get("state", {})),
     }
-    return {
-        "model": model_sd,
-        "optim": optim_sd,
-        "lifecycle": _blob(lifecycle),
-        f"rng/{_rank()}": _blob(_rng_state()),
-    }
+    blob = _blob(lifecycle)
+    try:  # refused now rather than when the checkpoint is needed
+        torch.load(io.BytesIO(blob.getvalue()), weights_only=True)
+    except Exception as exc:
+        raise TypeError(
+            "kasmina_fast.checkpoint.save: extra must hold what torch.load(weights_only=True) reads "
+            f"(tensors, numbers, strings, lists, tuples, dicts): {exc}"
+        ) from None
+    return {"model": model_sd, "optim": optim_sd, "lifecycle": blob, f"rng/{_rank()}": _blob(_rng_state())}
 
 
 # ---- save and load ----------------------------------------------------------------------
@@ -374,6 +377,8 @@ class Checkpointer:
             for step in self.steps()[: -self.keep]:
                 shutil.rmtree(self.folder(step), ignore_errors=True)
                 shutil.rmtree(_old(self.folder(step)), ignore_errors=True)
+            for leftover in self.root.glob("step-*.tmp"):  # interrupted saves (none is in flight now)
+                shutil.rmtree(leftover, ignore_errors=True)
         _barrier()
 
     def load(

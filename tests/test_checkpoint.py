@@ -191,9 +191,14 @@ def test_checkpointer_keeps_the_newest_and_loads_the_latest(tmp_path):
     (tmp_path / "step-9.tmp").mkdir()  # an interrupted save of a later step: ignored
     (tmp_path / "step-8").mkdir()  # a folder without its marker: ignored
     assert ckpt.steps() == [2, 3] and ckpt.latest() == 3
+    ckpt.save(4, run.model, run.opt, lr_scheduler=run.sched, extra={"epoch": 4})
+    assert not (tmp_path / "step-9.tmp").exists()  # cleaned by the next save
+    assert ckpt.steps() == [3, 4]
     fresh = Run()
-    assert ckpt.load(fresh.model, _adam, lr_scheduler=_sched).extra == {"epoch": 3}
-    assert ckpt.load(Run().model, _adam, step=2).extra == {"epoch": 2}
+    assert ckpt.load(fresh.model, _adam, step=3, lr_scheduler=_sched).extra == {"epoch": 3}
+    with pytest.raises(TypeError, match="extra must hold"):
+        ckpt.save(5, run.model, run.opt, extra={"bad": object()})
+    assert ckpt.load(Run().model, _adam).extra == {"epoch": 4}
     with pytest.raises(ValueError, match="keep"):
         checkpoint.Checkpointer(tmp_path, keep=0)
 

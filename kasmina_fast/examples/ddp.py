@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -125,7 +126,8 @@ def run(
         ddp = DistributedDataParallel(model, find_unused_parameters=True)  # broadcasts rank 0's state
         version = model.architecture_version
         log: list[str] = []
-        print(f"rank {rank} pid {os.getpid()}", flush=True)  # (the kill test reads it)
+        sys.stdout.write(f"rank {rank} pid {os.getpid()}\n")  # one write, read by the kill test
+        sys.stdout.flush()
         for epoch in range(start, epochs):
             gen = torch.Generator().manual_seed(1000 * (epoch + 1) + rank)  # every rank its own data
             for _ in range(3):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        print(f"rank {dist.get_rank()} pid {os.getpid()}", flush=True)  # (the kill test reads it)
+        sys.stdout.write(f"rank {dist.get_rank()} pid {os.getpid()}\n")  # one write, read by the kill test
+        sys.stdout.flush()
         train(args.epochs, args.checkpoint, args.checkpoint_dir, args.resume)
         dist.barrier()  # no rank tears the group down while another still talks
     finally:

@@ -6,6 +6,7 @@ steps, and the final parameters are identical on both ranks."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -53,8 +54,8 @@ def test_ddp_example_killed_rank_resumes_exactly(tmp_path):
     job, pids, seen = _example("--checkpoint-dir", str(tmp_path / "killed")), {}, []
     for line in job.stdout:
         seen.append(line)
-        if line.startswith("rank "):
-            pids[int(line.split()[1])] = int(line.split()[3])
+        for rank, pid in re.findall(r"rank (\d+) pid (\d+)", line):
+            pids[int(rank)] = int(pid)
         if line.startswith("saved epoch 3"):
             os.kill(pids[1], signal.SIGKILL)
             break

@@ -7,6 +7,7 @@ sharded too) -> FOSSILIZED in one slot and a cull in another."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -373,8 +374,7 @@ def test_fsdp_example_killed_rank_resumes_exactly(tmp_path, kill_after):
     pids = {}
     for line in job.stdout:
         seen.append(line)
-        if line.startswith("rank "):
-            _, rank, _, pid = line.split()
+        for rank, pid in re.findall(r"rank (\d+) pid (\d+)", line):
             pids[int(rank)] = int(pid)
         if line.startswith(kill_after):
             os.kill(pids[1], signal.SIGKILL)
