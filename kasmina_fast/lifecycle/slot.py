@@ -166,7 +166,8 @@ class SeedSlot(nn.Module):
         else:
             self._isolate = False
         schedule = self.alpha_schedule
-        self._gated = stage in (S.BLENDING, S.PROBATIONARY) and schedule is not None and schedule.gated
+        # a fossilized gated seed keeps its gate: it computes what it computed in PROBATIONARY
+        self._gated = stage in _SCHEDULED and schedule is not None and schedule.gated
 
     def seed_parameters(self) -> list[nn.Parameter]:
         """The seed's parameters and its schedule's (a gated blend's gate): what an optimizer trains."""
@@ -187,15 +188,17 @@ class SeedSlot(nn.Module):
         seed_out = self.seed(seed_in)
         if self._use_ste and override_alpha is None and self._forced_alpha is None:
             return ste(host_features, seed_out)
-        return blend(host_features, seed_out, self._alpha_for(host_features, override_alpha))
+        return blend(host_features, seed_out, self._alpha_for(seed_in, override_alpha))
 
-    def _alpha_for(self, host_features: Tensor, override_alpha: float | Tensor | None) -> Tensor | float:
+    def _alpha_for(self, seed_in: Tensor, override_alpha: float | Tensor | None) -> Tensor | float:
+        """Alpha for this call; a gate reads the seed's input (detached when isolated, so
+        that the host's input gradient is exactly ``(1 - w) g``)."""
         if override_alpha is not None:
             return override_alpha
         if self._forced_alpha is not None:
             return self._forced_alpha
         if self._gated:
-            return self.alpha * self.alpha_schedule(host_features)
+            return self.alpha * self.alpha_schedule(seed_in)
         return self.alpha
 
     @contextlib.contextmanager
