@@ -255,38 +255,48 @@ class MorphogeneticModel(nn.Module):
             raise RuntimeError(
                 f"MorphogeneticModel: slot {slot!r} reached max_seeds_per_slot={self.max_seeds_per_slot}"
             )
-        state = target.germinate(
-            blueprint_id, seed_id, self.host_parameters(), blend_algorithm_id, **blueprint_options
-        )
-        self.germinations[slot] += 1
-        self.architecture_version += 1
-        return state
+        previous = target.state
+        try:
+            return target.germinate(
+                blueprint_id, seed_id, self.host_parameters(), blend_algorithm_id, **blueprint_options
+            )
+        finally:  # (also when a telemetry callback raised after the seed was attached)
+            if target.state is not None and target.state is not previous:
+                self.germinations[slot] += 1
+                self.architecture_version += 1
 
     def cull_seed(self, *, slot: str, reason: str = "manual") -> bool:
-        culled = self._slot(slot).cull(reason)
-        if culled:
-            self.architecture_version += 1
-        return culled
+        before = self._params_key()
+        try:
+            return self._slot(slot).cull(reason)
+        finally:
+            self._bump_if_changed(before)
 
     def advance_stage(self, target_stage: SeedStage, *, slot: str):
         before = self._params_key()
-        result = self._slot(slot).advance_stage(target_stage)
-        self._bump_if_changed(before)
-        return result
+        try:
+            return self._slot(slot).advance_stage(target_stage)
+        finally:
+            self._bump_if_changed(before)
 
     def step_epoch(self) -> None:
         """``step_epoch`` of every slot, in host order (the same order on every rank)."""
         before = self._params_key()
-        for s in self.seed_slots.values():
-            s.step_epoch()
-        self._bump_if_changed(before)
+        try:
+            for s in self.seed_slots.values():
+                s.step_epoch()
+        finally:
+            self._bump_if_changed(before)
 
     def _params_key(self) -> tuple[int, ...]:
         return tuple(id(p) for p in self.seed_parameters())
 
-    def _bump_if_changed(self, before: tuple[int, ...]) -> None:
+    def _bump_if_changed(self, before: tuple[int, ...]) -> bool:
+        """``architecture_version`` moves when the seed parameters changed; True if so."""
         if self._params_key() != before:
             self.architecture_version += 1
+            return True
+        return False
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The host's forward: what it takes and returns (a grafted model's are the user's)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -42,6 +43,27 @@ _SCHEDULED = (S.BLENDING, S.PROBATIONARY, S.FOSSILIZED)
 #: epochs in TRAINING without a gradient measurement before the slot warns (once per seed)
 STALL_WARNING_EPOCHS = 3
 logger = logging.getLogger("kasmina_fast")
+
+
+def _delivers_events(method):
+    """The slot's change completes before any telemetry callback runs: events are queued
+    while ``method`` runs and delivered after it, so a callback that raises raises from
+    a consistent slot (a cull done, no orphan seed attached)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self._event_queue is not None:  # nested in another such call: that one delivers
+            return method(self, *args, **kwargs)
+        self._event_queue = []
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException:
+            self._deliver()
+            raise
+        self._deliver(raise_first=True)
+        return result
+
+    return wrapper
 
 
 class SeedShapeError(AssertionError, ValueError):
@@ -104,6 +126,7 @@ class SeedSlot(nn.Module):
         self._forced_alpha: Tensor | None = None
         self._probe_cache: dict[tuple[str, int, str], Tensor] = {}
         self._germinations = 0
+        self._event_queue: list[TelemetryEvent] | None = None  # see _delivers_events
         self._captured = False  # capture_gradient_telemetry ran for this seed
         self._stall_warned = False
         #: Called with every module the slot creates (a seed, a gated blend's gate)
@@ -213,6 +236,7 @@ class SeedSlot(nn.Module):
 
     # ---- lifecycle ------------------------------------------------------------------------
 
+    @_delivers_events
     def germinate(
         self,
         blueprint_id: str,
@@ -287,6 +311,7 @@ class SeedSlot(nn.Module):
         if self.state is not None:
             self.state.metrics.host_param_count = self.isolation_monitor.host_param_count
 
+    @_delivers_events
     def advance_stage(self, target_stage: SeedStage) -> GateResult:
         """Try to move the seed to ``target_stage`` through its gate (agreed across ranks).
 
@@ -319,6 +344,7 @@ class SeedSlot(nn.Module):
                 self._emit(TelemetryEventType.SEED_FOSSILIZED, outcome)
         return result
 
+    @_delivers_events
     def cull(self, reason: str = "manual") -> bool:
         """Remove the seed. False (nothing done) for FOSSILIZED seeds, an empty slot or
         a seed already culled."""
@@ -339,6 +365,7 @@ class SeedSlot(nn.Module):
         self.isolation_monitor.reset()
         return True
 
+    @_delivers_events
     def step_epoch(self) -> None:
         """Mechanical progression, once per epoch after ``metrics.record_accuracy``."""
         st = self.state
@@ -508,7 +535,24 @@ class SeedSlot(nn.Module):
             return
         st = self.state
         epoch = st.metrics.epochs_total if st is not None else 0
-        self.on_telemetry(TelemetryEvent(kind, self.slot_id, st.seed_id if st else None, epoch, data))
+        event = TelemetryEvent(kind, self.slot_id, st.seed_id if st else None, epoch, data)
+        if self._event_queue is not None:
+            self._event_queue.append(event)
+        else:
+            self.on_telemetry(event)
+
+    def _deliver(self, raise_first: bool = False) -> None:
+        """Every queued event to the callback; the first exception a callback raised is
+        raised after all were delivered (with ``raise_first``), else dropped."""
+        queue, self._event_queue = self._event_queue or [], None
+        error = None
+        for event in queue:
+            try:
+                self.on_telemetry(event)
+            except Exception as exc:
+                error = error or exc
+        if raise_first and error is not None:
+            raise error
 
     def _probe(self) -> Tensor:
         topology = self.task_config.topology

@@ -420,3 +420,57 @@ def test_the_training_dwell_follows_the_spec_system():
             epoch(slot, 50.0 + i)
             seen.append(slot.stage)
         assert seen == stages, task_config
+
+
+@pytest.mark.parametrize(
+    "failing", ["SEED_GERMINATED", "SEED_STAGE_CHANGED", "SEED_CULLED", "SEED_FOSSILIZED"]
+)
+def test_a_raising_telemetry_callback_never_leaves_a_half_done_transition(failing):
+    """The change completes first; the callback's exception is raised afterwards."""
+    import kasmina_fast as kf
+
+    class Boom(Exception):
+        pass
+
+    seen = []
+
+    def callback(event):
+        seen.append(event.event_type.name)
+        if event.event_type.name == failing:
+            raise Boom
+
+    host = kf.CNNHost(num_classes=4, base_channels=4, n_blocks=3)
+    gates = kf.QualityGates(min_training_improvement=-1e9, min_blending_epochs=1, min_seed_gradient_ratio=0.0)
+    tc = kf.TaskConfig(topology="cnn", blending_steps=1)
+    model = kf.MorphogeneticModel(host, slots=["mid"], task_config=tc, gates=gates, on_telemetry=callback)
+    slot = model.seed_slots["mid"]
+
+    def attempt(fn):
+        try:
+            fn()
+        except Boom:
+            return True
+        return False
+
+    version = model.architecture_version
+    raised = attempt(lambda: model.germinate_seed("conv_light", slot="mid"))
+    assert slot.seed is not None and slot.stage == S.GERMINATED and model.germinations["mid"] == 1
+    assert model.architecture_version == version + 1
+    raised |= attempt(lambda: model.advance_stage(S.TRAINING, slot="mid"))
+    assert slot.stage == S.TRAINING
+    for acc in (50.0, 51.0, 52.0, 53.0):
+        slot.state.metrics.record_accuracy(acc)
+        slot.state.metrics.counterfactual_contribution = 5.0
+        raised |= attempt(model.step_epoch)
+    assert slot.stage == S.PROBATIONARY
+    if failing == "SEED_FOSSILIZED":
+        raised |= attempt(lambda: model.advance_stage(S.FOSSILIZED, slot="mid"))
+        assert slot.stage == S.FOSSILIZED and slot.seed is not None
+    else:
+        version = model.architecture_version
+        raised |= attempt(lambda: model.cull_seed(slot="mid"))
+        # the cull completed: no orphan seed, no schedule, alpha back to 0, the version moved
+        assert slot.stage == S.CULLED and slot.seed is None and slot.alpha_schedule is None
+        assert float(slot.alpha) == 0.0 and not list(slot.parameters())
+        assert model.architecture_version == version + 1
+    assert raised and failing in seen
