@@ -16,15 +16,13 @@ Hugging Face ``ResNetForImageClassification``, same run:
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import kasmina_fast as kf
+from bench.workloads import interleaved
 from kasmina_fast.cli import hf
 from kasmina_fast.cli.cases import sync
 
@@ -102,26 +100,8 @@ def test_graft_step(benchmark, variant):
     benchmark.pedantic(step, rounds=40 if DEVICE == "cpu" else 100, iterations=1, warmup_rounds=5)
 
 
-def interleaved(rounds: int = 60, per_round: int = 3) -> dict[str, float]:
-    """Median step time (ms) of every variant, the variants alternating round by round
-    (rotated order), so that a machine's drift during the run reaches them alike."""
-    steps = {v: make_step(v) for v in VARIANTS}
-    for step in steps.values():
-        for _ in range(5):
-            step()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for r in range(rounds):
-        order = VARIANTS[r % 4 :] + VARIANTS[: r % 4]
-        for v in order:
-            t0 = time.perf_counter()
-            for _ in range(per_round):
-                steps[v]()
-            times[v].append((time.perf_counter() - t0) / per_round * 1e3)
-    return {v: statistics.median(t) for v, t in times.items()}
-
-
 if __name__ == "__main__":  # python -m bench.test_bench_graft
-    med = interleaved()
+    med = interleaved({v: make_step(v) for v in VARIANTS}, rounds=60, per_round=3, warmup=5)
     for v, ms in med.items():
         print(f"{v:<20} {ms:8.3f} ms")
     print(f"grafted-empty / bare:                 {med['grafted-empty'] / med['bare']:.3f} (target <= 1.02)")

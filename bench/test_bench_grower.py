@@ -14,14 +14,12 @@ steps of milliseconds: below what this machine resolves.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import kasmina_fast as kf
+from bench.workloads import interleaved
 from kasmina_fast.cli.cases import sync
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -106,23 +104,8 @@ def test_grower_epoch(benchmark, variant):
     benchmark.pedantic(epoch, rounds=20 if DEVICE == "cpu" else 50, iterations=1, warmup_rounds=2)
 
 
-def interleaved(rounds: int = 60) -> dict[str, float]:
-    """Median epoch time (ms) of each variant, alternating round by round (rotated order)."""
-    epochs = {v: make_epoch(v) for v in VARIANTS}
-    for epoch in epochs.values():
-        for _ in range(2):
-            epoch()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for r in range(rounds):
-        for v in VARIANTS[r % 2 :] + VARIANTS[: r % 2]:
-            t0 = time.perf_counter()
-            epochs[v]()
-            times[v].append((time.perf_counter() - t0) * 1e3)
-    return {v: statistics.median(t) for v, t in times.items()}
-
-
 if __name__ == "__main__":  # python -m bench.test_bench_grower
-    med = interleaved()
+    med = interleaved({v: make_epoch(v) for v in VARIANTS}, rounds=60)
     for v, ms in med.items():
         print(f"{v:<14} {ms:8.3f} ms per epoch ({ms / STEPS:.3f} ms per step)")
     print(f"grower / hand-written: {med['grower'] / med['hand-written']:.4f} (target <= 1.01)")

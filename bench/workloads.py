@@ -1,8 +1,13 @@
 """Benchmark-only workloads (not shipped in the wheel): the gradient lists of the
-DESIGN.md anchors and the small-slot chain. Importable as ``bench.workloads`` from
-the repository root (``pytest bench``, ``python -m bench.scripts.<script>``)."""
+DESIGN.md anchors, the small-slot chain, and interleaved timing of variants.
+Importable as ``bench.workloads`` from the repository root (``pytest bench``,
+``python -m bench.scripts.<script>``)."""
 
 from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -69,3 +74,23 @@ def gradient_list(name: str, device: str) -> list[torch.Tensor]:
     }[name]()
     gen = torch.Generator().manual_seed(0)
     return [torch.randn(s, generator=gen).to(device) for s in shapes]
+
+
+def interleaved(
+    fns: dict[str, Callable[[], None]], rounds: int = 60, per_round: int = 1, warmup: int = 2
+) -> dict[str, float]:
+    """Median ms per call of each variant, the variants alternating round by round in a
+    rotated order, so that a machine's drift during the run reaches them alike."""
+    names = list(fns)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                fns[n]()
+            times[n].append((time.perf_counter() - t0) / per_round * 1e3)
+    return {n: statistics.median(t) for n, t in times.items()}
