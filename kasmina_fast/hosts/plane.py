@@ -298,6 +298,14 @@ class MorphogeneticModel(nn.Module):
             return True
         return False
 
+    def counterfactual_forward(self, inputs: Any, configs: Sequence[dict[str, float]]) -> list[Any]:
+        """One output per ``{slot_id: alpha}`` setting in ``configs`` (``{}``: as trained),
+        computed in one forward of the batch repeated per setting; see
+        :func:`kasmina_fast.hosts.counterfactual.counterfactual_forward`."""
+        from kasmina_fast.hosts.counterfactual import counterfactual_forward
+
+        return counterfactual_forward(self, inputs, configs)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The host's forward: what it takes and returns (a grafted model's are the user's)."""
         return self.host(*args, **kwargs)

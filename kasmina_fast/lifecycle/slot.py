@@ -124,6 +124,9 @@ class SeedSlot(nn.Module):
         self._isolate = False  # seed input detached from the host
         self._gated = False  # a per-sample gate scales alpha
         self._forced_alpha: Tensor | None = None
+        #: (mask, values), both [N, 1, ...]: samples where mask holds take values as alpha
+        #: (MorphogeneticModel.counterfactual_forward); None otherwise
+        self._block_alpha: tuple[Tensor, Tensor] | None = None
         self._probe_cache: dict[tuple[str, int, str], Tensor] = {}
         self._germinations = 0
         self._event_queue: list[TelemetryEvent] | None = None  # see _delivers_events
@@ -209,7 +212,12 @@ class SeedSlot(nn.Module):
             return host_features
         seed_in = host_features.detach() if self._isolate else host_features
         seed_out = self.seed(seed_in)
-        if self._use_ste and override_alpha is None and self._forced_alpha is None:
+        if (
+            self._use_ste
+            and override_alpha is None
+            and self._forced_alpha is None
+            and self._block_alpha is None
+        ):
             return ste(host_features, seed_out)
         return blend(host_features, seed_out, self._alpha_for(seed_in, override_alpha))
 
@@ -220,9 +228,11 @@ class SeedSlot(nn.Module):
             return override_alpha
         if self._forced_alpha is not None:
             return self._forced_alpha
-        if self._gated:
-            return self.alpha * self.alpha_schedule(seed_in)
-        return self.alpha
+        alpha = self.alpha * self.alpha_schedule(seed_in) if self._gated else self.alpha
+        if self._block_alpha is not None:  # (in TRAINING self.alpha is 0: the STE's value)
+            mask, values = self._block_alpha
+            alpha = torch.where(mask, values, alpha)
+        return alpha
 
     @contextlib.contextmanager
     def force_alpha(self, value: float) -> Iterator[None]:
