@@ -79,8 +79,8 @@ class SeedSlot(nn.Module):
         device: where the seed lives.
         gates: quality gates (default ``QualityGates()``).
         on_telemetry: called with every :class:`TelemetryEvent` (not in fast_mode).
-        fast_mode: no telemetry and no gradient monitoring (G2 then skips its
-            gradient-activity check, and says so in the result).
+        fast_mode: no telemetry events (``on_telemetry`` is not called). It never
+            weakens a gate: the gradient telemetry still works and G2 still needs it.
         task_config: topology and dwell settings (default: CNN, 25 epochs).
         embargo_epochs: epochs in EMBARGOED after a cull (then 1 in RESETTING).
     """
@@ -341,7 +341,7 @@ class SeedSlot(nn.Module):
                 None, False, 0.0, (), ("valid_transition",), f"no transition {st.stage.name} -> {target.name}"
             )
         else:
-            result = self.gates.check(target, st, gradient_monitored=not self.fast_mode)
+            result = self.gates.check(target, st)
         agreed = agree(result.passed, self.device)
         if result.passed and not agreed:
             result = dataclasses.replace(
@@ -390,7 +390,7 @@ class SeedSlot(nn.Module):
         elif stage == S.TRAINING:
             self._warn_if_unmeasured(st)
             ready = st.metrics.epochs_in_current_stage >= self.task_config.training_dwell
-            ok = ready and self.gates.check(S.BLENDING, st, gradient_monitored=not self.fast_mode).passed
+            ok = ready and self.gates.check(S.BLENDING, st).passed
             if agree(ok, self.device):
                 self._transition(S.BLENDING)
         elif stage == S.BLENDING:
@@ -412,8 +412,7 @@ class SeedSlot(nn.Module):
         cannot pass then), naming the call that is missing."""
         m = st.metrics
         if (
-            self.fast_mode
-            or self._stall_warned
+            self._stall_warned
             or m.gradient_measurements > 0
             or m.epochs_in_current_stage < STALL_WARNING_EPOCHS
         ):
@@ -452,9 +451,9 @@ class SeedSlot(nn.Module):
     # ---- gradient telemetry ---------------------------------------------------------------
 
     def capture_gradient_telemetry(self) -> dict[str, Tensor] | None:
-        """Launch the fused gradient-norm op; device tensors, no sync (None in fast_mode
-        or without a seed). Call after ``loss.backward()``."""
-        if self.fast_mode or self.seed is None or self.state is None:
+        """Launch the fused gradient-norm op; device tensors, no sync (None without a
+        seed). Call after ``loss.backward()``."""
+        if self.seed is None or self.state is None:
             return None
         self._captured = True
         return self.isolation_monitor.check_isolation_async()

@@ -266,14 +266,20 @@ def test_gradient_telemetry_feeds_g2_and_health():
     assert not slot.state.is_healthy
 
 
-def test_fast_mode_emits_nothing_and_skips_gradient_check():
+def test_fast_mode_emits_nothing_and_never_weakens_a_gate():
     events = []
     slot = make_slot(events=events, fast_mode=True)
     slot.germinate("norm")
-    assert slot.capture_gradient_telemetry() is None
+    slot.advance_stage(S.TRAINING)
     for acc in (50, 51, 52, 53):
-        epoch(slot, acc, ratio=0.0)  # no telemetry: G2 does not ask for gradient activity
-    assert slot.stage == S.BLENDING and events == []
+        epoch(slot, acc, ratio=0.0)  # gradients measured as inactive: G2 refuses, as without fast_mode
+    assert slot.stage == S.TRAINING and events == []
+    assert slot.gates.check(S.BLENDING, slot.state).checks_failed == ("seed_gradient_measured",)
+    slot.state.metrics.gradient_measurements = 1  # measured, and inactive
+    assert slot.gates.check(S.BLENDING, slot.state).checks_failed == ("seed_gradient_ratio",)
+    h = features(requires_grad=True)
+    slot(h).sum().backward()
+    assert slot.capture_gradient_telemetry() is not None  # the telemetry still works
 
 
 def roundtrip(slot: SeedSlot) -> SeedSlot:
