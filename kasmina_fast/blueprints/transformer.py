@@ -105,8 +105,10 @@ def _causal(b, h, q_idx, kv_idx):
 
 class FlexAttentionSeed(nn.Module):
     """Causal self-attention through FlexAttention, ``x + proj(flex_attention(q, k, v))``;
-    ``proj`` zero at birth. Its causal block mask is cached per (sequence length,
-    device), the ``MASK_CACHE`` most recent ones; under ``torch.compile`` the mask is
+    ``proj`` zero at birth. On the CPU with autograd on, where FlexAttention has no
+    backward, the same attention runs through ``scaled_dot_product_attention``. Its
+    causal block mask is cached per (sequence length, device), the ``MASK_CACHE``
+    most recent ones; under ``torch.compile`` the mask is
     built inside the graph instead (a cache lookup would break it)."""
 
     MASK_CACHE = 8
@@ -141,7 +143,12 @@ class FlexAttentionSeed(nn.Module):
         B, T, C = x.shape
         shape = (B, T, self.heads, C // self.heads)
         q, k, v = (p(x).view(shape).transpose(1, 2).contiguous() for p in (self.q, self.k, self.v))
-        y = self._flex(q, k, v, block_mask=self.block_mask(T, x.device))
+        if x.device.type == "cpu" and torch.is_grad_enabled():
+            # FlexAttention has no backward on the CPU: the same causal attention through
+            # scaled_dot_product_attention, which has one
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = self._flex(q, k, v, block_mask=self.block_mask(T, x.device))
         return x + self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -70,10 +70,9 @@ def test_compiles_fullgraph():
         torch.testing.assert_close(compiled(x), sdpa_reference(s, x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(
-    DEVICE == "cpu", reason="FlexAttention has no backward on CPU in this torch (NotImplementedError)"
-)
 def test_trains():
+    """Gradients (on the CPU through scaled_dot_product_attention, where FlexAttention
+    has no backward) equal the SDPA reference's, and an optimizer step trains it."""
     s = seed()
     torch.nn.init.normal_(s.proj.weight, std=0.2)
     x = torch.randn(2, 8, 16, device=DEVICE, requires_grad=True)
@@ -81,3 +80,30 @@ def test_trains():
         warnings.simplefilter("ignore")
         s(x).square().sum().backward()
     assert all(p.grad is not None for p in s.parameters())
+    got = [x.grad.clone(), *(p.grad.clone() for p in s.parameters())]
+    x.grad = None
+    s.zero_grad()
+    sdpa_reference(s, x).square().sum().backward()
+    for a, b in zip(got, [x.grad, *(p.grad for p in s.parameters())]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    before = [p.detach().clone() for p in s.parameters()]
+    torch.optim.SGD(s.parameters(), lr=0.1).step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, s.parameters()))
+
+
+def test_a_flex_attention_seed_trains_in_a_slot():
+    """In a slot on the CPU: a TRAINING step (the STE) gives the seed its gradients."""
+    import kasmina_fast as kf
+
+    torch.manual_seed(0)
+    host = kf.TransformerHost(vocab_size=16, n_embd=16, n_head=2, n_layer=3, block_size=8)
+    model = kf.MorphogeneticModel(
+        host, DEVICE, slots=["mid"], task_config=kf.TaskConfig(topology="transformer")
+    )
+    model.germinate_seed("flex_attention", slot="mid")
+    model.advance_stage(kf.SeedStage.TRAINING, slot="mid")
+    idx = torch.randint(0, 16, (4, 8), device=DEVICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model(idx).logsumexp(-1).mean().backward()
+    assert all(p.grad is not None for p in model.seed_parameters())
