@@ -244,10 +244,13 @@ class MorphogeneticModel(nn.Module):
         *,
         slot: str,
         blend_algorithm_id: str = "sigmoid",
+        alpha_target: float = 1.0,
+        blend_epochs: int | None = None,
         **blueprint_options: bool | int | float | str,
     ) -> SeedState:
         """Germinate in ``slot`` (RuntimeError when a seed limit is reached); the seed
-        starts in GERMINATED and trains from the next ``step_epoch()``."""
+        starts in GERMINATED and trains from the next ``step_epoch()``. ``alpha_target``
+        and ``blend_epochs``: see :meth:`SeedSlot.germinate`."""
         target = self._slot(slot)
         if self.max_seeds is not None and self.count_active_seeds() >= self.max_seeds:
             raise RuntimeError(f"MorphogeneticModel: max_seeds={self.max_seeds} live seeds reached")
@@ -258,12 +261,22 @@ class MorphogeneticModel(nn.Module):
         previous = target.state
         try:
             return target.germinate(
-                blueprint_id, seed_id, self.host_parameters(), blend_algorithm_id, **blueprint_options
+                blueprint_id,
+                seed_id,
+                self.host_parameters(),
+                blend_algorithm_id,
+                alpha_target=alpha_target,
+                blend_epochs=blend_epochs,
+                **blueprint_options,
             )
         finally:  # (also when a telemetry callback raised after the seed was attached)
             if target.state is not None and target.state is not previous:
                 self.germinations[slot] += 1
                 self.architecture_version += 1
+
+    def set_alpha_target(self, value: float, epochs: int | None = None, *, slot: str) -> None:
+        """:meth:`SeedSlot.set_alpha_target` of ``slot``."""
+        self._slot(slot).set_alpha_target(value, epochs)
 
     def cull_seed(self, *, slot: str, reason: str = "manual") -> bool:
         before = self._params_key()

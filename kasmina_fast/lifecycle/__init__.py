@@ -7,6 +7,7 @@ from kasmina_fast.lifecycle.policy import HeuristicPolicy
 from kasmina_fast.lifecycle.schedules import (
     BLEND_ALGORITHMS,
     BlendAlgorithm,
+    CosineBlend,
     GatedBlend,
     LinearBlend,
     SigmoidBlend,
@@ -34,6 +35,7 @@ __all__ = [
     "MIN_FOSSILIZE_CONTRIBUTION",
     "VALID_TRANSITIONS",
     "BlendAlgorithm",
+    "CosineBlend",
     "GateLevel",
     "GateResult",
     "GatedBlend",

@@ -50,6 +50,7 @@ class QualityGates:
             checks = [
                 ("stage_is_blending", state.stage == SeedStage.BLENDING),
                 ("epochs_in_blending", m.epochs_in_current_stage >= self.min_blending_epochs),
+                ("alpha_target", state.alpha_target >= 1.0),  # a seed held below 1 stays BLENDING
                 ("alpha", state.alpha >= self.min_probation_stability),
             ]
         else:  # G5

@@ -42,22 +42,41 @@ class LinearBlend(BlendAlgorithm):
         return min(1.0, max(0.0, t))
 
 
+def _logistic(z: float) -> float:
+    """``1 / (1 + exp(-z))`` without overflow for any finite ``z``."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
 class SigmoidBlend(BlendAlgorithm):
-    """A logistic ramp of the given steepness, rescaled to hit 0 and 1 exactly."""
+    """A logistic ramp of the given steepness, rescaled to hit 0 and 1 exactly (any
+    finite steepness: the logistic is evaluated without overflow)."""
 
     algorithm_id = "sigmoid"
 
     def __init__(self, steepness: float = 10.0) -> None:
         super().__init__()
-        if steepness <= 0:
-            raise ValueError(f"SigmoidBlend: steepness must be > 0, got {steepness}")
+        if not (steepness > 0 and math.isfinite(steepness)):
+            raise ValueError(f"SigmoidBlend: steepness must be finite and > 0, got {steepness}")
         self.steepness = float(steepness)
 
     def ramp(self, t: float) -> float:
         t = min(1.0, max(0.0, t))
         k = self.steepness
-        lo, hi = 1 / (1 + math.exp(k / 2)), 1 / (1 + math.exp(-k / 2))
-        return (1 / (1 + math.exp(-k * (t - 0.5))) - lo) / (hi - lo)
+        lo, hi = _logistic(-k / 2), _logistic(k / 2)
+        return (_logistic(k * (t - 0.5)) - lo) / (hi - lo)
+
+
+class CosineBlend(BlendAlgorithm):
+    """``(1 - cos(pi t)) / 2``: a smooth start and end."""
+
+    algorithm_id = "cosine"
+
+    def ramp(self, t: float) -> float:
+        t = min(1.0, max(0.0, t))
+        return 1.0 if t == 1.0 else 0.5 * (1.0 - math.cos(math.pi * t))
 
 
 class GatedBlend(LinearBlend):
@@ -90,6 +109,7 @@ class GatedBlend(LinearBlend):
 BLEND_ALGORITHMS: dict[str, type[BlendAlgorithm]] = {
     "linear": LinearBlend,
     "sigmoid": SigmoidBlend,
+    "cosine": CosineBlend,
     "gated": GatedBlend,
 }
 

@@ -45,6 +45,15 @@ STALL_WARNING_EPOCHS = 3
 logger = logging.getLogger("kasmina_fast")
 
 
+def _check_target(value: float, epochs: int | None, where: str) -> None:
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(
+            f"SeedSlot.{where}: alpha_target must be in (0, 1], got {value} (use cull to remove)"
+        )
+    if epochs is not None and int(epochs) < 1:
+        raise ValueError(f"SeedSlot.{where}: blend_epochs must be >= 1, got {epochs}")
+
+
 def _delivers_events(method):
     """The slot's change completes before any telemetry callback runs: events are queued
     while ``method`` runs and delivered after it, so a callback that raises raises from
@@ -253,12 +262,18 @@ class SeedSlot(nn.Module):
         seed_id: str | None = None,
         host_module: nn.Module | Iterable[nn.Parameter] | None = None,
         blend_algorithm_id: str = "sigmoid",
+        *,
+        alpha_target: float = 1.0,
+        blend_epochs: int | None = None,
         **blueprint_options: bool | int | float | str,
     ) -> SeedState:
         """Create a seed from a blueprint (``blueprint_options`` go to its factory), check it
         keeps the feature shape, and enter GERMINATED (G0). The forward stays the host's
         until the next ``step_epoch()`` (or ``advance_stage(SeedStage.TRAINING)``) passes
-        G1 and starts TRAINING.
+        G1 and starts TRAINING. In BLENDING alpha ramps to ``alpha_target`` over
+        ``blend_epochs`` step_epochs (default: the task config's ``blending_steps``) and
+        holds there; below 1 the seed stays in BLENDING (G3 needs 1) until
+        :meth:`set_alpha_target` moves it.
 
         Raises:
             RuntimeError: the slot holds a seed that is not failed, or is still cleaning up after a cull.
@@ -277,6 +292,7 @@ class SeedSlot(nn.Module):
                 "cull it first"
             )
         check_blend_algorithm(blend_algorithm_id)
+        _check_target(alpha_target, blend_epochs, "germinate")
         seed = BlueprintRegistry.create(
             self.task_config.topology, blueprint_id, self.channels, **blueprint_options
         ).to(self.device)
@@ -289,6 +305,8 @@ class SeedSlot(nn.Module):
             stage=S.DORMANT,
             blend_algorithm_id=blend_algorithm_id,
             blueprint_options=dict(blueprint_options),
+            alpha_target=float(alpha_target),
+            blend_epochs=int(blend_epochs or 0),
         )
         g0 = self.gates.check(S.GERMINATED, state)
         if not g0.passed:
@@ -336,6 +354,10 @@ class SeedSlot(nn.Module):
             result = GateResult(
                 None, False, 0.0, (), ("not_failure_stage",), f"use cull() to reach {target.name}"
             )
+        elif st.stage == S.PROBATIONARY and target == S.BLENDING:
+            result = GateResult(
+                None, False, 0.0, (), ("valid_transition",), "use set_alpha_target() to go back to BLENDING"
+            )
         elif not is_valid_transition(st.stage, target):
             result = GateResult(
                 None, False, 0.0, (), ("valid_transition",), f"no transition {st.stage.name} -> {target.name}"
@@ -353,6 +375,36 @@ class SeedSlot(nn.Module):
             if outcome is not None:
                 self._emit(TelemetryEventType.SEED_FOSSILIZED, outcome)
         return result
+
+    @_delivers_events
+    def set_alpha_target(self, value: float, epochs: int | None = None) -> None:
+        """Ramp alpha from where it is to ``value`` over ``epochs`` step_epochs (default:
+        the task config's ``blending_steps``) and hold it there. For a seed that holds:
+        BLENDING with its ramp done, or PROBATIONARY (a target below 1 takes it back to
+        BLENDING, its gate kept). Alpha stays the slot's 0-d buffer: no recompile.
+
+        Raises:
+            RuntimeError: no seed, or one that is not holding (TRAINING, mid-ramp, FOSSILIZED...).
+            ValueError: ``value`` outside (0, 1] or ``epochs`` < 1.
+        """
+        _check_target(value, epochs, "set_alpha_target")
+        st = self.state
+        steps = (st.blend_epochs or self.task_config.blending_steps) if st is not None else 0
+        holding = st is not None and (
+            st.stage == S.PROBATIONARY or (st.stage == S.BLENDING and st.blending_step >= steps)
+        )
+        if not holding:
+            where = "no seed" if st is None else f"seed {st.seed_id!r} in {st.stage.name}"
+            raise RuntimeError(
+                f"SeedSlot {self.slot_id!r}: set_alpha_target needs a seed that holds its alpha "
+                f"(BLENDING with its ramp done, or PROBATIONARY); {where}"
+            )
+        if st.stage == S.PROBATIONARY:
+            if value >= 1.0:
+                return  # there already
+            self._transition(S.BLENDING)  # back, keeping the schedule and alpha
+        st.alpha_start, st.alpha_target = float(self.alpha), float(value)
+        st.blend_epochs, st.blending_step = int(epochs or 0), 0
 
     @_delivers_events
     def cull(self, reason: str = "manual") -> bool:
@@ -394,9 +446,14 @@ class SeedSlot(nn.Module):
             if agree(ok, self.device):
                 self._transition(S.BLENDING)
         elif stage == S.BLENDING:
-            st.blending_step += 1
-            steps = self.task_config.blending_steps
-            self._set_alpha(self.alpha_schedule.ramp(min(1.0, st.blending_step / steps)))
+            steps = st.blend_epochs or self.task_config.blending_steps
+            if st.blending_step < steps:  # the ramp from alpha_start to alpha_target, then hold
+                st.blending_step += 1
+                if st.blending_step >= steps:
+                    self._set_alpha(st.alpha_target)  # exactly
+                else:
+                    ramp = self.alpha_schedule.ramp(st.blending_step / steps)
+                    self._set_alpha(st.alpha_start + (st.alpha_target - st.alpha_start) * ramp)
             ramp_done = st.blending_step >= steps  # the ramp completes, then G3 is asked
             if agree(ramp_done and self.gates.check(S.PROBATIONARY, st).passed, self.device):
                 self._transition(S.PROBATIONARY)
@@ -500,7 +557,7 @@ class SeedSlot(nn.Module):
         st._move_to(target)
         st.stage_history.append((int(target), st.metrics.epochs_total))
         st.metrics.start_stage()
-        if target == S.BLENDING:
+        if target == S.BLENDING and old == S.TRAINING:  # (from PROBATIONARY: a retarget keeps all)
             schedule = create_blend_algorithm(st.blend_algorithm_id, self.channels, self.task_config.topology)
             self.alpha_schedule = self._place(schedule.to(self.device))
             self.isolation_monitor.register(self._host_module[0] if self._host_module else None, self.seed)

@@ -24,14 +24,15 @@ class SeedStage(IntEnum):
 
 S = SeedStage
 
-#: The state diagram of the specification (section 4.1), exactly.
+#: The state diagram of the specification (section 4.1), plus PROBATIONARY -> BLENDING
+#: (``set_alpha_target`` below 1: reversible blending).
 VALID_TRANSITIONS: dict[SeedStage, frozenset[SeedStage]] = {
     S.UNKNOWN: frozenset({S.DORMANT}),
     S.DORMANT: frozenset({S.GERMINATED}),
     S.GERMINATED: frozenset({S.TRAINING, S.CULLED}),
     S.TRAINING: frozenset({S.BLENDING, S.CULLED}),
     S.BLENDING: frozenset({S.PROBATIONARY, S.CULLED}),
-    S.PROBATIONARY: frozenset({S.FOSSILIZED, S.CULLED}),
+    S.PROBATIONARY: frozenset({S.FOSSILIZED, S.CULLED, S.BLENDING}),  # BLENDING: a target below 1
     S.FOSSILIZED: frozenset(),
     S.CULLED: frozenset({S.EMBARGOED}),
     S.EMBARGOED: frozenset({S.RESETTING}),

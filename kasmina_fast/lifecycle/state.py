@@ -89,6 +89,9 @@ class SeedState:
     blend_algorithm_id: str = "sigmoid"
     alpha: float = 0.0
     blending_step: int = 0
+    alpha_start: float = 0.0  # the ramp goes from here ...
+    alpha_target: float = 1.0  # ... to here, and holds there
+    blend_epochs: int = 0  # the ramp's length in step_epochs (0: the task config's blending_steps)
     is_healthy: bool = True
     cull_reason: str | None = None
     epochs_since_cull: int = 0

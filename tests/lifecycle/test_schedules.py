@@ -28,11 +28,13 @@ def test_gated_blend_shapes_and_start_open():
 
 
 def test_catalog_and_unknown_id():
-    assert set(BLEND_ALGORITHMS) == {"linear", "sigmoid", "gated"}
+    assert set(BLEND_ALGORITHMS) == {"linear", "sigmoid", "cosine", "gated"}
     assert isinstance(create_blend_algorithm("gated", 4, "cnn"), GatedBlend)
     with pytest.raises(
-        ValueError, match="unknown blend algorithm 'cosine'; available: gated, linear, sigmoid"
+        ValueError, match="unknown blend algorithm 'exp'; available: cosine, gated, linear, sigmoid"
     ):
-        create_blend_algorithm("cosine", 4, "cnn")
+        create_blend_algorithm("exp", 4, "cnn")
     with pytest.raises(ValueError, match="steepness"):
         SigmoidBlend(0)
+    with pytest.raises(ValueError, match="steepness"):
+        SigmoidBlend(float("inf"))

@@ -154,7 +154,11 @@ def test_germinate_errors():
     with pytest.raises(ValueError, match="unknown blueprint 'lora' for cnn; available: attention"):
         slot.germinate("lora")
     with pytest.raises(ValueError, match="unknown blend algorithm"):
-        slot.germinate("norm", blend_algorithm_id="cosine")
+        slot.germinate("norm", blend_algorithm_id="exp")
+    with pytest.raises(ValueError, match=r"alpha_target must be in \(0, 1\]"):
+        slot.germinate("norm", alpha_target=0.0)
+    with pytest.raises(ValueError, match="blend_epochs must be >= 1"):
+        slot.germinate("norm", blend_epochs=0)
     assert slot.state is None
     slot.germinate("norm")
     with pytest.raises(RuntimeError, match="already holds seed"):

@@ -62,8 +62,12 @@ def test_random_call_sequences(actions):
         else:
             out = slot(x, override_alpha=action[1])
             assert out.shape == x.shape and torch.isfinite(out).all()
-    changes = [
-        (S[e.data["from"]], S[e.data["to"]]) for e in events if e.event_type.value == "SEED_STAGE_CHANGED"
+    changes = [  # a germination is announced by SEED_GERMINATED alone: DORMANT -> GERMINATED
+        (S[e.data["from"]], S[e.data["to"]])
+        if e.event_type.value == "SEED_STAGE_CHANGED"
+        else (S.DORMANT, S.GERMINATED)
+        for e in events
+        if e.event_type.value in ("SEED_STAGE_CHANGED", "SEED_GERMINATED")
     ]
     for a, b in changes:
         assert is_valid_transition(a, b), (a, b)

@@ -39,6 +39,7 @@ def test_transitions_are_the_diagram():
         (S.BLENDING, S.CULLED),
         (S.PROBATIONARY, S.FOSSILIZED),
         (S.PROBATIONARY, S.CULLED),
+        (S.PROBATIONARY, S.BLENDING),  # a retarget below 1
         (S.CULLED, S.EMBARGOED),
         (S.EMBARGOED, S.RESETTING),
         (S.RESETTING, S.DORMANT),
