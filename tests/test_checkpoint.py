@@ -281,3 +281,20 @@ def test_sigkill_at_random_points_of_saves(tmp_path):
         if (tmp_path / "one").exists() or (tmp_path / "one.old").exists():
             _check_loads(tmp_path / "one")
     assert last > 1 and torn >= 4  # most kills landed inside a save
+
+
+def test_a_scheduled_prune_survives_dcp(tmp_path):
+    run = Run()
+    for _ in range(4):
+        run.epoch()
+    slot = run.model.seed_slots["mid"]
+    assert slot.stage == kf.SeedStage.BLENDING
+    run.model.schedule_prune(3, slot="mid", reason="fading")
+    run.epoch()
+    run.save(tmp_path / "ckpt", epoch=5)
+    want = [(run.epoch(), float(slot.alpha)) for _ in range(2)]  # (the global RNG: the original first)
+    resumed, _ = Run.resume(tmp_path / "ckpt")
+    again = resumed.model.seed_slots["mid"]
+    assert again.state.prune_epochs == 2 and all(not p.requires_grad for p in again.seed_parameters())
+    assert [(resumed.epoch(), float(again.alpha)) for _ in range(2)] == want
+    assert again.stage == slot.stage == kf.SeedStage.CULLED and again.state.cull_reason == "fading"

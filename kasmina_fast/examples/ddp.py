@@ -25,6 +25,7 @@ The pattern:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -78,83 +79,98 @@ def run(
 ) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        gates = (
-            QualityGates(min_training_improvement=-100.0, min_seed_gradient_ratio=0.0) if permissive else None
-        )
-        task = TaskConfig(topology="cnn", max_epochs=epochs, blending_steps=3)
-        if host == "graft":  # the slots after the second and the third block of the user's model
-            example = _batch(torch.Generator().manual_seed(0), 2)[0]
-            model = graft(user_model(), ["1", "2"], example_input=example, task_config=task, gates=gates)
-        else:
-            model = MorphogeneticModel(
-                CNNHost(num_classes=4, base_channels=8), slots=["mid", "late"], task_config=task, gates=gates
-            )
-        mid, late = model.slot_ids
-
-        def policy(model, epoch, metric):  # the controller: the same decisions on every rank
-            if epoch == 0:
-                model.germinate_seed("conv_light", slot=mid)
-                model.germinate_seed("norm", slot=late)
-            if epoch == 2:
-                model.cull_seed(slot=late, reason="controller")
-            if model.seed_slots[mid].stage == SeedStage.PROBATIONARY:
-                model.advance_stage(SeedStage.FOSSILIZED, slot=mid)
-
-        x_val, y_val = _batch(torch.Generator().manual_seed(7 + rank), 64)
-
-        @torch.no_grad()
-        def evaluate() -> float:  # differs per rank: the Grower averages it over the ranks
-            model.eval()
-            acc = (model(x_val).argmax(1) == y_val).float().mean().item() * 100
-            model.train()
-            # permissive (the test): a stand-in for a seed that helps, 5 points while it is on
-            return acc + (5.0 if permissive and not model.seed_slots[mid].alpha_is_forced else 0.0)
-
-        def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
-            return torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-
-        ckpt = Checkpointer(checkpoint_dir, keep=2) if checkpoint_dir is not None else None
-        start, restored = 0, None
-        if resume:  # the seeds, the optimizer (and the seeds' own groups), every rank's RNG
-            restored = ckpt.load(model, make_optimizer)
-            start = restored.extra["epoch"]
-        opt = restored.optimizer if restored is not None else make_optimizer(model)
-        grower = Grower(model, opt, evaluate=evaluate, policy=policy)  # new seeds join opt, culled leave
-        if restored is not None:
-            grower.load_state_dict(restored.extra["grower"])
-        ddp = DistributedDataParallel(model, find_unused_parameters=True)  # broadcasts rank 0's state
-        version = model.architecture_version
-        log: list[str] = []
-        sys.stdout.write(f"rank {rank} pid {os.getpid()}\n")  # one write, read by the kill test
-        sys.stdout.flush()
-        for epoch in range(start, epochs):
-            gen = torch.Generator().manual_seed(1000 * (epoch + 1) + rank)  # every rank its own data
-            for _ in range(3):
-                x, y = _batch(gen)
-                loss = F.cross_entropy(ddp(x), y)
-                opt.zero_grad()
-                loss.backward()  # DDP averages gradients across ranks
-                grower.after_backward()  # gradient telemetry, no sync
-                opt.step()
-            before = ",".join(s.stage.name for s in model.seed_slots.values())
-            report = grower.end_epoch()  # gate decisions agreed, the policy, the optimizer synced
-            if report.architecture_version != version:  # parameters appeared or left: wrap again
-                ddp = DistributedDataParallel(model, find_unused_parameters=True)
-                version = report.architecture_version
-            log.append(before + " > " + ",".join(s.stage.name for s in model.seed_slots.values()))
-            if rank == 0:
-                print(f"epoch {epoch}: loss {loss.item():.6f}  {log[-1]}", flush=True)
-            if ckpt is not None:
-                ckpt.save(epoch + 1, model, opt, extra={"epoch": epoch + 1, "grower": grower.state_dict()})
-                if rank == 0:
-                    print(f"saved epoch {epoch}", flush=True)
-        if out_dir is not None:
-            flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-            torch.save(flat, Path(out_dir) / f"params{rank}.pt")
-            (Path(out_dir) / f"log{rank}.json").write_text(json.dumps(log))
+        # the DDP wrappers live in _train and are freed when it returns, while the process
+        # group is still registered (a wrapper freed after destroy_process_group takes the
+        # group down with it, from a destructor that can wait on a gloo thread for the GIL)
+        _train(rank, epochs, out_dir, permissive, host, checkpoint_dir, resume)
+        gc.collect()  # (and any reference cycle holding one)
+        dist.barrier()  # no rank tears the group down while another still talks
     finally:
         dist.destroy_process_group()
+
+
+def _train(
+    rank: int,
+    epochs: int,
+    out_dir: str | None,
+    permissive: bool,
+    host: str,
+    checkpoint_dir: str | None,
+    resume: bool,
+) -> None:
+    torch.manual_seed(0)
+    gates = QualityGates(min_training_improvement=-100.0, min_seed_gradient_ratio=0.0) if permissive else None
+    task = TaskConfig(topology="cnn", max_epochs=epochs, blending_steps=3)
+    if host == "graft":  # the slots after the second and the third block of the user's model
+        example = _batch(torch.Generator().manual_seed(0), 2)[0]
+        model = graft(user_model(), ["1", "2"], example_input=example, task_config=task, gates=gates)
+    else:
+        model = MorphogeneticModel(
+            CNNHost(num_classes=4, base_channels=8), slots=["mid", "late"], task_config=task, gates=gates
+        )
+    mid, late = model.slot_ids
+
+    def policy(model, epoch, metric):  # the controller: the same decisions on every rank
+        if epoch == 0:
+            model.germinate_seed("conv_light", slot=mid)
+            model.germinate_seed("norm", slot=late)
+        if epoch == 2:
+            model.cull_seed(slot=late, reason="controller")
+        if model.seed_slots[mid].stage == SeedStage.PROBATIONARY:
+            model.advance_stage(SeedStage.FOSSILIZED, slot=mid)
+
+    x_val, y_val = _batch(torch.Generator().manual_seed(7 + rank), 64)
+
+    @torch.no_grad()
+    def evaluate() -> float:  # differs per rank: the Grower averages it over the ranks
+        model.eval()
+        acc = (model(x_val).argmax(1) == y_val).float().mean().item() * 100
+        model.train()
+        # permissive (the test): a stand-in for a seed that helps, 5 points while it is on
+        return acc + (5.0 if permissive and not model.seed_slots[mid].alpha_is_forced else 0.0)
+
+    def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+
+    ckpt = Checkpointer(checkpoint_dir, keep=2) if checkpoint_dir is not None else None
+    start, restored = 0, None
+    if resume:  # the seeds, the optimizer (and the seeds' own groups), every rank's RNG
+        restored = ckpt.load(model, make_optimizer)
+        start = restored.extra["epoch"]
+    opt = restored.optimizer if restored is not None else make_optimizer(model)
+    grower = Grower(model, opt, evaluate=evaluate, policy=policy)  # new seeds join opt, culled leave
+    if restored is not None:
+        grower.load_state_dict(restored.extra["grower"])
+    ddp = DistributedDataParallel(model, find_unused_parameters=True)  # broadcasts rank 0's state
+    version = model.architecture_version
+    log: list[str] = []
+    sys.stdout.write(f"rank {rank} pid {os.getpid()}\n")  # one write, read by the kill test
+    sys.stdout.flush()
+    for epoch in range(start, epochs):
+        gen = torch.Generator().manual_seed(1000 * (epoch + 1) + rank)  # every rank its own data
+        for _ in range(3):
+            x, y = _batch(gen)
+            loss = F.cross_entropy(ddp(x), y)
+            opt.zero_grad()
+            loss.backward()  # DDP averages gradients across ranks
+            grower.after_backward()  # gradient telemetry, no sync
+            opt.step()
+        before = ",".join(s.stage.name for s in model.seed_slots.values())
+        report = grower.end_epoch()  # gate decisions agreed, the policy, the optimizer synced
+        if report.architecture_version != version:  # parameters appeared or left: wrap again
+            ddp = DistributedDataParallel(model, find_unused_parameters=True)
+            version = report.architecture_version
+        log.append(before + " > " + ",".join(s.stage.name for s in model.seed_slots.values()))
+        if rank == 0:
+            print(f"epoch {epoch}: loss {loss.item():.6f}  {log[-1]}", flush=True)
+        if ckpt is not None:
+            ckpt.save(epoch + 1, model, opt, extra={"epoch": epoch + 1, "grower": grower.state_dict()})
+            if rank == 0:
+                print(f"saved epoch {epoch}", flush=True)
+    if out_dir is not None:
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        torch.save(flat, Path(out_dir) / f"params{rank}.pt")
+        (Path(out_dir) / f"log{rank}.json").write_text(json.dumps(log))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -278,6 +278,14 @@ class MorphogeneticModel(nn.Module):
         """:meth:`SeedSlot.set_alpha_target` of ``slot``."""
         self._slot(slot).set_alpha_target(value, epochs)
 
+    def schedule_prune(self, epochs: int, *, slot: str, reason: str = "scheduled_prune") -> bool:
+        """:meth:`SeedSlot.schedule_prune` of ``slot`` (True when it culled at once)."""
+        before = self._params_key()
+        try:
+            return self._slot(slot).schedule_prune(epochs, reason)
+        finally:
+            self._bump_if_changed(before)
+
     def cull_seed(self, *, slot: str, reason: str = "manual") -> bool:
         before = self._params_key()
         try:

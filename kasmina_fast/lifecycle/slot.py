@@ -389,6 +389,8 @@ class SeedSlot(nn.Module):
         """
         _check_target(value, epochs, "set_alpha_target")
         st = self.state
+        if st is not None and st.prune_epochs > 0:
+            raise RuntimeError(f"SeedSlot {self.slot_id!r}: seed {st.seed_id!r} is being pruned")
         steps = (st.blend_epochs or self.task_config.blending_steps) if st is not None else 0
         holding = st is not None and (
             st.stage == S.PROBATIONARY or (st.stage == S.BLENDING and st.blending_step >= steps)
@@ -405,6 +407,37 @@ class SeedSlot(nn.Module):
             self._transition(S.BLENDING)  # back, keeping the schedule and alpha
         st.alpha_start, st.alpha_target = float(self.alpha), float(value)
         st.blend_epochs, st.blending_step = int(epochs or 0), 0
+
+    @_delivers_events
+    def schedule_prune(self, epochs: int, reason: str = "scheduled_prune") -> bool:
+        """Fade alpha from where it is to 0 over ``epochs`` step_epochs, then cull with
+        ``reason``; the seed's and gate's parameters are frozen meanwhile
+        (``requires_grad=False``), the host still trains through the blend. A seed not
+        yet blending, or ``epochs=0``, is culled at once. Returns True when the seed was
+        culled now.
+
+        Raises:
+            RuntimeError: no live seed, or a FOSSILIZED one (it is part of the host).
+        """
+        st = self.state
+        if st is None or is_failure_stage(st.stage) or st.stage == S.FOSSILIZED:
+            where = "no live seed" if st is None or is_failure_stage(st.stage) else "a FOSSILIZED seed"
+            raise RuntimeError(f"SeedSlot {self.slot_id!r}: schedule_prune needs a seed to prune; {where}")
+        if int(epochs) < 0:
+            raise ValueError(f"SeedSlot.schedule_prune: epochs must be >= 0, got {epochs}")
+        if int(epochs) == 0 or st.stage not in (S.BLENDING, S.PROBATIONARY):
+            return self.cull(reason)
+        if st.stage == S.PROBATIONARY:
+            self._transition(S.BLENDING)  # the fade runs in BLENDING (schedule and alpha kept)
+        st.prune_epochs = st.prune_total = int(epochs)
+        st.prune_from, st.prune_reason = float(self.alpha), reason
+        self._freeze_if_pruning()
+        return False
+
+    def _freeze_if_pruning(self) -> None:
+        if self.state is not None and self.state.prune_epochs > 0:
+            for p in self.seed_parameters():
+                p.requires_grad_(False)
 
     @_delivers_events
     def cull(self, reason: str = "manual") -> bool:
@@ -445,6 +478,11 @@ class SeedSlot(nn.Module):
             ok = ready and self.gates.check(S.BLENDING, st).passed
             if agree(ok, self.device):
                 self._transition(S.BLENDING)
+        elif stage == S.BLENDING and st.prune_epochs > 0:  # a scheduled prune: fade, then cull
+            st.prune_epochs -= 1
+            self._set_alpha(st.prune_from * st.prune_epochs / st.prune_total)
+            if agree(st.prune_epochs == 0, self.device):
+                self.cull(st.prune_reason or "scheduled_prune")
         elif stage == S.BLENDING:
             steps = st.blend_epochs or self.task_config.blending_steps
             if st.blending_step < steps:  # the ramp from alpha_start to alpha_target, then hold
@@ -727,6 +765,7 @@ class SeedSlot(nn.Module):
         self._rebuild_modules(extra)
         self.set_extra_state(extra)
         self._set_stage(self.state.stage if self.state is not None else S.DORMANT)
+        self._freeze_if_pruning()
         if self._host_module:
             self.attach_host(self._host_module[0])
         else:
@@ -745,6 +784,7 @@ class SeedSlot(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         self._set_stage(self.state.stage if self.state is not None else S.DORMANT)
+        self._freeze_if_pruning()
         if self._host_module:
             self.attach_host(self._host_module[0])
         else:  # the caller re-attaches the host (MorphogeneticModel does it itself)

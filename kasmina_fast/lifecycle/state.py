@@ -92,6 +92,10 @@ class SeedState:
     alpha_start: float = 0.0  # the ramp goes from here ...
     alpha_target: float = 1.0  # ... to here, and holds there
     blend_epochs: int = 0  # the ramp's length in step_epochs (0: the task config's blending_steps)
+    prune_epochs: int = 0  # a scheduled prune: fade epochs left (0: none)
+    prune_total: int = 0  # ... out of these
+    prune_from: float = 0.0  # ... from this alpha to 0
+    prune_reason: str | None = None
     is_healthy: bool = True
     cull_reason: str | None = None
     epochs_since_cull: int = 0

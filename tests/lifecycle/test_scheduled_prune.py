@@ -43,8 +43,9 @@ def test_fade_then_cull_with_the_reason():
 def test_the_host_trains_through_the_blend_while_the_seed_is_frozen():
     torch.manual_seed(0)
     gates = kf.QualityGates(min_training_improvement=-1e9, min_blending_epochs=1, min_seed_gradient_ratio=0.0)
-    model = kf.MorphogeneticModel(kf.CNNHost(num_classes=4, base_channels=4, n_blocks=3), slots=["mid"],
-                                  task_config=kf.TaskConfig(topology="cnn", blending_steps=2), gates=gates)  # fmt: skip
+    tc = kf.TaskConfig(topology="cnn", blending_steps=2)
+    host = kf.CNNHost(num_classes=4, base_channels=4, n_blocks=3)
+    model = kf.MorphogeneticModel(host, slots=["mid"], task_config=tc, gates=gates)
     slot = model.seed_slots["mid"]
     model.germinate_seed("conv_light", slot="mid", blend_algorithm_id="gated")
     model.advance_stage(S.TRAINING, slot="mid")
