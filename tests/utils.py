@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kasmina_fast
-from kasmina_fast import SeedSlot, TaskConfig, reference
+from kasmina_fast import SeedSlot, SeedStage, TaskConfig, reference
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -239,6 +239,28 @@ def features(topology="cnn", channels=8, batch=4, requires_grad=False):
         else torch.randn(batch, 5, channels)
     )
     return x.requires_grad_(requires_grad)
+
+
+def to_blending(slot: SeedSlot, algorithm: str = "linear", ramped: bool = False, **germinate_kw) -> None:
+    """Germinate the topology's usual seed and drive it through TRAINING into BLENDING
+    (``ramped``: until its alpha has left 0)."""
+    blueprint = "conv_light" if slot.task_config.topology == "cnn" else "mlp"
+    slot.germinate(blueprint, blend_algorithm_id=algorithm, **germinate_kw)
+    slot.advance_stage(SeedStage.TRAINING)
+    for _ in range(50):
+        if slot.stage == SeedStage.BLENDING and (not ramped or float(slot.alpha) > 0.0):
+            return
+        epoch(slot, 50.0 + slot.state.metrics.epochs_total)
+    raise AssertionError(f"no BLENDING: {slot.stage.name}")
+
+
+def until_stage(slot: SeedSlot, stage: SeedStage, counterfactual: float = 2.0) -> None:
+    """Epochs (a rising accuracy, a positive counterfactual) until ``slot`` reaches ``stage``."""
+    for _ in range(50):
+        if slot.stage == stage:
+            return
+        epoch(slot, 60.0 + slot.state.metrics.epochs_total, counterfactual=counterfactual)
+    raise AssertionError(f"{slot.stage.name}, not {stage.name}")
 
 
 def epoch(slot: SeedSlot, acc: float, counterfactual: float | None = None, ratio: float = 0.2) -> None:

@@ -11,29 +11,12 @@ import torch
 
 import kasmina_fast as kf
 from kasmina_fast import SeedStage as S
-from tests.utils import epoch, features, make_slot
-
-
-def _blending(slot, algorithm="linear", **kw) -> None:
-    slot.germinate(
-        "conv_light" if slot.task_config.topology == "cnn" else "mlp", blend_algorithm_id=algorithm, **kw
-    )
-    slot.advance_stage(S.TRAINING)
-    while slot.stage != S.BLENDING:
-        epoch(slot, 50.0 + slot.state.metrics.epochs_total)
+from tests.utils import epoch, features, make_slot, to_blending, until_stage
 
 
 def f32(x: float) -> float:
     """``x`` as the slot's fp32 alpha buffer holds it."""
     return float(torch.tensor(x))
-
-
-def _until(slot, stage) -> None:
-    for _ in range(20):
-        if slot.stage == stage:
-            return
-        epoch(slot, 60.0, counterfactual=2.0)
-    raise AssertionError(slot.stage)
 
 
 def _alphas(slot, n: int, cf: float | None = 2.0) -> list[float]:
@@ -47,7 +30,7 @@ def _alphas(slot, n: int, cf: float | None = 2.0) -> list[float]:
 @pytest.mark.parametrize("algorithm", ["linear", "sigmoid", "cosine", "gated"])
 def test_ramp_to_a_target_and_hold_exactly(algorithm):
     slot = make_slot("cnn", blending_steps=5)
-    _blending(slot, algorithm, alpha_target=0.4, blend_epochs=2)
+    to_blending(slot, algorithm, alpha_target=0.4, blend_epochs=2)
     alphas = _alphas(slot, 6)
     assert 0.0 < alphas[0] < 0.4 and alphas[1:] == [f32(0.4)] * 5  # exactly the target, held
     assert slot.state.alpha == slot.state.metrics.current_alpha == 0.4
@@ -60,8 +43,8 @@ def test_ramp_to_a_target_and_hold_exactly(algorithm):
 
 def test_from_probationary_back_to_blending_keeps_the_gate():
     slot = make_slot("transformer", blending_steps=2)
-    _blending(slot, "gated")
-    _until(slot, S.PROBATIONARY)
+    to_blending(slot, "gated")
+    until_stage(slot, S.PROBATIONARY)
     assert float(slot.alpha) == 1.0
     gate = slot.alpha_schedule
     x = features("transformer")
@@ -84,14 +67,13 @@ def test_refusals():
     slot.advance_stage(S.TRAINING)
     with pytest.raises(RuntimeError, match="in TRAINING"):
         slot.set_alpha_target(0.5)
-    while slot.stage != S.BLENDING:
-        epoch(slot, 50.0 + slot.state.metrics.epochs_total)
+    until_stage(slot, S.BLENDING)
     _alphas(slot, 1)
     with pytest.raises(RuntimeError, match="holds its alpha"):  # mid-ramp
         slot.set_alpha_target(0.5)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         slot.set_alpha_target(1.5)
-    _until(slot, S.PROBATIONARY)
+    until_stage(slot, S.PROBATIONARY)
     assert slot.advance_stage(S.FOSSILIZED).passed
     with pytest.raises(RuntimeError, match="FOSSILIZED"):
         slot.set_alpha_target(0.5)
@@ -99,15 +81,15 @@ def test_refusals():
 
 def test_advance_stage_does_not_retarget():
     slot = make_slot("cnn", blending_steps=2)
-    _blending(slot)
-    _until(slot, S.PROBATIONARY)
+    to_blending(slot)
+    until_stage(slot, S.PROBATIONARY)
     result = slot.advance_stage(S.BLENDING)
     assert not result.passed and "set_alpha_target" in result.message and slot.stage == S.PROBATIONARY
 
 
 def test_retarget_survives_a_checkpoint():
     slot = make_slot("cnn", blending_steps=2)
-    _blending(slot, "sigmoid", alpha_target=0.6)
+    to_blending(slot, "sigmoid", alpha_target=0.6)
     _alphas(slot, 2)
     slot.set_alpha_target(0.9, epochs=3)
     _alphas(slot, 1)

@@ -12,20 +12,13 @@ import torch
 
 import kasmina_fast as kf
 from kasmina_fast import SeedStage as S
-from tests.utils import epoch, make_slot
-
-
-def _blending(slot, algorithm="gated"):
-    slot.germinate("conv_light", blend_algorithm_id=algorithm)
-    slot.advance_stage(S.TRAINING)
-    while slot.stage != S.BLENDING or float(slot.alpha) == 0.0:
-        epoch(slot, 50.0 + slot.state.metrics.epochs_total)
+from tests.utils import epoch, make_slot, to_blending, until_stage
 
 
 def test_fade_then_cull_with_the_reason():
     events = []
     slot = make_slot("cnn", blending_steps=2, events=events)
-    _blending(slot)
+    to_blending(slot, "gated", ramped=True)
     start = float(slot.alpha)
     assert slot.schedule_prune(4, reason="not paying") is False
     assert all(not p.requires_grad for p in slot.seed_parameters())
@@ -75,12 +68,11 @@ def test_at_once_and_from_probationary(when):
         assert slot.schedule_prune(5) is True and slot.stage == S.CULLED
         assert slot.state.cull_reason == "scheduled_prune"
         return
-    _blending(slot, "linear")
+    to_blending(slot, "linear", ramped=True)
     if when == "zero-epochs":
         assert slot.schedule_prune(0, reason="now") is True and slot.state.cull_reason == "now"
         return
-    while slot.stage != S.PROBATIONARY:
-        epoch(slot, 60.0, counterfactual=5.0)
+    until_stage(slot, S.PROBATIONARY, counterfactual=5.0)
     assert slot.schedule_prune(2) is False and slot.stage == S.BLENDING  # the fade runs in BLENDING
     epoch(slot, 60.0, counterfactual=5.0)
     assert float(slot.alpha) == 0.5
@@ -92,11 +84,10 @@ def test_refusals():
     slot = make_slot("cnn", blending_steps=2)
     with pytest.raises(RuntimeError, match="no live seed"):
         slot.schedule_prune(3)
-    _blending(slot, "linear")
+    to_blending(slot, "linear", ramped=True)
     with pytest.raises(ValueError, match="epochs must be >= 0"):
         slot.schedule_prune(-1)
-    while slot.stage != S.PROBATIONARY:
-        epoch(slot, 60.0, counterfactual=5.0)
+    until_stage(slot, S.PROBATIONARY, counterfactual=5.0)
     assert slot.advance_stage(S.FOSSILIZED).passed
     with pytest.raises(RuntimeError, match="FOSSILIZED"):
         slot.schedule_prune(3)
@@ -104,7 +95,7 @@ def test_refusals():
 
 def test_a_prune_in_progress_survives_a_checkpoint():
     slot = make_slot("cnn", blending_steps=2)
-    _blending(slot)
+    to_blending(slot, "gated", ramped=True)
     slot.schedule_prune(4, reason="r")
     epoch(slot, 60.0, counterfactual=5.0)
     buf = io.BytesIO()
