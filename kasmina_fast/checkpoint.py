@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -70,6 +71,10 @@ def _distributed() -> bool:
 
 def _rank() -> int:
     return dist.get_rank() if _distributed() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if _distributed() else 1
 
 
 def _barrier() -> None:
@@ -161,13 +166,8 @@ def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # (an ndarray: kept as a tensor)
+    state["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)
     return state
 
 
@@ -177,8 +177,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "numpy" in state:
-        import numpy as np
-
         kind, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
 
@@ -191,10 +189,10 @@ def _state(
     lifecycle = {
         "plane": model.get_extra_state(),
         "slots": {sid: slot.get_extra_state() for sid, slot in model.seed_slots.items()},
-        "seed_groups": _groups.layout(_groups.export_groups(optimizer, model, lr_scheduler, seed_groups)),
+        "seed_groups": _groups.export_groups(optimizer, model, lr_scheduler, seed_groups, with_state=False),
         "lr_scheduler": None if lr_scheduler is None else lr_scheduler.state_dict(),
         "extra": extra,
-        "world_size": dist.get_world_size() if _distributed() else 1,
+        "world_size": _world(),
         # parameters with optimizer state (a seed that joined and has not stepped has none)
         "optim_state": sorted(optim_sd.get("state", {})),
     }
@@ -233,7 +231,7 @@ def save(
 def _finish(tmp: Path, folder: Path) -> None:
     _barrier()  # every rank's files are written
     if _rank() == 0:
-        _commit(tmp, folder, dist.get_world_size() if _distributed() else 1)
+        _commit(tmp, folder, _world())
     _barrier()
 
 
@@ -275,9 +273,8 @@ def load(
             slot.attach_host(host)
     model.architecture_version += 1
     optimizer = make_optimizer(model)
-    layout = state.get("seed_groups")
-    if layout is not None and layout["groups"]:
-        _groups.add_groups(optimizer, model, None, {"groups": layout["groups"], "schedulers": []})
+    if state.get("seed_groups"):  # (the scheduler is made below, for the groups as they then are)
+        _groups.add_groups(optimizer, model, None, state["seed_groups"])
     scheduler = lr_scheduler(optimizer) if lr_scheduler is not None else None
     model_sd, optim_sd = get_state_dict(model, optimizer)  # (initialises every parameter's state)
     planner = DefaultLoadPlanner(allow_partial_load=True)  # parameters saved without state
@@ -294,8 +291,7 @@ def load(
                 f"kasmina_fast.checkpoint.load: {str(folder)!r} was saved without an lr_scheduler"
             )
         scheduler.load_state_dict(state["lr_scheduler"])
-    world = dist.get_world_size() if _distributed() else 1
-    if state.get("world_size", world) == world:
+    if state.get("world_size", _world()) == _world():
         _set_rng_state(_read_blob(folder, f"rng/{_rank()}"))
     return Restored(optimizer, scheduler, state.get("extra"))
 

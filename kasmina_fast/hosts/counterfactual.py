@@ -89,13 +89,13 @@ def counterfactual_forward(model: Any, inputs: Any, configs: Sequence[Mapping[st
         for sid, slot in slots.items():
             if not any(sid in c for c in configs):
                 continue
-            rank = 4 if slot.task_config.topology == "cnn" else 3
-            shape = (k, batch) + (1,) * (rank - 1)
-            mask = torch.tensor([sid in c for c in configs], device=slot.device).view(k, 1, *[1] * (rank - 1))
-            values = torch.tensor([float(c.get(sid, 0.0)) for c in configs], device=slot.device)
-            values = values.to(slot.alpha.dtype).view(k, 1, *[1] * (rank - 1))
-            slot._block_alpha = (mask.expand(shape).reshape(k * batch, *shape[2:]),
-                                 values.expand(shape).reshape(k * batch, *shape[2:]))  # fmt: skip
+            ones = [1] * (3 if slot.task_config.topology == "cnn" else 2)  # [K*B, 1, ...] per sample
+            mask = torch.tensor([sid in c for c in configs], device=slot.device)
+            values = torch.tensor([float(c.get(sid, 0.0)) for c in configs], dtype=slot.alpha.dtype)
+            slot._block_alpha = (
+                mask.repeat_interleave(batch).view(k * batch, *ones),
+                values.to(slot.device).repeat_interleave(batch).view(k * batch, *ones),
+            )
             set_slots.append(slot)
         if isinstance(inputs, Mapping):
             out = model(**{n: _repeat(v, k, batch, repr(n)) for n, v in inputs.items()})

@@ -312,12 +312,10 @@ class MorphogeneticModel(nn.Module):
     def _params_key(self) -> tuple[int, ...]:
         return tuple(id(p) for p in self.seed_parameters())
 
-    def _bump_if_changed(self, before: tuple[int, ...]) -> bool:
-        """``architecture_version`` moves when the seed parameters changed; True if so."""
+    def _bump_if_changed(self, before: tuple[int, ...]) -> None:
+        """``architecture_version`` moves when the seed parameters changed."""
         if self._params_key() != before:
             self.architecture_version += 1
-            return True
-        return False
 
     def counterfactual_forward(self, inputs: Any, configs: Sequence[dict[str, float]]) -> list[Any]:
         """One output per ``{slot_id: alpha}`` setting in ``configs`` (``{}``: as trained),

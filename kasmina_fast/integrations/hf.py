@@ -21,7 +21,7 @@ tensor, ``kasmina_growth``, that carries everything growth adds: the lifecycle,
 the seeds' weights, the seeds' param groups with their optimizer state and
 schedule entries (taken out of the optimizer and the scheduler for that window,
 so ``optimizer.pt`` and ``scheduler.pt`` hold the groups the Trainer itself makes),
-the pending telemetry, the Grower's and the policy's state. On
+the Grower's state (with the pending telemetry) and the policy's. On
 ``train(resume_from_checkpoint=...)`` the Trainer loads that file into the model;
 the callback keeps ``kasmina_growth`` aside and, once the Trainer has built its
 optimizer and loaded its state, puts the seeds and their groups back: training
@@ -190,9 +190,7 @@ class GrowthCallback(TrainerCallback):
         if control.should_save:
             self._arm(optimizer, lr_scheduler)
 
-    def on_epoch_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-        if control.should_save:
-            self._arm(optimizer, lr_scheduler)
+    on_epoch_end = on_step_end  # (save_strategy="epoch" decides there)
 
     def on_evaluate(
         self, args, state, control, optimizer=None, lr_scheduler=None, eval_dataloader=None, **kw
@@ -234,8 +232,7 @@ class GrowthCallback(TrainerCallback):
         growth = {
             "model": {k: state_dict.pop(k) for k in _growth_keys(module, state_dict)},
             "optimizer": self._stash,
-            "grower": self.grower.state_dict(),
-            "telemetry": {sid: t["stats"].cpu() for sid, t in self.grower._telemetry.items()},
+            "grower": self.grower.state_dict(),  # (pending telemetry included)
         }
         seen = set()
         for k in list(state_dict):  # safetensors refuses shared storage: a tied weight's twin is a copy
@@ -259,8 +256,6 @@ class GrowthCallback(TrainerCallback):
         plane.load_state_dict(growth["model"], strict=False)  # rebuilds the seeds, loads their weights
         _groups.add_groups(optimizer, plane, lr_scheduler, growth["optimizer"])
         self.grower.load_state_dict(growth["grower"])
-        device = plane.seed_slots[plane.slot_ids[0]].device
-        self.grower._telemetry = {sid: {"stats": t.to(device)} for sid, t in growth["telemetry"].items()}
 
 
 __all__ = ["GROWTH_KEY", "GrowthCallback", "negative_eval_loss"]

@@ -133,10 +133,6 @@ class GrowthCallback(pl.Callback):
         )
         if self._restored is not None:
             self.grower.load_state_dict(self._restored["grower"])
-            device = self.plane.seed_slots[self.plane.slot_ids[0]].device
-            self.grower._telemetry = {
-                sid: {"stats": t.to(device)} for sid, t in self._restored["telemetry"].items()
-            }
             self._restored = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -152,8 +148,7 @@ class GrowthCallback(pl.Callback):
         indices = _groups.seed_group_indices(optimizer, self.plane)
         return {
             "grower": self.grower.state_dict(),
-            "groups": _groups.layout(_groups.export_groups(optimizer, self.plane, scheduler, indices)),
-            "telemetry": {sid: t["stats"].cpu() for sid, t in self.grower._telemetry.items()},
+            "groups": _groups.export_groups(optimizer, self.plane, scheduler, indices, with_state=False),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

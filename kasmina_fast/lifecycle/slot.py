@@ -391,7 +391,7 @@ class SeedSlot(nn.Module):
         st = self.state
         if st is not None and st.prune_epochs > 0:
             raise RuntimeError(f"SeedSlot {self.slot_id!r}: seed {st.seed_id!r} is being pruned")
-        steps = (st.blend_epochs or self.task_config.blending_steps) if st is not None else 0
+        steps = self._ramp_steps(st) if st is not None else 0
         holding = st is not None and (
             st.stage == S.PROBATIONARY or (st.stage == S.BLENDING and st.blending_step >= steps)
         )
@@ -433,6 +433,10 @@ class SeedSlot(nn.Module):
         st.prune_from, st.prune_reason = float(self.alpha), reason
         self._freeze_if_pruning()
         return False
+
+    def _ramp_steps(self, st: SeedState) -> int:
+        """The step_epochs of the seed's current alpha ramp."""
+        return st.blend_epochs or self.task_config.blending_steps
 
     def _freeze_if_pruning(self) -> None:
         if self.state is not None and self.state.prune_epochs > 0:
@@ -484,7 +488,7 @@ class SeedSlot(nn.Module):
             if agree(st.prune_epochs == 0, self.device):
                 self.cull(st.prune_reason or "scheduled_prune")
         elif stage == S.BLENDING:
-            steps = st.blend_epochs or self.task_config.blending_steps
+            steps = self._ramp_steps(st)
             if st.blending_step < steps:  # the ramp from alpha_start to alpha_target, then hold
                 st.blending_step += 1
                 if st.blending_step >= steps:

@@ -159,13 +159,19 @@ class Grower:
         return values[0], dict(zip(cfs, values[1:]))
 
     def state_dict(self) -> dict[str, Any]:
-        """The loop's own state (the epoch, the policy's): primitives only. The model's
+        """The loop's own state: the epoch, the policy's, and the telemetry captured since
+        the last ``end_epoch`` (CPU tensors; ``weights_only`` loads it all). The model's
         lifecycle is in the model's state dict."""
         policy_state = self.policy.state_dict() if hasattr(self.policy, "state_dict") else None
-        return {"epoch": self.epoch, "calls": self._calls, "policy": policy_state}
+        telemetry = {sid: t["stats"].cpu() for sid, t in self._telemetry.items()}
+        return {"epoch": self.epoch, "calls": self._calls, "policy": policy_state, "telemetry": telemetry}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
         self._calls = int(state["calls"])
         if state.get("policy") is not None and hasattr(self.policy, "load_state_dict"):
             self.policy.load_state_dict(state["policy"])
+        slots = self.plane.seed_slots
+        self._telemetry = {
+            sid: {"stats": t.to(slots[sid].device)} for sid, t in state.get("telemetry", {}).items()
+        }

@@ -65,12 +65,9 @@ def find_plane(model: nn.Module) -> nn.Module:
 
     if isinstance(model, MorphogeneticModel):
         return model
-    for m in model.modules():
+    for m in model.modules():  # (a compiled module's _orig_mod is one of its modules)
         if isinstance(m, MorphogeneticModel):
             return m
-    inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
-    if isinstance(inner, nn.Module):
-        return find_plane(inner)
     raise TypeError(f"kasmina_fast: {type(model).__name__} holds no MorphogeneticModel (graft one first)")
 
 
@@ -87,38 +84,44 @@ def _reshard(model: nn.Module) -> None:
             m.reshard()
 
 
-def _check_scheduler(scheduler: Any) -> None:
+def schedulers(scheduler: Any) -> list[Any]:
+    """The scheduler and its children (a SequentialLR's), depth first; [] for None."""
     if scheduler is None:
-        return
-    if not isinstance(scheduler, SUPPORTED_SCHEDULERS):
-        names = ", ".join(c.__name__ for c in SUPPORTED_SCHEDULERS)
-        raise TypeError(
-            f"sync_optimizer: lr_scheduler {type(scheduler).__name__} is not supported (a new param group "
-            f"could not follow it); supported: {names}"
-        )
+        return []
+    out = [scheduler]
     for child in getattr(scheduler, "_schedulers", ()):
-        _check_scheduler(child)
+        out += schedulers(child)
+    return out
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    for s in schedulers(scheduler):
+        if not isinstance(s, SUPPORTED_SCHEDULERS):
+            names = ", ".join(c.__name__ for c in SUPPORTED_SCHEDULERS)
+            raise TypeError(
+                f"sync_optimizer: lr_scheduler {type(s).__name__} is not supported (a new param group "
+                f"could not follow it); supported: {names}"
+            )
 
 
 def _extend_scheduler(scheduler: Any, host: int, scale: float) -> None:
     """Append the entries of a new group (a copy of group ``host``'s, scaled)."""
-    for child in getattr(scheduler, "_schedulers", ()):
-        _extend_scheduler(child, host, scale)
-    if isinstance(scheduler, sched_mod.LambdaLR):
-        scheduler.lr_lambdas.append(scheduler.lr_lambdas[host])
-    if hasattr(scheduler, "base_lrs"):
-        scheduler.base_lrs.append(scheduler.base_lrs[host] * scale)
-    if hasattr(scheduler, "_last_lr"):
-        scheduler._last_lr.append(scheduler._last_lr[host] * scale)
+    for s in schedulers(scheduler):
+        if isinstance(s, sched_mod.LambdaLR):
+            s.lr_lambdas.append(s.lr_lambdas[host])
+        if hasattr(s, "base_lrs"):
+            s.base_lrs.append(s.base_lrs[host] * scale)
+        if hasattr(s, "_last_lr"):
+            s._last_lr.append(s._last_lr[host] * scale)
 
 
-def _drop_from_scheduler(scheduler: Any, index: int) -> None:
-    for child in getattr(scheduler, "_schedulers", ()):
-        _drop_from_scheduler(child, index)
-    for name in ("lr_lambdas", "base_lrs", "_last_lr"):
-        entries = getattr(scheduler, name, None)
-        if isinstance(entries, list) and len(entries) > index:
-            entries.pop(index)
+def drop_from_scheduler(scheduler: Any, index: int) -> None:
+    """Remove group ``index``'s entries from the scheduler and its children."""
+    for s in schedulers(scheduler):
+        for name in ("lr_lambdas", "base_lrs", "_last_lr"):
+            entries = getattr(s, name, None)
+            if isinstance(entries, list) and len(entries) > index:
+                entries.pop(index)
 
 
 def _host_group(optimizer: torch.optim.Optimizer, host_ids: set[int]) -> int:
@@ -155,7 +158,7 @@ def sync_optimizer(
         raise ValueError("sync_optimizer: group_options cannot set 'params'")
     plane = find_plane(model)
     _reshard(model)
-    in_model = {id(p) for p in model.parameters()} | {id(p) for p in plane.parameters()}
+    in_model = {id(p) for p in model.parameters()}  # (the plane's among them)
     changed = False
     # parameters that left: out of their group and out of the state
     for index in reversed(range(len(opt.param_groups))):
@@ -171,8 +174,7 @@ def sync_optimizer(
             group["params"] = kept
         else:
             del opt.param_groups[index]
-            if scheduler is not None:
-                _drop_from_scheduler(scheduler, index)
+            drop_from_scheduler(scheduler, index)
     # parameters that appeared: one new group, copying the host's group
     known = {id(p) for g in opt.param_groups for p in g["params"]}
     new = []

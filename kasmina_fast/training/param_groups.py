@@ -17,17 +17,12 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as sched_mod
 
-from kasmina_fast.training.optimizer import _drop_from_scheduler, unwrap_optimizer, unwrap_scheduler
-
-
-def _schedulers(scheduler: Any) -> list[Any]:
-    """The scheduler and its children (SequentialLR), depth first."""
-    if scheduler is None:
-        return []
-    out = [scheduler]
-    for child in getattr(scheduler, "_schedulers", ()):
-        out += _schedulers(child)
-    return out
+from kasmina_fast.training.optimizer import (
+    drop_from_scheduler,
+    schedulers,
+    unwrap_optimizer,
+    unwrap_scheduler,
+)
 
 
 def seed_group_indices(optimizer: Any, plane: nn.Module) -> list[int]:
@@ -46,9 +41,13 @@ def seed_group_indices(optimizer: Any, plane: nn.Module) -> list[int]:
     return found
 
 
-def export_groups(optimizer: Any, plane: nn.Module, scheduler: Any, indices: list[int]) -> dict[str, Any]:
-    """The groups ``indices``: hyperparameters, parameter names, optimizer state, and
-    each scheduler's entries (``weights_only``-loadable: tensors and primitives)."""
+def export_groups(
+    optimizer: Any, plane: nn.Module, scheduler: Any, indices: list[int], *, with_state: bool = True
+) -> dict[str, Any]:
+    """The groups ``indices``: hyperparameters, parameter names, optimizer state (empty
+    without ``with_state``: what a framework that saves the optimizer state itself
+    needs to rebuild the groups before loading it), and each scheduler's entries
+    (``weights_only``-loadable: tensors and primitives)."""
     opt = unwrap_optimizer(optimizer)
     names = {id(p): n for n, p in plane.named_parameters()}
     groups = []
@@ -58,12 +57,12 @@ def export_groups(optimizer: Any, plane: nn.Module, scheduler: Any, indices: lis
             {
                 "hyper": {k: v for k, v in g.items() if k != "params"},
                 "params": [names[id(p)] for p in g["params"]],
-                "state": [dict(opt.state.get(p, {})) for p in g["params"]],
+                "state": [dict(opt.state.get(p, {})) if with_state else {} for p in g["params"]],
             }
         )
     scheds = []
     n_base = len(opt.param_groups) - len(indices)
-    for s in _schedulers(unwrap_scheduler(scheduler)):
+    for s in schedulers(unwrap_scheduler(scheduler)):
         entry: dict[str, Any] = {}
         for name in ("base_lrs", "_last_lr"):
             if isinstance(getattr(s, name, None), list):
@@ -84,8 +83,7 @@ def remove_groups(optimizer: Any, scheduler: Any, indices: list[int]) -> None:
         for p in opt.param_groups[i]["params"]:
             opt.state.pop(p, None)
         del opt.param_groups[i]
-        if sched is not None:
-            _drop_from_scheduler(sched, i)
+        drop_from_scheduler(sched, i)
 
 
 def add_groups(optimizer: Any, plane: nn.Module, scheduler: Any, exported: dict[str, Any]) -> None:
@@ -104,21 +102,9 @@ def add_groups(optimizer: Any, plane: nn.Module, scheduler: Any, exported: dict[
                 opt.state[p] = {
                     k: v.to(p.device) if torch.is_tensor(v) and v.ndim else v for k, v in state.items()
                 }
-    for s, entry in zip(_schedulers(unwrap_scheduler(scheduler)), exported["schedulers"]):
+    for s, entry in zip(schedulers(unwrap_scheduler(scheduler)), exported["schedulers"]):
         for name in ("base_lrs", "_last_lr"):
             if name in entry:
                 getattr(s, name).extend(entry[name])
         if "lambda_source" in entry:
             s.lr_lambdas.extend(s.lr_lambdas[j] for j in entry["lambda_source"])
-
-
-def layout(exported: dict[str, Any]) -> dict[str, Any]:
-    """``export_groups`` output without the tensors: what a framework that saves the
-    optimizer state itself (Lightning) needs to rebuild the groups before loading it."""
-    return {
-        "groups": [
-            {"hyper": g["hyper"], "params": g["params"], "state": [{}] * len(g["params"])}
-            for g in exported["groups"]
-        ],
-        "schedulers": exported["schedulers"],
-    }

@@ -194,3 +194,21 @@ def test_no_silent_stall(caplog, captured):
     slot.materialize_gradient_telemetry(t)
     result = slot.gates.check(S.BLENDING, slot.state)
     assert "seed_gradient_measured" not in result.checks_failed
+
+
+def test_pending_telemetry_is_part_of_the_growers_state():
+    """A save between end_epoch calls keeps the captured statistics (a Trainer or Lightning
+    checkpoint mid-epoch): the resumed Grower materialises the same G2 ratio."""
+    model, opt, sched, data, evaluate = _setup()
+    model.germinate_seed("conv_light", slot="mid")
+    model.advance_stage(S.TRAINING, slot="mid")
+    grower = kf.Grower(model, opt, evaluate=evaluate, lr_scheduler=sched, policy=lambda *a: None)
+    _train_epoch(model, opt, sched, data, grower.after_backward)
+    state = grower.state_dict()
+    assert set(state["telemetry"]) == {"mid"}
+    other = kf.Grower(model, opt, evaluate=evaluate, lr_scheduler=sched, policy=lambda *a: None)
+    other.load_state_dict(state)
+    other.end_epoch()
+    measured = model.seed_slots["mid"].state.metrics.seed_gradient_norm_ratio
+    grower.end_epoch()
+    assert model.seed_slots["mid"].state.metrics.seed_gradient_norm_ratio == measured > 0
