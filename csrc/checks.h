@@ -82,9 +82,10 @@ inline void check_blend_args(const at::Tensor& host, const at::Tensor& seed, con
   check_alpha(host, alpha, op);
 }
 
+// The backward of blend or valve (`op` names it): the forward's arguments plus
+// grad, which must match host.
 inline void check_blend_backward_args(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
-                                      const at::Tensor& alpha) {
-  const char* op = "kasmina::blend_backward";
+                                      const at::Tensor& alpha, const char* op = "kasmina::blend_backward") {
   check_blend_args(host, seed, alpha, op);
   TORCH_CHECK_VALUE(grad.sizes() == host.sizes() && grad.scalar_type() == host.scalar_type() &&
                         grad.device() == host.device(),

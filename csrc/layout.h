@@ -10,7 +10,9 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <initializer_list>
+#include <tuple>
 
 #include "numeric.h"
 
@@ -42,16 +44,17 @@ inline Blocks dense_blocks(const at::Tensor& ref, bool per_sample, std::initiali
   return b;
 }
 
-// The backward's dense view: d_host/d_seed need only g (and share its
-// layout); host and seed are read only for d_alpha.
+// The backward's dense view. Blend's d_host/d_seed need only g (and share its
+// layout), host and seed are read only for d_alpha; valve reads host and seed
+// for every output (`reads_inputs`).
 inline Blocks backward_blocks(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
                               const at::Tensor& d_host, const at::Tensor& d_seed, bool per_sample,
-                              std::array<bool, 3> mask) {
+                              std::array<bool, 3> mask, bool reads_inputs) {
   Blocks blk = dense_blocks(host, per_sample, {&grad});
   if (!blk.dense || host.numel() == 0) return blk;
   if (mask[0] && d_host.strides() != host.strides()) blk.dense = false;
   if (mask[1] && d_seed.strides() != host.strides()) blk.dense = false;
-  if (mask[2] && seed.strides() != host.strides()) blk.dense = false;
+  if ((mask[2] || reads_inputs) && seed.strides() != host.strides()) blk.dense = false;
   return blk;
 }
 
@@ -63,24 +66,32 @@ inline at::ScalarType acc_dtype(const at::Tensor& host) {
 // alpha in that dtype (no copy when it already is), as the kernels read it.
 inline at::Tensor alpha_acc(const at::Tensor& alpha, const at::Tensor& host) { return alpha.to(acc_dtype(host)); }
 
-// Strided fallback of blend and its backward (ATen ops, correct for any
-// layout, several passes), in fp32 (fp64 for fp64) like the dense kernels.
+// Strided fallbacks of blend, valve and their backwards (ATen ops, correct for
+// any layout, several passes), in fp32 (fp64 for fp64) like the dense kernels.
+// The backwards fill the outputs `mask` asks for.
 at::Tensor blend_fallback(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha, at::Tensor out);
 void blend_backward_fallback(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
                              const at::Tensor& alpha, std::array<bool, 3> mask, at::Tensor& d_host, at::Tensor& d_seed,
                              at::Tensor& d_alpha);
+at::Tensor valve_fallback(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha, at::Tensor out);
+void valve_backward_fallback(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
+                             const at::Tensor& alpha, bool isolate, std::array<bool, 3> mask, at::Tensor& d_host,
+                             at::Tensor& d_seed, at::Tensor& d_alpha);
 
-// What every blend_backward kernel does first: check the arguments, allocate
-// the outputs (the ones not asked for are empty [0] tensors), and finish the
-// job right away when the dense kernels have nothing to do (strided layouts go
-// to the fallback, empty tensors give a zero d_alpha). `done` says so.
-struct BlendBackwardPlan {
+// What every blend_backward / valve_backward kernel does first: check the
+// arguments, allocate the outputs (the ones not asked for are empty [0]
+// tensors), and finish the job right away when the dense kernels have nothing
+// to do (strided layouts go to the op's fallback, empty tensors give a zero
+// d_alpha). `done` says so.
+struct BackwardPlan {
   at::Tensor d_host, d_seed, d_alpha;
   Blocks blocks;
   bool done = false;
   std::tuple<at::Tensor, at::Tensor, at::Tensor> outputs() const { return {d_host, d_seed, d_alpha}; }
 };
-BlendBackwardPlan plan_blend_backward(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
-                                      const at::Tensor& alpha, std::array<bool, 3> mask);
+BackwardPlan plan_blend_backward(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
+                                 const at::Tensor& alpha, std::array<bool, 3> mask);
+BackwardPlan plan_valve_backward(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
+                                 const at::Tensor& alpha, bool isolate, std::array<bool, 3> mask);
 
 }  // namespace kasmina

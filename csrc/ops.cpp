@@ -1,9 +1,10 @@
-// The `kasmina` op library: the five public schemas, the CPU kernels and the
+// The `kasmina` op library: the seven public schemas, the CPU kernels and the
 // C++ autograd.
 //
 // torch.ops.kasmina holds these ops and no others: blend, blend_backward
 // (blend's fused backward, called by blend's autograd and visible in traced
-// backward graphs), ste, foreach_norm and gradient_stats. Which kernel runs is
+// backward graphs), valve, valve_backward (the same pair for the valve blend),
+// ste, foreach_norm and gradient_stats. Which kernel runs is
 // the dispatcher's choice: the CPU key runs the C++ kernels (csrc/cpu), the
 // CUDA key the CUDA C++ kernels (csrc/cuda, when built). The Triton kernels
 // are registered from Python at the key they serve, over these, while the
@@ -24,6 +25,10 @@ at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tensor& grad, const at::Tensor& host,
                                                                   const at::Tensor& seed, const at::Tensor& alpha,
                                                                   std::array<bool, 3> output_mask);
+at::Tensor valve_cpu(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha, bool isolate);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> valve_backward_cpu(const at::Tensor& grad, const at::Tensor& host,
+                                                                  const at::Tensor& seed, const at::Tensor& alpha,
+                                                                  bool isolate, std::array<bool, 3> output_mask);
 at::Tensor ste_kernel(const at::Tensor& host, const at::Tensor& seed);
 at::Tensor foreach_norm_cpu(at::TensorList tensors);
 at::Tensor gradient_stats_cpu(at::TensorList host_grads, at::TensorList seed_grads, int64_t host_params,
@@ -49,6 +54,20 @@ const auto& blend_backward_op() {
       find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                              const at::Tensor&, std::array<bool, 3>)>(
           "kasmina::blend_backward");
+  return op;
+}
+
+const auto& valve_op() {
+  static const auto op =
+      find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>("kasmina::valve");
+  return op;
+}
+
+const auto& valve_backward_op() {
+  static const auto op =
+      find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                             const at::Tensor&, bool, std::array<bool, 3>)>(
+          "kasmina::valve_backward");
   return op;
 }
 
@@ -86,6 +105,29 @@ class BlendFunction : public torch::autograd::Function<BlendFunction> {
   }
 };
 
+// valve: every gradient reads host and seed (t = tanh(seed - host)); saves
+// host, seed and alpha, and isolate (whether the seed's input was detached).
+class ValveFunction : public torch::autograd::Function<ValveFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& host, const at::Tensor& seed,
+                            const at::Tensor& alpha, bool isolate) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor out = valve_op().call(host, seed, alpha, isolate);
+    ctx->save_for_backward({host, seed, alpha});
+    ctx->saved_data["isolate"] = isolate;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
+    auto [d_host, d_seed, d_alpha] =
+        valve_backward_op().call(grads[0], saved[0], saved[1], saved[2], ctx->saved_data["isolate"].toBool(), mask);
+    return {mask[0] ? d_host : at::Tensor(), mask[1] ? d_seed : at::Tensor(), mask[2] ? d_alpha : at::Tensor(),
+            at::Tensor()};
+  }
+};
+
 // ste: value = host, both inputs receive g unchanged (no kernel in backward).
 class SteFunction : public torch::autograd::Function<SteFunction> {
  public:
@@ -99,6 +141,10 @@ class SteFunction : public torch::autograd::Function<SteFunction> {
 
 at::Tensor blend_autograd(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha) {
   return BlendFunction::apply(host, seed, alpha);
+}
+
+at::Tensor valve_autograd(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha, bool isolate) {
+  return ValveFunction::apply(host, seed, alpha, isolate);
 }
 
 at::Tensor ste_autograd(const at::Tensor& host, const at::Tensor& seed) { return SteFunction::apply(host, seed); }
@@ -148,6 +194,13 @@ TORCH_LIBRARY(kasmina, m) {
   m.def(
       "blend_backward(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // valve: host * (1 + clamp(alpha, 0, 1) * tanh(seed - host)); isolate: the
+  // seed's input was the host detached (the backward then drops d_host's term
+  // through seed - host)
+  m.def("valve(Tensor host, Tensor seed, Tensor alpha, bool isolate=False) -> Tensor");
+  m.def(
+      "valve_backward(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool isolate, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def("ste(Tensor host, Tensor seed) -> Tensor");
   // cudagraph_unsafe: on CUDA the norm kernels read a chunk table cached by the
   // tensors' addresses (norm_plan.h), which a capture can use only when a call
@@ -162,13 +215,15 @@ TORCH_LIBRARY(kasmina, m) {
 TORCH_LIBRARY_IMPL(kasmina, CPU, m) {
   m.impl("blend", &kasmina::blend_cpu);
   m.impl("blend_backward", &kasmina::blend_backward_cpu);
+  m.impl("valve", &kasmina::valve_cpu);
+  m.impl("valve_backward", &kasmina::valve_backward_cpu);
   m.impl("ste", &kasmina::ste_kernel);
   m.impl("foreach_norm", &kasmina::foreach_norm_cpu);
   m.impl("gradient_stats", &kasmina::gradient_stats_cpu);
 }
 
 #ifdef KASMINA_WITH_CUDA
-// blend, blend_backward and the norms register their CUDA kernels in csrc/cuda.
+// blend, valve, their backwards and the norms register their CUDA kernels in csrc/cuda.
 TORCH_LIBRARY_IMPL(kasmina, CUDA, m) { m.impl("ste", &kasmina::ste_kernel); }
 #endif
 
@@ -179,6 +234,7 @@ TORCH_LIBRARY_IMPL(kasmina, CompositeExplicitAutograd, m) {
 
 TORCH_LIBRARY_IMPL(kasmina, Autograd, m) {
   m.impl("blend", &kasmina::blend_autograd);
+  m.impl("valve", &kasmina::valve_autograd);
   m.impl("ste", &kasmina::ste_autograd);
   m.impl("foreach_norm", &kasmina::foreach_norm_autograd);
   m.impl("gradient_stats", &kasmina::gradient_stats_autograd);

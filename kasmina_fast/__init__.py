@@ -1,6 +1,6 @@
 """kasmina-fast: grow neural networks while they train.
 
-The fast ops (``blend``, ``ste``, ``foreach_norm``, ``gradient_stats``) are
+The fast ops (``blend``, ``valve``, ``ste``, ``foreach_norm``, ``gradient_stats``) are
 ``torch.library`` custom ops in the ``kasmina`` namespace with fused C++,
 CUDA and Triton kernels, checked against one eager reference
 (:mod:`kasmina_fast.reference`). :mod:`kasmina_fast.backends` says which
@@ -16,7 +16,15 @@ from kasmina_fast.blueprints import BlueprintRegistry, BlueprintSpec
 from kasmina_fast.hosts import CNNHost, HostProtocol, ModuleHost, MorphogeneticModel, TransformerHost, graft
 from kasmina_fast.lifecycle import *  # noqa: F403
 from kasmina_fast.lifecycle import __all__ as _lifecycle_all
-from kasmina_fast.ops import blend, blend_with_isolation, foreach_norm, gradient_stats, ste, ste_forward
+from kasmina_fast.ops import (
+    blend,
+    blend_with_isolation,
+    foreach_norm,
+    gradient_stats,
+    ste,
+    ste_forward,
+    valve,
+)
 from kasmina_fast.training import EpochReport, Grower, sync_optimizer
 
 __version__ = "0.1.0"
@@ -45,4 +53,5 @@ __all__ = [
     "ste_forward",
     "sync_optimizer",
     "use_backend",
+    "valve",
 ]

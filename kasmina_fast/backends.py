@@ -44,7 +44,15 @@ from kasmina_fast import _extension
 
 NAMES: tuple[str, ...] = ("cpp", "cuda", "triton")
 CHOICES: tuple[str, ...] = ("auto", *NAMES)
-OPS: tuple[str, ...] = ("blend", "blend_backward", "ste", "foreach_norm", "gradient_stats")
+OPS: tuple[str, ...] = (
+    "blend",
+    "blend_backward",
+    "valve",
+    "valve_backward",
+    "ste",
+    "foreach_norm",
+    "gradient_stats",
+)
 
 
 def _interpreted() -> bool:
@@ -112,11 +120,13 @@ def _register_triton(on: bool) -> None:
         _triton_lib._destroy()
         _triton_lib = None
         return
-    from kasmina_fast.triton_kernels import blend, norms
+    from kasmina_fast.triton_kernels import blend, norms, valve
 
     kernels = {
         "blend": blend.blend,
         "blend_backward": blend.blend_backward,
+        "valve": valve.valve,
+        "valve_backward": valve.valve_backward,
         "ste": blend.ste,
         "foreach_norm": norms.foreach_norm,
         "gradient_stats": norms.gradient_stats,

@@ -49,6 +49,59 @@ def blend_backward(
     return d_host, d_seed, d_alpha
 
 
+def valve(host: Tensor, seed: Tensor, alpha: Tensor, isolate: bool = False) -> Tensor:
+    """``host * (1 + w * tanh(seed - host))`` with ``w = clamp(alpha, 0, 1)``; alpha 0-d
+    or ``[B, 1, ..., 1]``. ``isolate``: the seed's input was ``host`` detached, so no
+    gradient reaches ``host`` through ``seed - host`` (autograd here: ``host`` is
+    detached in that term)."""
+    w = alpha.clamp(0, 1).to(host.dtype)
+    inner = host.detach() if isolate else host
+    return host * (1 + w * torch.tanh(seed - inner))
+
+
+def valve_backward(
+    grad: Tensor,
+    host: Tensor,
+    seed: Tensor,
+    alpha: Tensor,
+    isolate: bool,
+    output_mask: Sequence[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Explicit gradients of :func:`valve` (what autograd computes through it).
+
+    With ``t = tanh(seed - host)``: ``d_seed = g host w (1 - t^2)``,
+    ``d_host = g (1 + w t) - d_seed`` (without ``- d_seed`` when ``isolate``),
+    ``d_alpha = [0 <= alpha <= 1] * sum(g host t)`` over the broadcast dims;
+    computed in fp32 (fp64 for fp64). Outputs not asked for are empty ``[0]``.
+    """
+    acc = torch.float64 if host.dtype == torch.float64 else torch.float32
+    w = alpha.clamp(0, 1).to(acc)
+    g, h = grad.to(acc), host.to(acc)
+    t = torch.tanh(seed.to(acc) - h)
+    q = g * h * w * (1 - t * t)
+    empty = host.new_empty(0)
+    d_host = g * (1 + w * t) if isolate else g * (1 + w * t) - q
+    d_host = torch.empty_like(host).copy_(d_host) if output_mask[0] else empty
+    d_seed = torch.empty_like(host).copy_(q) if output_mask[1] else empty
+    if output_mask[2]:
+        prod = g * h * t
+        total = prod.sum_to_size(alpha.shape) if alpha.dim() else prod.sum()
+        inside = (alpha >= 0) & (alpha <= 1)
+        d_alpha = torch.where(inside, total, torch.zeros_like(total)).to(alpha.dtype).contiguous()
+    else:
+        d_alpha = alpha.new_empty(0)
+    return d_host, d_seed, d_alpha
+
+
+def valve_precise(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
+    """:func:`valve` in fp32 (fp64 for fp64) into a tensor laid out like host: the
+    Triton kernels' fallback for layouts they do not walk."""
+    acc = torch.float64 if host.dtype == torch.float64 else torch.float32
+    h = host.to(acc)
+    out = h * (1 + alpha.clamp(0, 1).to(acc) * torch.tanh(seed.to(acc) - h))
+    return torch.empty_like(host).copy_(out)
+
+
 def blend_precise(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
     """:func:`blend` computed in fp32 (fp64 for fp64) into a tensor laid out like
     host: the kernels' fallback for layouts they do not walk."""

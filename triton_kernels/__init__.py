@@ -1,7 +1,8 @@
 """Triton kernels of kasmina-fast, installed as ``kasmina_fast.triton_kernels``.
 
 Only ``@triton.jit`` kernels and the functions that launch them live here:
-``blend.py`` (blend forward, fused backward, the STE copy) and ``norms.py``
+``blend.py`` (blend forward, fused backward, the STE copy), ``valve.py``
+(valve forward and fused backward) and ``norms.py``
 (multi-tensor sums of squares); ``layout.py`` holds the shared layout rule.
 Each op's launching function is that op's kernel while the Triton backend is
 selected (``kasmina_fast.backends`` registers it at the dispatcher). This

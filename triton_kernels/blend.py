@@ -224,13 +224,21 @@ def blend_backward(
                 num_warps=NUM_WARPS,
             )
         if mask[2]:
-            da = d_alpha if d_alpha.dtype == a.dtype else torch.empty_like(d_alpha, dtype=a.dtype)
-            d_alpha_finalize_kernel[(B,)](
-                parts, progs, a, a_stride, da, BLOCK=FINAL_BLOCK, ACC=acc, num_warps=4
-            )
-            if da is not d_alpha:
-                d_alpha.copy_(da)
+            finalize_d_alpha(parts, progs, a, a_stride, d_alpha, acc)
     return d_host, d_seed, d_alpha
+
+
+def finalize_d_alpha(
+    parts: torch.Tensor, progs: int, a: torch.Tensor, a_stride: int, d_alpha: torch.Tensor, acc
+) -> None:
+    """d_alpha from the ``progs`` partials per sample (blend's and valve's backward):
+    their fixed-order sum where alpha is inside [0, 1], else 0, in d_alpha's dtype."""
+    da = d_alpha if d_alpha.dtype == a.dtype else torch.empty_like(d_alpha, dtype=a.dtype)
+    d_alpha_finalize_kernel[(d_alpha.numel(),)](
+        parts, progs, a, a_stride, da, BLOCK=FINAL_BLOCK, ACC=acc, num_warps=4
+    )
+    if da is not d_alpha:
+        d_alpha.copy_(da)
 
 
 def ste(host: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:

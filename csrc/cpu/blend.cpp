@@ -27,27 +27,8 @@ namespace {
 
 using cpu::Acc;
 using cpu::kChunk;
-
 using cpu::kLine;
-
-// out[i] = f(i) over [lo, hi); with STREAM, whole cache lines go out as
-// streaming stores (out must be line-aligned at index 0).
-template <bool STREAM, typename T, typename F>
-inline void write_range(T* out, int64_t lo, int64_t hi, const F& f) {
-  if constexpr (STREAM) {
-    constexpr int64_t L = kLine / sizeof(T);
-    int64_t i = lo;
-    for (const int64_t head = std::min(hi, (lo + L - 1) / L * L); i < head; ++i) out[i] = f(i);
-    for (; i + L <= hi; i += L) {
-      alignas(64) T tmp[L];
-      for (int64_t j = 0; j < L; ++j) tmp[j] = f(i + j);
-      cpu::stream_line(out + i, tmp);
-    }
-    for (; i < hi; ++i) out[i] = f(i);
-  } else {
-    for (int64_t i = lo; i < hi; ++i) out[i] = f(i);
-  }
-}
+using cpu::write_range;
 
 template <typename T, bool STREAM>
 void blend_forward_dense(const T* h, const T* s, T* o, const std::vector<typename Acc<T>::type>& w, int64_t B,
@@ -169,7 +150,7 @@ at::Tensor blend_cpu(const at::Tensor& host, const at::Tensor& seed, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tensor& grad, const at::Tensor& host,
                                                                   const at::Tensor& seed, const at::Tensor& alpha,
                                                                   std::array<bool, 3> mask) {
-  const BlendBackwardPlan plan = plan_blend_backward(grad, host, seed, alpha, mask);
+  const BackwardPlan plan = plan_blend_backward(grad, host, seed, alpha, mask);
   if (plan.done) return plan.outputs();
   const Blocks& blk = plan.blocks;
   const at::Tensor &d_host = plan.d_host, &d_seed = plan.d_seed, &d_alpha = plan.d_alpha;
@@ -195,17 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cpu(const at::Tens
     } else {
       backward_da<scalar_t, false, false>(true, stream, g, h, s, dh, ds, partial.data(), w, B, N);
     }
-    if (mask[2]) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, alpha.scalar_type(), "kasmina_blend_dalpha", [&] {
-        scalar_t* da = d_alpha.mutable_data_ptr<scalar_t>();
-        for (int64_t b = 0; b < B; ++b) {
-          double sum = 0;
-          for (int64_t c = 0; c < per; ++c) sum += partial[b * per + c];
-          // like clamp's backward: outside [0, 1] the gradient is 0, even a NaN one
-          da[b] = static_cast<scalar_t>(inside[b] != 0 ? sum : 0.0);
-        }
-      });
-    }
+    if (mask[2]) cpu::finish_d_alpha(d_alpha, partial, inside.data(), B, per);
   });
   return plan.outputs();
 }

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../layout.h"
 
@@ -40,6 +41,22 @@ void read_alpha(const at::Tensor& alpha, int64_t B, A* w, A* mask) {
       w[i] = std::min(std::max(a, A(0)), A(1));
       if (a != a) w[i] = a;  // std::max/min may drop a NaN depending on order
       if (mask) mask[i] = (a >= A(0) && a <= A(1)) ? A(1) : A(0);
+    }
+  });
+}
+
+// d_alpha[b] = inside[b] ? sum_c partial[b * per + c] : 0, the sum in fp64 in
+// task order (deterministic), into d_alpha's own dtype. Like clamp's backward:
+// outside [0, 1] the gradient is 0, even a NaN one.
+template <typename A>
+void finish_d_alpha(const at::Tensor& d_alpha, const std::vector<double>& partial, const A* inside, int64_t B,
+                    int64_t per) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d_alpha.scalar_type(), "kasmina_d_alpha", [&] {
+    scalar_t* da = d_alpha.mutable_data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      double sum = 0;
+      for (int64_t c = 0; c < per; ++c) sum += partial[b * per + c];
+      da[b] = static_cast<scalar_t>(inside[b] != 0 ? sum : 0.0);
     }
   });
 }

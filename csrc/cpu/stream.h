@@ -8,6 +8,7 @@
 // output is better left in cache for the next op).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -52,6 +53,26 @@ inline void stream_fence() {
 #if KASMINA_HAVE_STREAM
   _mm_sfence();
 #endif
+}
+
+// out[i] = f(i) over [lo, hi); with STREAM, whole cache lines go out as
+// streaming stores (out must be line-aligned at index 0), the partial lines at
+// either end as plain stores.
+template <bool STREAM, typename T, typename F>
+inline void write_range(T* out, int64_t lo, int64_t hi, const F& f) {
+  if constexpr (STREAM) {
+    constexpr int64_t L = kLine / sizeof(T);
+    int64_t i = lo;
+    for (const int64_t head = std::min(hi, (lo + L - 1) / L * L); i < head; ++i) out[i] = f(i);
+    for (; i + L <= hi; i += L) {
+      alignas(64) T tmp[L];
+      for (int64_t j = 0; j < L; ++j) tmp[j] = f(i + j);
+      stream_line(out + i, tmp);
+    }
+    for (; i < hi; ++i) out[i] = f(i);
+  } else {
+    for (int64_t i = lo; i < hi; ++i) out[i] = f(i);
+  }
 }
 
 }  // namespace kasmina::cpu

@@ -78,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cuda(const at::Ten
                                                                    const at::Tensor& seed, const at::Tensor& alpha,
                                                                    std::array<bool, 3> mask) {
   const c10::cuda::CUDAGuard guard(host.device());
-  const BlendBackwardPlan plan = plan_blend_backward(grad, host, seed, alpha, mask);
+  const BackwardPlan plan = plan_blend_backward(grad, host, seed, alpha, mask);
   if (plan.done) return plan.outputs();
   const Blocks& blk = plan.blocks;
   const at::Tensor &d_host = plan.d_host, &d_seed = plan.d_seed, &d_alpha = plan.d_alpha;

@@ -81,9 +81,13 @@ def check_blend(
 
 
 def check_blend_backward(
-    grad: torch.Tensor, host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor
+    grad: torch.Tensor,
+    host: torch.Tensor,
+    seed: torch.Tensor,
+    alpha: torch.Tensor,
+    op: str = "kasmina::blend_backward",
 ) -> None:
-    op = "kasmina::blend_backward"
+    """The backward of blend or valve (``op``): the forward's checks, and grad like host."""
     check_blend(host, seed, alpha, op)
     if grad.shape != host.shape or grad.dtype != host.dtype or grad.device != host.device:
         raise ValueError(

@@ -31,6 +31,19 @@ def _reference(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
 _blend = torch.ops.kasmina.blend.default if _extension.LOADED else _reference
 
 
+def as_alpha(alpha: float, host: Tensor, op: str) -> Tensor:
+    """A Python number as a 0-d alpha on host's device (fp32, fp64 for fp64 hosts).
+    Under ``torch.compile`` the number stays a graph input."""
+    if not isinstance(alpha, numbers.Real):
+        raise ValueError(f"{op}: alpha must be a Tensor or a real number, got {type(alpha).__name__}")
+    dtype = torch.float64 if host.dtype == torch.float64 else torch.float32
+    if torch.compiler.is_compiling():
+        # traced as a graph input (one recompile, then dynamic); full() would
+        # bake the value in and recompile for every new alpha
+        return torch.zeros((), dtype=dtype, device=host.device) + alpha
+    return torch.full((), alpha, dtype=dtype, device=host.device)
+
+
 def blend(host: Tensor, seed: Tensor, alpha: Tensor | float) -> Tensor:
     """Blend ``seed`` into ``host``: ``lerp(host, seed, clamp(alpha, 0, 1))``.
 
@@ -47,17 +60,7 @@ def blend(host: Tensor, seed: Tensor, alpha: Tensor | float) -> Tensor:
         ValueError: naming the op and the argument, on any mismatch.
     """
     if not isinstance(alpha, Tensor):
-        if not isinstance(alpha, numbers.Real):
-            raise ValueError(
-                f"kasmina::blend: alpha must be a Tensor or a real number, got {type(alpha).__name__}"
-            )
-        dtype = torch.float64 if host.dtype == torch.float64 else torch.float32
-        if torch.compiler.is_compiling():
-            # traced as a graph input (one recompile, then dynamic); full() would
-            # bake the value in and recompile for every new alpha
-            alpha = torch.zeros((), dtype=dtype, device=host.device) + alpha
-        else:
-            alpha = torch.full((), alpha, dtype=dtype, device=host.device)
+        alpha = as_alpha(alpha, host, "kasmina::blend")
     return _blend(host, seed, alpha)
 
 

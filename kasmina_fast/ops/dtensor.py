@@ -11,7 +11,7 @@ over the whole mesh. One all-reduce (SUM) of those sums per call, both groups of
 to ``Replicate`` (a collective of its own). The DTensors must share one mesh
 that is 1-D or spans the whole default group.
 
-``blend``, ``blend_backward`` and ``ste`` on DTensors: a pointwise sharding rule
+``blend``, ``valve``, their backwards and ``ste`` on DTensors: a pointwise sharding rule
 (registered with DTensor's ``register_sharding``): host, seed (and the incoming
 gradient) with the same placements; alpha replicated, except a per-sample alpha
 of a host sharded along its batch dim, which is sharded the same way; the
@@ -110,20 +110,30 @@ def _register_pointwise_sharding() -> None:
     def _blend(host, seed, alpha):
         return [([p], [p, p, alpha_placement(host, alpha, p)]) for p in host_placements(host)]
 
+    @register_sharding(torch.ops.kasmina.valve.default)
+    def _valve(host, seed, alpha, isolate=False):
+        return [([p], [p, p, alpha_placement(host, alpha, p), None]) for p in host_placements(host)]
+
     @register_sharding(torch.ops.kasmina.ste.default)
     def _ste(host, seed):
         return [([p], [p, p]) for p in host_placements(host)]
 
-    @register_sharding(torch.ops.kasmina.blend_backward.default)
-    def _blend_backward(grad, host, seed, alpha, output_mask):
+    def backward_rules(host, alpha, output_mask, n_flags):
         out = []
         for p in host_placements(host):
             a = alpha_placement(host, alpha, p)
             d_alpha = a if isinstance(a, Shard) or p == Replicate() else Partial()
             outs = [p if output_mask[0] else Replicate(), p if output_mask[1] else Replicate()]
-            out.append(([*outs, d_alpha if output_mask[2] else Replicate()], [p, p, p, a, None]))
+            out.append(([*outs, d_alpha if output_mask[2] else Replicate()], [p, p, p, a, *[None] * n_flags]))
         return out
 
+    @register_sharding(torch.ops.kasmina.blend_backward.default)
+    def _blend_backward(grad, host, seed, alpha, output_mask):
+        return backward_rules(host, alpha, output_mask, 1)
+
+    @register_sharding(torch.ops.kasmina.valve_backward.default)
+    def _valve_backward(grad, host, seed, alpha, isolate, output_mask):
+        return backward_rules(host, alpha, output_mask, 2)
 
 if DTensor is not None and hasattr(torch.ops.kasmina, "blend"):
     _register_pointwise_sharding()

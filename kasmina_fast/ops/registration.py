@@ -26,10 +26,27 @@ def blend_backward_fake(
     grad: Tensor, host: Tensor, seed: Tensor, alpha: Tensor, output_mask: Sequence[bool]
 ) -> tuple[Tensor, Tensor, Tensor]:
     _checks.check_blend_backward(grad, host, seed, alpha)
+    return _backward_outputs(host, alpha, output_mask)
+
+
+def _backward_outputs(host: Tensor, alpha: Tensor, output_mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    """(d_host, d_seed, d_alpha) of a blend or valve backward; those not asked for are empty [0]."""
     d_host = torch.empty_like(host) if output_mask[0] else host.new_empty(0)
     d_seed = torch.empty_like(host) if output_mask[1] else host.new_empty(0)
     d_alpha = alpha.new_empty(alpha.shape) if output_mask[2] else alpha.new_empty(0)
     return d_host, d_seed, d_alpha
+
+
+def valve_fake(host: Tensor, seed: Tensor, alpha: Tensor, isolate: bool = False) -> Tensor:
+    _checks.check_blend(host, seed, alpha, "kasmina::valve")
+    return torch.empty_like(host)
+
+
+def valve_backward_fake(
+    grad: Tensor, host: Tensor, seed: Tensor, alpha: Tensor, isolate: bool, output_mask: Sequence[bool]
+) -> tuple[Tensor, Tensor, Tensor]:
+    _checks.check_blend_backward(grad, host, seed, alpha, "kasmina::valve_backward")
+    return _backward_outputs(host, alpha, output_mask)
 
 
 def ste_fake(host: Tensor, seed: Tensor) -> Tensor:
@@ -52,6 +69,8 @@ def gradient_stats_fake(
 FAKES = {
     "blend": blend_fake,
     "blend_backward": blend_backward_fake,
+    "valve": valve_fake,
+    "valve_backward": valve_backward_fake,
     "ste": ste_fake,
     "foreach_norm": foreach_norm_fake,
     "gradient_stats": gradient_stats_fake,
