@@ -15,35 +15,9 @@
 #include "../layout.h"
 #include "../stream_scratch.h"
 #include "blend_kernels.cuh"
+#include "launch.h"
 
 namespace kasmina {
-namespace {
-
-constexpr int kThreads = kBlendThreads;
-
-bool aligned16(std::initializer_list<const void*> ptrs) {
-  for (const void* p : ptrs) {
-    if (p != nullptr && reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
-  }
-  return true;
-}
-
-// Multiprocessors of the current device, read once per device.
-int64_t sm_count() {
-  static std::array<int, 64> cache{};
-  const int dev = c10::cuda::current_device();
-  if (dev >= 64) return 132;
-  if (cache[dev] == 0) {
-    int n = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    cache[dev] = n;
-  }
-  return cache[dev];
-}
-
-dim3 grid_for(int64_t B, int64_t nvec) { return blend_grid(B, nvec, sm_count()); }
-
-}  // namespace
 
 at::Tensor blend_cuda(const at::Tensor& host, const at::Tensor& seed, const at::Tensor& alpha) {
   check_blend_args(host, seed, alpha, "kasmina::blend");
@@ -64,10 +38,10 @@ at::Tensor blend_cuda(const at::Tensor& host, const at::Tensor& seed, const at::
     const A* ap = a.const_data_ptr<A>();
     if (blk.N % V == 0 && aligned16({h, s, o})) {
       blend_forward_kernel<scalar_t, V>
-          <<<grid_for(blk.B, blk.N / V), kThreads, 0, stream>>>(h, s, o, ap, astride, blk.B, blk.N);
+          <<<grid_for(blk.B, blk.N / V), kBlendThreads, 0, stream>>>(h, s, o, ap, astride, blk.B, blk.N);
     } else {
       blend_forward_kernel<scalar_t, 1>
-          <<<grid_for(blk.B, blk.N), kThreads, 0, stream>>>(h, s, o, ap, astride, blk.B, blk.N);
+          <<<grid_for(blk.B, blk.N), kBlendThreads, 0, stream>>>(h, s, o, ap, astride, blk.B, blk.N);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -117,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward_cuda(const at::Ten
       constexpr int VW = decltype(vec_width)::value;
       constexpr bool DA = decltype(with_da)::value;
       blend_backward_kernel<scalar_t, VW, DA>
-          <<<grid, kThreads, 0, stream>>>(g, h, s, dh, ds, ap, astride, pp, counters, dap, blk.B, blk.N);
+          <<<grid, kBlendThreads, 0, stream>>>(g, h, s, dh, ds, ap, astride, pp, counters, dap, blk.B, blk.N);
     };
     if (vec && mask[2]) {
       launch(std::integral_constant<int, V>{}, std::true_type{});

@@ -77,6 +77,28 @@ __global__ void blend_forward_kernel(const T* __restrict__ host, const T* __rest
   }
 }
 
+// The end of sample b's d_alpha in a backward kernel (blend's and valve's):
+// every thread of the block calls it with its partial sum `acc` of the sample.
+// With one block per sample, the block's sum is d_alpha[b]; with several, each
+// block writes its partial and the block that finishes the sample last adds
+// them in index order (deterministic), then puts the counter back to zero.
+template <typename A>
+__device__ __forceinline__ void finish_d_alpha(A acc, A a, int64_t b, A* shared, A* __restrict__ partial,
+                                               unsigned* __restrict__ counter, A* __restrict__ d_alpha) {
+  acc = block_sum(acc, shared);
+  if (gridDim.x == 1) {
+    if (threadIdx.x == 0) d_alpha[b] = inside01(a, acc);
+    return;
+  }
+  if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = acc;
+  if (last_block_done(counter + b, gridDim.x)) {  // every partial of sample b is written: add them in order
+    A sum = 0;
+    for (int64_t p = threadIdx.x; p < gridDim.x; p += blockDim.x) sum += __ldcg(partial + b * gridDim.x + p);
+    sum = block_sum(sum, shared);
+    if (threadIdx.x == 0) d_alpha[b] = inside01(a, sum);
+  }
+}
+
 // DA: compute d_alpha (host, seed, partial, counter and d_alpha are then
 // non-null; partial holds B * gridDim.x values, counter B zeros, left at zero
 // when the kernel ends). d_host or
@@ -118,20 +140,7 @@ __global__ void blend_backward_kernel(const T* __restrict__ grad, const T* __res
       if (d_host != nullptr) reinterpret_cast<VT*>(d_host + b * N)[i] = dh;
       if (d_seed != nullptr) reinterpret_cast<VT*>(d_seed + b * N)[i] = ds;
     }
-    if constexpr (DA) {
-      acc = block_sum(acc, shared);
-      if (gridDim.x == 1) {
-        if (threadIdx.x == 0) d_alpha[b] = inside01(a, acc);
-        continue;
-      }
-      if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = acc;
-      if (last_block_done(counter + b, gridDim.x)) {  // every partial of sample b is written: add them in order
-        A sum = 0;
-        for (int64_t p = threadIdx.x; p < gridDim.x; p += blockDim.x) sum += __ldcg(partial + b * gridDim.x + p);
-        sum = block_sum(sum, shared);
-        if (threadIdx.x == 0) d_alpha[b] = inside01(a, sum);
-      }
-    }
+    if constexpr (DA) finish_d_alpha(acc, a, b, shared, partial, counter, d_alpha);
   }
 }
 

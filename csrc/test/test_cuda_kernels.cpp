@@ -1,5 +1,5 @@
 // The CUDA kernels' device code, run on the CPU (cuda_emulation.h) by ctest:
-// blend forward/backward and the multi-tensor norms against fp64 loops, over
+// blend and valve forward/backward and the multi-tensor norms against fp64 loops, over
 // dtypes, vector widths, odd sizes, tails, misaligned starts, grids smaller
 // than the work (grid-stride loops) and block orders (the last-block d_alpha
 // must not depend on which block finishes last). Build with AddressSanitizer
@@ -20,6 +20,7 @@
 #include "../cuda/blend_kernels.cuh"
 #include "../chunk_table.h"
 #include "../cuda/multi_tensor_norm_kernels.cuh"
+#include "../cuda/valve_kernels.cuh"
 
 namespace {
 
@@ -195,6 +196,108 @@ void blend_suite() {
     constexpr int64_t gx = kasmina::kBlendThreads + 44;
     check_blend<T, V>(2, gx * kasmina::kBlendThreads * V, dim3(gx, 2), true);
   }
+}
+
+// ---- valve -------------------------------------------------------------------------------------
+
+// valve forward and backward (every output subset, isolated or not) against an fp64 loop;
+// d_alpha bitwise the same for three block orders, the counters back at zero.
+template <typename T, int V>
+void check_valve(int64_t B, int64_t N, dim3 grid, bool per_sample) {
+  using A = typename kasmina::Acc<T>::type;
+  const std::string tag = std::string("valve ") + name<T>() + " V=" + std::to_string(V) + " B=" + std::to_string(B) +
+                          " N=" + std::to_string(N) + " grid=" + std::to_string(grid.x) + "x" + std::to_string(grid.y);
+  const auto host = random_vec<T>(B * N), seed = random_vec<T>(B * N), grad = random_vec<T>(B * N);
+  std::vector<A> alpha(static_cast<size_t>(B));
+  const double specials[] = {-0.25, 0.0, 0.5, 1.0, 1.5};
+  for (int64_t b = 0; b < B; ++b) alpha[b] = static_cast<A>(b < 5 ? specials[b] : uniform(0, 1));
+  const int64_t astride = per_sample ? 1 : 0;
+  auto at = [](const std::vector<T>& v, int64_t k) { return static_cast<double>(v[static_cast<size_t>(k)]); };
+
+  std::vector<T> out(host.size());
+  launch(grid, dim3(kasmina::kBlendThreads), &kasmina::valve_forward_kernel<T, V>, {}, host.data(), seed.data(),
+         out.data(), alpha.data(), astride, B, N);
+  double worst = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const double w = clamp01d(static_cast<double>(alpha[b * astride]));
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t k = b * N + i;
+      const double want = at(host, k) * (1 + w * std::tanh(at(seed, k) - at(host, k)));
+      worst = std::max(worst, std::abs(at(out, k) - want) / (1 + std::abs(want)));
+    }
+  }
+  expect(worst <= tol<T>(), tag + " forward: max rel error " + std::to_string(worst));
+
+  // every subset of outputs, and isolate with all three (it changes d_host only)
+  for (int mask : {0, 1, 2, 3, 4, 5, 6, 7, 15}) {
+    const bool want_dh = mask & 1, want_ds = mask & 2, want_da = mask & 4, isolate = mask & 8;
+    std::vector<T> dh(host.size(), T(-7)), ds(host.size(), T(-7));
+    std::vector<A> partial(static_cast<size_t>(B) * grid.x, A(-7)), d_alpha(static_cast<size_t>(B), A(-7));
+    std::vector<unsigned> counter(static_cast<size_t>(B), 0u);
+    T* dhp = want_dh ? dh.data() : nullptr;
+    T* dsp = want_ds ? ds.data() : nullptr;
+    std::vector<std::vector<A>> runs;
+    const int64_t n_blocks = static_cast<int64_t>(grid.x) * grid.y;
+    bool reset = true;
+    for (const Order& order : {Order{}, reversed(n_blocks), shuffled(n_blocks)}) {
+      if (want_da) {
+        launch(grid, dim3(kasmina::kBlendThreads), &kasmina::valve_backward_kernel<T, V, true>, order, grad.data(),
+               host.data(), seed.data(), dhp, dsp, alpha.data(), astride, isolate, partial.data(), counter.data(),
+               d_alpha.data(), B, N);
+        runs.push_back(d_alpha);
+        for (int64_t b = 0; b < B; ++b) reset &= counter[b] == 0u;
+      } else {
+        launch(grid, dim3(kasmina::kBlendThreads), &kasmina::valve_backward_kernel<T, V, false>, order, grad.data(),
+               host.data(), seed.data(), dhp, dsp, alpha.data(), astride, isolate, static_cast<A*>(nullptr),
+               static_cast<unsigned*>(nullptr), static_cast<A*>(nullptr), B, N);
+        break;
+      }
+    }
+    double worst_dh = 0, worst_ds = 0, worst_da = 0;
+    bool untouched = true;
+    for (int64_t b = 0; b < B; ++b) {
+      const double a = static_cast<double>(alpha[b * astride]), w = clamp01d(a);
+      double da = 0, scale = 1e-30;
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t k = b * N + i;
+        const double g = at(grad, k), h = at(host, k), t = std::tanh(at(seed, k) - h);
+        const double q = g * h * w * (1 - t * t);
+        const double want_h = g * (1 + w * t) - (isolate ? 0.0 : q);
+        const double yard = 1 + std::abs(g) * (1 + std::abs(h));
+        if (want_dh) worst_dh = std::max(worst_dh, std::abs(at(dh, k) - want_h) / yard);
+        if (want_ds) worst_ds = std::max(worst_ds, std::abs(at(ds, k) - q) / yard);
+        if (!want_dh) untouched &= at(dh, k) == -7.0;
+        if (!want_ds) untouched &= at(ds, k) == -7.0;
+        da += g * h * t;
+        scale += std::abs(g * h * t);
+      }
+      if (!(a >= 0 && a <= 1)) da = 0;
+      if (want_da) worst_da = std::max(worst_da, std::abs(static_cast<double>(d_alpha[b]) - da) / scale);
+    }
+    const std::string m = tag + " backward mask=" + std::to_string(mask);
+    expect(worst_dh <= tol<T>(), m + " d_host: max rel error " + std::to_string(worst_dh));
+    expect(worst_ds <= tol<T>(), m + " d_seed: max rel error " + std::to_string(worst_ds));
+    expect(untouched, m + ": wrote an output that was not asked for");
+    // the bound of check_blend's d_alpha, plus the rounding of t (a few eps)
+    const double da_tol = 32 * static_cast<double>(std::numeric_limits<A>::epsilon());
+    expect(worst_da <= da_tol, m + " d_alpha: max rel error " + std::to_string(worst_da));
+    for (const auto& run : runs) {
+      expect(std::memcmp(run.data(), runs[0].data(), run.size() * sizeof(A)) == 0,
+             m + " d_alpha differs between block orders");
+    }
+    expect(reset, m + ": the counters are back at zero after every launch");
+  }
+}
+
+template <typename T>
+void valve_suite() {
+  constexpr int V = 16 / sizeof(T);
+  check_valve<T, 1>(3, 7, dim3(3, 2), true);
+  check_valve<T, 1>(3, 2 * 256 + 1, kasmina::blend_grid(3, 2 * 256 + 1, 2), true);
+  check_valve<T, V>(4, 64 * V, dim3(2, 4), true);
+  check_valve<T, V>(2, 256 * V * 2 + V, kasmina::blend_grid(2, 256 * 2 + 1, 2), true);
+  check_valve<T, V>(2, 40 * V, dim3(1, 2), true);  // one block per sample: d_alpha written directly
+  check_valve<T, V>(1, 1000 * V, dim3(5, 1), false);  // a 0-d alpha
 }
 
 // The launcher's grid: y covers the samples (capped at 65535, the kernels stride over the
@@ -471,6 +574,10 @@ int main() {
   blend_suite<double>();
   blend_suite<c10::Half>();
   blend_suite<c10::BFloat16>();
+  valve_suite<float>();
+  valve_suite<double>();
+  valve_suite<c10::Half>();
+  valve_suite<c10::BFloat16>();
   blend_grid_suite();
   chunk_table_suite();
   norms_suite();
