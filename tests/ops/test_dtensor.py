@@ -1,9 +1,11 @@
 """The ops on DTensors, with 2 gloo processes on the CPU: the norms of FSDP2-sharded
 gradients (and of every placement mix) equal the single-process values on every rank,
-a non-finite shard on one rank is flagged on every rank, and blend/ste take sharded
+a non-finite shard on one rank is flagged on every rank, and blend/valve/ste take sharded
 activations. Everything runs in one spawn (each assertion inside the workers)."""
 
 from __future__ import annotations
+
+import functools
 
 import copy
 
@@ -108,16 +110,24 @@ def _check_pointwise(rank, mesh):
         h = distribute_tensor(host, mesh, [placement]).requires_grad_()
         s = distribute_tensor(seed, mesh, [placement]).requires_grad_()
         a = distribute_tensor(alpha, mesh, [alpha_placement]).requires_grad_()
-        out = kf.blend(h, s, a)
-        assert out.placements == (placement,), out.placements
-        out.backward(distribute_tensor(gout, mesh, [placement]))
-        rh, rs, ra = (t.clone().requires_grad_() for t in (host, seed, alpha))
-        want = reference.blend(rh, rs, ra)
-        want.backward(gout)
-        what = f"rank {rank} {placement} alpha {list(alpha.shape)}"
-        _close(out.full_tensor(), want, what + " out")
-        for got, ref, name in ((h, rh, "d_host"), (s, rs, "d_seed"), (a, ra, "d_alpha")):
-            _close(got.grad.full_tensor(), ref.grad, f"{what} {name}", 1e-5)
+        ops = [
+            ("blend", kf.blend, reference.blend),
+            ("valve", functools.partial(kf.valve, isolate=False), reference.valve),
+            ("valve isolate", functools.partial(kf.valve, isolate=True), functools.partial(reference.valve, isolate=True)),
+        ]
+        for op, fast, ref_fn in ops:
+            for t in (h, s, a):
+                t.grad = None
+            out = fast(h, s, a)
+            assert out.placements == (placement,), (op, out.placements)
+            out.backward(distribute_tensor(gout, mesh, [placement]))
+            rh, rs, ra = (t.clone().requires_grad_() for t in (host, seed, alpha))
+            want = ref_fn(rh, rs, ra)
+            want.backward(gout)
+            what = f"rank {rank} {op} {placement} alpha {list(alpha.shape)}"
+            _close(out.full_tensor(), want, what + " out")
+            for got, ref, name in ((h, rh, "d_host"), (s, rs, "d_seed"), (a, ra, "d_alpha")):
+                _close(got.grad.full_tensor(), ref.grad, f"{what} {name}", 1e-5)
         t = kf.ste(h.detach().requires_grad_(), s)
         assert t.placements == (placement,)
         _close(t.full_tensor(), host, what + " ste")
