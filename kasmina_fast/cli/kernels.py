@@ -66,7 +66,7 @@ def _specs(dtype: str):
     import triton.language as tl
 
     from kasmina_fast.triton_kernels import blend as k
-    from kasmina_fast.triton_kernels import norms
+    from kasmina_fast.triton_kernels import norms, valve
 
     acc = "fp64" if dtype == "fp64" else "fp32"
     acc_tl = tl.float64 if dtype == "fp64" else tl.float32
@@ -94,6 +94,18 @@ def _specs(dtype: str):
         const = {"BLOCK": k.BLOCK, "ACC": acc_tl, "DH": True, "DS": True, "DA": da}
         name = "blend_backward" + ("+d_alpha" if da else "")
         yield name, k.blend_backward_kernel, bwd, const, (0, 1, 2, 3, 4, 5, 7, 8), k.NUM_WARPS
+    yield (
+        "valve_forward",
+        valve.valve_forward_kernel,
+        fwd,
+        {"BLOCK": valve.BLOCK, "ACC": acc_tl},
+        (0, 1, 2, 3, 5),
+        k.NUM_WARPS,
+    )
+    for da in (False, True):
+        const = {"BLOCK": valve.BLOCK, "ACC": acc_tl, "DH": True, "DS": True, "DA": da, "ISOLATE": False}
+        name = "valve_backward" + ("+d_alpha" if da else "")
+        yield name, valve.valve_backward_kernel, bwd, const, (0, 1, 2, 3, 4, 5, 7, 8), k.NUM_WARPS
     fin = {"part_ptr": f"*{acc}", "parts": "i64", "a_ptr": f"*{acc}", "a_stride": "i64", "da_ptr": f"*{acc}"}
     yield (
         "d_alpha_finalize",

@@ -246,11 +246,12 @@ class MorphogeneticModel(nn.Module):
         blend_algorithm_id: str = "sigmoid",
         alpha_target: float = 1.0,
         blend_epochs: int | None = None,
+        blend_mode: str = "lerp",
         **blueprint_options: bool | int | float | str,
     ) -> SeedState:
         """Germinate in ``slot`` (RuntimeError when a seed limit is reached); the seed
-        starts in GERMINATED and trains from the next ``step_epoch()``. ``alpha_target``
-        and ``blend_epochs``: see :meth:`SeedSlot.germinate`."""
+        starts in GERMINATED and trains from the next ``step_epoch()``. ``alpha_target``,
+        ``blend_epochs`` and ``blend_mode``: see :meth:`SeedSlot.germinate`."""
         target = self._slot(slot)
         if self.max_seeds is not None and self.count_active_seeds() >= self.max_seeds:
             raise RuntimeError(f"MorphogeneticModel: max_seeds={self.max_seeds} live seeds reached")
@@ -267,6 +268,7 @@ class MorphogeneticModel(nn.Module):
                 blend_algorithm_id,
                 alpha_target=alpha_target,
                 blend_epochs=blend_epochs,
+                blend_mode=blend_mode,
                 **blueprint_options,
             )
         finally:  # (also when a telemetry callback raised after the seed was attached)

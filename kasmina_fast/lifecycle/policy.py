@@ -46,6 +46,7 @@ class HeuristicPolicy:
         patience: epochs in TRAINING before a stalled seed is culled.
         max_germinations: germinations over the policy's life (None: no bound).
         blend_algorithm_id: the blend of the seeds it germinates.
+        blend_mode: how they join the host (``"lerp"`` or ``"valve"``, see ``SeedSlot.germinate``).
         blueprint_options: passed to the blueprint.
     """
 
@@ -61,6 +62,7 @@ class HeuristicPolicy:
         patience: int = 5,
         max_germinations: int | None = None,
         blend_algorithm_id: str = "sigmoid",
+        blend_mode: str = "lerp",
         **blueprint_options: bool | int | float | str,
     ) -> None:
         if plateau_epochs < 1 or patience < 0:
@@ -77,6 +79,7 @@ class HeuristicPolicy:
         self.patience = int(patience)
         self.max_germinations = max_germinations
         self.blend_algorithm_id = blend_algorithm_id
+        self.blend_mode = blend_mode
         self.blueprint_options = blueprint_options
         self.history: list[float] = []  # the metric since the last germination
         self.germinations = 0
@@ -102,7 +105,11 @@ class HeuristicPolicy:
                 topology = model.seed_slots[sid].task_config.topology
                 blueprint = self.blueprint or DEFAULT_BLUEPRINT[topology]
                 model.germinate_seed(
-                    blueprint, slot=sid, blend_algorithm_id=self.blend_algorithm_id, **self.blueprint_options
+                    blueprint,
+                    slot=sid,
+                    blend_algorithm_id=self.blend_algorithm_id,
+                    blend_mode=self.blend_mode,
+                    **self.blueprint_options,
                 )
                 model.advance_stage(S.TRAINING, slot=sid)  # G1 at once: it trains from the next step
                 self.germinations += 1

@@ -36,13 +36,26 @@ from kasmina_fast.lifecycle.stages import (
 )
 from kasmina_fast.lifecycle.state import SeedMetrics, SeedState
 from kasmina_fast.lifecycle.telemetry import TelemetryEvent, TelemetryEventType
-from kasmina_fast.ops import blend, ste
+from kasmina_fast.ops import blend, ste, valve
 
 S = SeedStage
 _SCHEDULED = (S.BLENDING, S.PROBATIONARY, S.FOSSILIZED)
 #: epochs in TRAINING without a gradient measurement before the slot warns (once per seed)
 STALL_WARNING_EPOCHS = 3
 logger = logging.getLogger("kasmina_fast")
+
+
+#: How a seed joins its host once blending: ``lerp`` = ``kasmina.blend`` (the seed
+#: replaces the host's features as alpha goes to 1), ``valve`` = ``kasmina.valve`` (the
+#: seed scales them by ``1 + alpha tanh(seed - host)``, within ``[1 - alpha, 1 + alpha]``).
+BLEND_MODES = ("lerp", "valve")
+
+
+def _check_blend_mode(mode: str, where: str) -> None:
+    if mode not in BLEND_MODES:
+        raise ValueError(
+            f"SeedSlot.{where}: blend_mode must be one of {', '.join(BLEND_MODES)}, got {mode!r}"
+        )
 
 
 def _check_target(value: float, epochs: int | None, where: str) -> None:
@@ -132,6 +145,7 @@ class SeedSlot(nn.Module):
         self._use_ste = False  # TRAINING: straight-through estimator
         self._isolate = False  # seed input detached from the host
         self._gated = False  # a per-sample gate scales alpha
+        self._valve = False  # the seed's blend_mode is "valve"
         self._forced_alpha: Tensor | None = None
         #: (mask, values), both [N, 1, ...]: samples where mask holds take values as alpha
         #: (MorphogeneticModel.counterfactual_forward); None otherwise
@@ -203,6 +217,7 @@ class SeedSlot(nn.Module):
         schedule = self.alpha_schedule
         # a fossilized gated seed keeps its gate: it computes what it computed in PROBATIONARY
         self._gated = stage in _SCHEDULED and schedule is not None and schedule.gated
+        self._valve = self._state is not None and self._state.blend_mode == "valve"
 
     def seed_parameters(self) -> list[nn.Parameter]:
         """The seed's parameters and its schedule's (a gated blend's gate): what an optimizer trains."""
@@ -215,7 +230,7 @@ class SeedSlot(nn.Module):
 
     def forward(self, host_features: Tensor, override_alpha: float | Tensor | None = None) -> Tensor:
         """Host features through the slot: unchanged without an active seed, the STE in
-        TRAINING, ``blend`` after it. ``override_alpha`` (thread-safe) or ``force_alpha``
+        TRAINING, ``blend`` (or ``valve``, the seed's ``blend_mode``) after it. ``override_alpha`` (thread-safe) or ``force_alpha``
         fix alpha for this call (e.g. 0 for the counterfactual)."""
         if not self._active:
             return host_features
@@ -228,7 +243,10 @@ class SeedSlot(nn.Module):
             and self._block_alpha is None
         ):
             return ste(host_features, seed_out)
-        return blend(host_features, seed_out, self._alpha_for(seed_in, override_alpha))
+        alpha = self._alpha_for(seed_in, override_alpha)
+        if self._valve:
+            return valve(host_features, seed_out, alpha, self._isolate)
+        return blend(host_features, seed_out, alpha)
 
     def _alpha_for(self, seed_in: Tensor, override_alpha: float | Tensor | None) -> Tensor | float:
         """Alpha for this call; a gate reads the seed's input (detached when isolated, so
@@ -265,6 +283,7 @@ class SeedSlot(nn.Module):
         *,
         alpha_target: float = 1.0,
         blend_epochs: int | None = None,
+        blend_mode: str = "lerp",
         **blueprint_options: bool | int | float | str,
     ) -> SeedState:
         """Create a seed from a blueprint (``blueprint_options`` go to its factory), check it
@@ -273,7 +292,8 @@ class SeedSlot(nn.Module):
         G1 and starts TRAINING. In BLENDING alpha ramps to ``alpha_target`` over
         ``blend_epochs`` step_epochs (default: the task config's ``blending_steps``) and
         holds there; below 1 the seed stays in BLENDING (G3 needs 1) until
-        :meth:`set_alpha_target` moves it.
+        :meth:`set_alpha_target` moves it. ``blend_mode`` (``BLEND_MODES``): how the
+        seed joins the host from BLENDING on, FOSSILIZED included.
 
         Raises:
             RuntimeError: the slot holds a seed that is not failed, or is still cleaning up after a cull.
@@ -292,6 +312,7 @@ class SeedSlot(nn.Module):
                 "cull it first"
             )
         check_blend_algorithm(blend_algorithm_id)
+        _check_blend_mode(blend_mode, "germinate")
         _check_target(alpha_target, blend_epochs, "germinate")
         seed = BlueprintRegistry.create(
             self.task_config.topology, blueprint_id, self.channels, **blueprint_options
@@ -304,6 +325,7 @@ class SeedSlot(nn.Module):
             slot_id=self.slot_id,
             stage=S.DORMANT,
             blend_algorithm_id=blend_algorithm_id,
+            blend_mode=blend_mode,
             blueprint_options=dict(blueprint_options),
             alpha_target=float(alpha_target),
             blend_epochs=int(blend_epochs or 0),
@@ -583,6 +605,7 @@ class SeedSlot(nn.Module):
                 "seed_id": st.seed_id,
                 "blueprint_id": st.blueprint_id,
                 "blend_algorithm_id": st.blend_algorithm_id,
+                "blend_mode": st.blend_mode,
                 "is_healthy": st.is_healthy,
                 "cull_reason": st.cull_reason,
                 "metrics": dataclasses.asdict(st.metrics),

@@ -87,6 +87,7 @@ class SeedState:
     stage: SeedStage = SeedStage.DORMANT
     previous_stage: SeedStage = SeedStage.UNKNOWN
     blend_algorithm_id: str = "sigmoid"
+    blend_mode: str = "lerp"  # how the seed joins its host: "lerp" (kasmina.blend) or "valve" (kasmina.valve)
     alpha: float = 0.0
     blending_step: int = 0
     alpha_start: float = 0.0  # the ramp goes from here ...

@@ -135,5 +135,6 @@ def _register_pointwise_sharding() -> None:
     def _valve_backward(grad, host, seed, alpha, isolate, output_mask):
         return backward_rules(host, alpha, output_mask, 2)
 
+
 if DTensor is not None and hasattr(torch.ops.kasmina, "blend"):
     _register_pointwise_sharding()

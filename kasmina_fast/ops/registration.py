@@ -29,7 +29,9 @@ def blend_backward_fake(
     return _backward_outputs(host, alpha, output_mask)
 
 
-def _backward_outputs(host: Tensor, alpha: Tensor, output_mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
+def _backward_outputs(
+    host: Tensor, alpha: Tensor, output_mask: Sequence[bool]
+) -> tuple[Tensor, Tensor, Tensor]:
     """(d_host, d_seed, d_alpha) of a blend or valve backward; those not asked for are empty [0]."""
     d_host = torch.empty_like(host) if output_mask[0] else host.new_empty(0)
     d_seed = torch.empty_like(host) if output_mask[1] else host.new_empty(0)

@@ -37,6 +37,9 @@ def test_aot_compile_report(arch):
         "blend_forward",
         "blend_backward",
         "blend_backward+d_alpha",
+        "valve_forward",
+        "valve_backward",
+        "valve_backward+d_alpha",
         "d_alpha_finalize",
         "ste_copy",
     } <= kernels
@@ -48,6 +51,9 @@ def test_aot_compile_report(arch):
             "blend_forward",
             "blend_backward",
             "blend_backward+d_alpha",
+            "valve_forward",
+            "valve_backward",
+            "valve_backward+d_alpha",
             "ste_copy",
             "norms_sumsq",
         ) and dtype in (

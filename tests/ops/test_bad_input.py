@@ -78,6 +78,12 @@ def message(fn, args, backend):
 @pytest.mark.parametrize(
     ("fn", "args", "expected"),
     [pytest.param(kasmina_fast.blend, *v, id=f"blend-{k}") for k, v in BLEND_CASES.items()]
+    + [
+        pytest.param(
+            kasmina_fast.valve, args, expected.replace("kasmina::blend", "kasmina::valve"), id=f"valve-{k}"
+        )
+        for k, (args, expected) in BLEND_CASES.items()
+    ]
     + [pytest.param(kasmina_fast.ste, *v, id=f"ste-{k}") for k, v in STE_CASES.items()]
     + [pytest.param(kasmina_fast.foreach_norm, *v, id=f"norm-{k}") for k, v in NORM_CASES.items()]
     + [pytest.param(kasmina_fast.gradient_stats, *v, id=f"stats-{k}") for k, v in STATS_CASES.items()],
@@ -95,6 +101,7 @@ def test_same_error_on_every_backend(fn, args, expected):
 def _checks_for(fn):
     return {
         "blend": _checks.check_blend,
+        "valve": lambda h, s, a: _checks.check_blend(h, s, a, "kasmina::valve"),
         "ste": _checks.check_ste,
         "foreach_norm": _checks.check_foreach_norm,
         "gradient_stats": _checks.check_gradient_stats,
@@ -115,12 +122,13 @@ def test_alpha_of_wrong_type():
         kasmina_fast.blend(H, H, "0.5")
 
 
+@pytest.mark.parametrize("op", ["blend", "valve"])
 @pytest.mark.parametrize("case", list(BLEND_CASES))
-def test_direct_op_call_is_checked(case):
-    """torch.ops.kasmina.blend itself validates: no kernel runs on bad input."""
+def test_direct_op_call_is_checked(case, op):
+    """torch.ops.kasmina.blend (and .valve) itself validates: no kernel runs on bad input."""
     args, expected = BLEND_CASES[case]
     with pytest.raises(ValueError, match=expected.split(": ", 1)[1][:30].replace("(", r"\(")):
-        torch.ops.kasmina.blend(*args)
+        getattr(torch.ops.kasmina, op)(*args)
 
 
 def test_bad_input_fails_at_trace_time():

@@ -1,4 +1,4 @@
-"""torch.compile(fullgraph=True) of modules using blend and ste: no graph break,
+"""torch.compile(fullgraph=True) of modules using blend, valve and ste: no graph break,
 results equal eager, and a changing alpha does not recompile."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from tests.utils import cpu_backends, with_backend
 
 
 class Slot(torch.nn.Module):
-    """A host conv, an isolated seed, an STE (TRAINING) and two blends (BLENDING)."""
+    """A host conv, an isolated seed, an STE (TRAINING), two blends and a valve (BLENDING)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -27,6 +27,7 @@ class Slot(torch.nn.Module):
         s = self.seed(h.detach())
         y = kasmina_fast.ste(h, s)
         y = kasmina_fast.blend(y, s, self.alpha)
+        y = kasmina_fast.valve(y, s, self.alpha, isolate=True)
         return kasmina_fast.blend(y, s, self.gate)
 
 
@@ -68,10 +69,12 @@ def test_compile_ops_appear_in_graph(backend):
 
     with with_backend(backend):
         fn = torch.compile(
-            lambda h, s, a: kasmina_fast.ste(kasmina_fast.blend(h, s, a), s), backend=spy, fullgraph=True
+            lambda h, s, a: kasmina_fast.valve(kasmina_fast.ste(kasmina_fast.blend(h, s, a), s), s, a),
+            backend=spy,
+            fullgraph=True,
         )
         fn(torch.randn(3, 4), torch.randn(3, 4), torch.tensor(0.3))
-    assert "kasmina.blend.default" in seen and "kasmina.ste.default" in seen, seen
+    assert {"kasmina.blend.default", "kasmina.ste.default", "kasmina.valve.default"} <= set(seen), seen
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -89,7 +92,7 @@ def test_compile_python_float_alpha_recompiles_at_most_once(backend):
 def test_export_traces_the_ops():
     class M(torch.nn.Module):
         def forward(self, h, s, a):
-            return kasmina_fast.ste(kasmina_fast.blend(h, s, a), s)
+            return kasmina_fast.valve(kasmina_fast.ste(kasmina_fast.blend(h, s, a), s), s, a)
 
     args = (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(2, 1, 1, 1))
     ep = torch.export.export(M(), args)

@@ -5,9 +5,8 @@ activations. Everything runs in one spawn (each assertion inside the workers).""
 
 from __future__ import annotations
 
-import functools
-
 import copy
+import functools
 
 import pytest
 import torch
@@ -113,7 +112,11 @@ def _check_pointwise(rank, mesh):
         ops = [
             ("blend", kf.blend, reference.blend),
             ("valve", functools.partial(kf.valve, isolate=False), reference.valve),
-            ("valve isolate", functools.partial(kf.valve, isolate=True), functools.partial(reference.valve, isolate=True)),
+            (
+                "valve isolate",
+                functools.partial(kf.valve, isolate=True),
+                functools.partial(reference.valve, isolate=True),
+            ),
         ]
         for op, fast, ref_fn in ops:
             for t in (h, s, a):

@@ -20,16 +20,16 @@ import kasmina_fast
 from kasmina_fast import _extension, reference
 from tests.utils import cpu_backends, with_backend
 
-PUBLIC = {"blend", "blend_backward", "ste", "foreach_norm", "gradient_stats"}
+PUBLIC = {"blend", "blend_backward", "valve", "valve_backward", "ste", "foreach_norm", "gradient_stats"}
 
 pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="the op library is not built here")
 
 
 class Grown(nn.Module):
-    """A slot's forward (STE of a blend) plus its gradient telemetry."""
+    """A slot's forward (STE of a blend, then a valve) plus its gradient telemetry."""
 
     def forward(self, host, seed, alpha):
-        y = kasmina_fast.ste(kasmina_fast.blend(host, seed, alpha), seed)
+        y = kasmina_fast.valve(kasmina_fast.ste(kasmina_fast.blend(host, seed, alpha), seed), seed, alpha)
         return y, kasmina_fast.gradient_stats([y], [seed], 3, 1), kasmina_fast.foreach_norm([host, y])
 
 
@@ -64,7 +64,7 @@ def test_compiled_graphs_name_only_public_ops(backend):
     assert len(graphs) == 2  # forward and backward
     names = kasmina_names("\n".join(graphs))
     assert names <= PUBLIC, names
-    assert {"blend", "blend_backward", "ste", "gradient_stats", "foreach_norm"} <= names
+    assert PUBLIC <= names
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -73,7 +73,9 @@ def test_exported_program_names_only_public_ops(backend):
         ep = torch.export.export(Grown(), inputs())
     names = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     kasmina = {n for n in names if n.startswith("kasmina.")}
-    assert kasmina == {f"kasmina.{op}.default" for op in ("blend", "ste", "gradient_stats", "foreach_norm")}
+    assert kasmina == {
+        f"kasmina.{op}.default" for op in ("blend", "valve", "ste", "gradient_stats", "foreach_norm")
+    }
 
 
 @pytest.mark.slow
@@ -108,7 +110,7 @@ def test_aoti_package_runs_where_only_the_op_library_is_loaded(tmp_path):
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt")
-    want = reference.blend(h, s, a)
+    want = reference.valve(reference.blend(h, s, a), s, a)
     torch.testing.assert_close(out["y"], want)
     torch.testing.assert_close(out["stats"], reference.gradient_stats([want], [s], 3, 1))
     torch.testing.assert_close(out["norms"], reference.foreach_norm([h, want]))

@@ -1,4 +1,4 @@
-"""The torch.library registration: the five public names and their schemas,
+"""The torch.library registration: the seven public names and their schemas,
 opcheck and gradcheck under every backend, and the eager-reference fallback
 used when the op library is absent."""
 
@@ -23,6 +23,11 @@ SCHEMAS = {
         "blend_backward(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)"
     ),
+    "valve": "valve(Tensor host, Tensor seed, Tensor alpha, bool isolate=False) -> Tensor",
+    "valve_backward": (
+        "valve_backward(Tensor grad, Tensor host, Tensor seed, Tensor alpha, bool isolate, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
+    ),
     "ste": "ste(Tensor host, Tensor seed) -> Tensor",
     "foreach_norm": "foreach_norm(Tensor[] tensors) -> Tensor",
     "gradient_stats": (
@@ -35,7 +40,7 @@ needs_library = pytest.mark.skipif(not _extension.LOADED, reason="the op library
 
 @needs_library
 def test_the_namespace_holds_the_public_ops_only():
-    """One name per op: every backend runs under these five, none adds its own."""
+    """One name per op: every backend runs under these seven, none adds its own."""
     for name in kasmina_fast.available():
         with with_backend(name):
             names = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("kasmina::")}

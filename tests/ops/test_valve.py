@@ -318,7 +318,12 @@ def valve_samples():
         torch.tensor(1.4, dtype=torch.float64, requires_grad=True),
         False,
     )
-    yield torch.randn(3, 2, dtype=torch.bfloat16), torch.randn(3, 2, dtype=torch.bfloat16), torch.rand(3, 1), True
+    yield (
+        torch.randn(3, 2, dtype=torch.bfloat16),
+        torch.randn(3, 2, dtype=torch.bfloat16),
+        torch.rand(3, 1),
+        True,
+    )
     yield torch.randn(0, 3), torch.randn(0, 3), torch.rand(0, 1, requires_grad=True), False
 
 
