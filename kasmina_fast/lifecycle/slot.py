@@ -230,8 +230,9 @@ class SeedSlot(nn.Module):
 
     def forward(self, host_features: Tensor, override_alpha: float | Tensor | None = None) -> Tensor:
         """Host features through the slot: unchanged without an active seed, the STE in
-        TRAINING, ``blend`` (or ``valve``, the seed's ``blend_mode``) after it. ``override_alpha`` (thread-safe) or ``force_alpha``
-        fix alpha for this call (e.g. 0 for the counterfactual)."""
+        TRAINING, ``blend`` (or ``valve``, the seed's ``blend_mode``) after it.
+        ``override_alpha`` (thread-safe) or ``force_alpha`` fix alpha for this call
+        (e.g. 0 for the counterfactual)."""
         if not self._active:
             return host_features
         seed_in = host_features.detach() if self._isolate else host_features
