@@ -5,8 +5,8 @@
 CPU: [64,64,32,32] channels_last fp32. CUDA: [256,64,32,32] channels_last and
 [32,512,768], fp32 and bf16. Every step is forward + backward with the
 gradients reset; on CUDA each timed call ends with a synchronize.
-Per-call overhead: the same on an 8x8 tensor, against torch.lerp and the eager
-STE expression.
+Per-call overhead: the same on an 8x8 tensor, against torch.lerp, the eager
+valve expression and the eager STE expression.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ else:
         ((32, 512, 768), torch.float32),
         ((32, 512, 768), torch.bfloat16),
     ]
-OPS = [("blend", "scalar"), ("blend", "learnable"), ("ste", "-")]
+OPS = [("blend", "scalar"), ("blend", "learnable"), ("valve", "scalar"), ("valve", "learnable"), ("ste", "-")]
 
 CASES = [
     pytest.param(op, kind, shape, dtype, id=f"{op}-{kind}-{'x'.join(map(str, shape))}-{str(dtype)[6:]}")
@@ -182,7 +182,7 @@ OVERHEAD_CASES = [
 
 
 @pytest.mark.parametrize(("device", "impl"), OVERHEAD_CASES)
-@pytest.mark.parametrize("op", ["blend", "ste"])
+@pytest.mark.parametrize("op", ["blend", "valve", "ste"])
 def test_per_call_overhead(benchmark, device, op, impl):
     """Host cost of one tiny fwd+bwd (8x8): the fast path against the native expression.
     On CUDA the step is issued without a synchronize: this is launch/dispatch cost."""
@@ -193,12 +193,20 @@ def test_per_call_overhead(benchmark, device, op, impl):
     benchmark.group = f"overhead-{op}-8x8-{device}"
     benchmark.extra_info.update(backend=impl, device=device)
     if impl == "native":
-        fn = (lambda: torch.lerp(h, s, a)) if op == "blend" else (lambda: h + (s - s.detach()))
+        fn = {
+            "blend": lambda: torch.lerp(h, s, a),
+            "valve": lambda: h * (1 + a * torch.tanh(s - h)),
+            "ste": lambda: h + (s - s.detach()),
+        }[op]
     else:
         from kasmina_fast import reference
 
         mod = reference if impl == "reference" else kasmina_fast
-        fn = (lambda: mod.blend(h, s, a)) if op == "blend" else (lambda: mod.ste(h, s))
+        fn = {
+            "blend": lambda: mod.blend(h, s, a),
+            "valve": lambda: mod.valve(h, s, a),
+            "ste": lambda: mod.ste(h, s),
+        }[op]
 
     def run():
         h.grad = s.grad = None

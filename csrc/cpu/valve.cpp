@@ -11,7 +11,7 @@
 //   forward   reads host, seed; writes out                       (3 passes)
 //   backward  reads g, host, seed; writes d_host, d_seed         (5 passes)
 // Outputs of 8 MB and more are written with streaming stores (stream.h).
-// bf16/fp16 compute in fp32; the d_alpha reduction is a fixed-order two-stage
+// tanh: fast_tanh.h (fp32, vectorized, ~2 ulp). bf16/fp16 compute in fp32; the d_alpha reduction is a fixed-order two-stage
 // sum (fp32 per chunk, fp64 across chunks): bitwise deterministic. Other
 // strided inputs take an ATen fallback (valve_fallback.cpp).
 #include <ATen/Dispatch.h>
@@ -22,6 +22,7 @@
 
 #include "../checks.h"
 #include "dense.h"
+#include "fast_tanh.h"
 #include "stream.h"
 
 namespace kasmina {
@@ -45,16 +46,17 @@ void valve_forward_dense(const T* h, const T* s, T* o, const std::vector<typenam
       const A wb = w[b];
       write_range<STREAM>(o, lo, hi, [&](int64_t i) {
         const A hv = static_cast<A>(h[i]);
-        return static_cast<T>(hv * (A(1) + wb * std::tanh(static_cast<A>(s[i]) - hv)));
+        return static_cast<T>(hv * (A(1) + wb * cpu::tanh_fast(static_cast<A>(s[i]) - hv)));
       });
     }
     if constexpr (STREAM) cpu::stream_fence();
   });
 }
 
-// One pass over g, host and seed: writes d_host and d_seed where asked (non-null)
-// and, with `partial`, one partial d_alpha sum per task.
-template <typename T, bool STREAM>
+// One pass over g, host and seed: writes d_host (DH) and d_seed (DS) and, with
+// `partial`, one partial d_alpha sum per task. (Both flags are template
+// arguments: a store under a run-time test would keep the loop from vectorizing.)
+template <typename T, bool DH, bool DS, bool STREAM>
 void valve_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, double* partial, bool isolate,
                           const std::vector<typename Acc<T>::type>& w, int64_t B, int64_t N) {
   using A = typename Acc<T>::type;
@@ -68,18 +70,18 @@ void valve_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, doub
       const int64_t hi = std::min(lo + kChunk, b * N + N);
       const A wb = w[b];
       const A keep = isolate ? A(0) : A(1);  // d_host = g (1 + w t) - keep * d_seed
-      // over [i0, i1) into dh/ds at i - shift (line buffers when streaming);
+      // over [i0, i1) into odh/ods at i - shift (line buffers when streaming);
       // returns the partial d_alpha sum of the range
       auto run = [&](int64_t i0, int64_t i1, T* odh, T* ods, int64_t shift) -> A {
         A sum = 0;
         for (int64_t i = i0; i < i1; ++i) {
           const A gv = static_cast<A>(g[i]);
           const A hv = static_cast<A>(h[i]);
-          const A tv = std::tanh(static_cast<A>(s[i]) - hv);
+          const A tv = cpu::tanh_fast(static_cast<A>(s[i]) - hv);
           const A gh = gv * hv;
           const A q = gh * wb * (A(1) - tv * tv);
-          if (odh) odh[i - shift] = static_cast<T>(gv * (A(1) + wb * tv) - keep * q);
-          if (ods) ods[i - shift] = static_cast<T>(q);
+          if constexpr (DH) odh[i - shift] = static_cast<T>(gv * (A(1) + wb * tv) - keep * q);
+          if constexpr (DS) ods[i - shift] = static_cast<T>(q);
           sum += gh * tv;
         }
         return sum;
@@ -91,9 +93,9 @@ void valve_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, doub
         for (; i + L <= hi; i += L) {
           alignas(64) T bh[L];
           alignas(64) T bs[L];
-          acc += run(i, i + L, dh ? bh : nullptr, ds ? bs : nullptr, i);
-          if (dh) cpu::stream_line(dh + i, bh);
-          if (ds) cpu::stream_line(ds + i, bs);
+          acc += run(i, i + L, bh, bs, i);
+          if constexpr (DH) cpu::stream_line(dh + i, bh);
+          if constexpr (DS) cpu::stream_line(ds + i, bs);
         }
         acc += run(i, hi, dh, ds, 0);
       } else {
@@ -103,6 +105,16 @@ void valve_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, doub
     }
     if constexpr (STREAM) cpu::stream_fence();
   });
+}
+
+template <typename T, bool DH, bool DS>
+void valve_backward_stream(bool stream, const T* g, const T* h, const T* s, T* dh, T* ds, double* partial,
+                           bool isolate, const std::vector<typename Acc<T>::type>& w, int64_t B, int64_t N) {
+  if (stream) {
+    valve_backward_dense<T, DH, DS, true>(g, h, s, dh, ds, partial, isolate, w, B, N);
+  } else {
+    valve_backward_dense<T, DH, DS, false>(g, h, s, dh, ds, partial, isolate, w, B, N);
+  }
 }
 
 }  // namespace
@@ -147,10 +159,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> valve_backward_cpu(const at::Tens
     scalar_t* dh = mask[0] ? plan.d_host.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* ds = mask[1] ? plan.d_seed.mutable_data_ptr<scalar_t>() : nullptr;
     double* pp = mask[2] ? partial.data() : nullptr;
-    if (cpu::use_stream(grad.nbytes(), {dh, ds})) {
-      valve_backward_dense<scalar_t, true>(g, h, s, dh, ds, pp, isolate, w, B, N);
+    const bool stream = cpu::use_stream(grad.nbytes(), {dh, ds});
+    if (dh && ds) {
+      valve_backward_stream<scalar_t, true, true>(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
+    } else if (dh) {
+      valve_backward_stream<scalar_t, true, false>(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
+    } else if (ds) {
+      valve_backward_stream<scalar_t, false, true>(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
     } else {
-      valve_backward_dense<scalar_t, false>(g, h, s, dh, ds, pp, isolate, w, B, N);
+      valve_backward_stream<scalar_t, false, false>(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
     }
     if (mask[2]) cpu::finish_d_alpha(plan.d_alpha, partial, inside.data(), B, per);
   });

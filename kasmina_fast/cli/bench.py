@@ -52,6 +52,7 @@ def run(device: str, repeat: int, small: bool, compile_reference: bool) -> dict:
     cases = [
         ("blend", "scalar"),
         ("blend", "learnable"),
+        ("valve", "learnable"),
         ("ste", "-"),
         ("foreach_norm", "-"),
         ("gradient_stats", "-"),
@@ -63,7 +64,7 @@ def run(device: str, repeat: int, small: bool, compile_reference: bool) -> dict:
         base = None
         for label, backend, compiled in variants:
             with selected(backend):
-                if op in ("blend", "ste"):
+                if op in ("blend", "valve", "ste"):
                     step = make_step(op, kind, shape, torch.float32, device, backend, compiled=compiled)
                     nbytes = passes(op, kind) * torch.Size(shape).numel() * 4
                 else:

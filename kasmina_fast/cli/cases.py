@@ -54,7 +54,7 @@ def selected(backend: str) -> Iterator[None]:
 
 
 def op_fn(op: str, backend: str, compiled: bool = False, compiled_fast: bool = False) -> Callable:
-    """The callable timed for ``op`` ('blend' or 'ste') under ``backend``."""
+    """The callable timed for ``op`` ('blend', 'valve' or 'ste') under ``backend``."""
     if compiled:  # torch.compile of the eager reference
         return torch.compile(getattr(reference, op))
     fn = getattr(kasmina_fast, op)
@@ -125,10 +125,13 @@ def sync(device: str) -> None:
 def passes(op: str, alpha_kind: str) -> int:
     """Tensor-sized passes over memory the fused fwd+bwd must make (the floor):
     blend reads host, seed, writes out; its backward reads g, writes d_host,
-    d_seed, and reads host and seed again only for a learnable alpha. The STE
-    is one copy (a read and a write) and no backward kernel."""
+    d_seed, and reads host and seed again only for a learnable alpha. valve's
+    backward always reads host and seed. The STE is one copy (a read and a
+    write) and no backward kernel."""
     if op == "ste":
         return 2
+    if op == "valve":
+        return 3 + 5
     return 3 + (5 if alpha_kind == "learnable" else 3)
 
 
