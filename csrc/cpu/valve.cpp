@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 #include "../checks.h"
@@ -31,90 +32,33 @@ namespace {
 using cpu::Acc;
 using cpu::kChunk;
 using cpu::kLine;
-using cpu::write_range;
 
-template <typename T, bool STREAM>
-void valve_forward_dense(const T* h, const T* s, T* o, const std::vector<typename Acc<T>::type>& w, int64_t B,
-                         int64_t N) {
-  using A = typename Acc<T>::type;
-  const int64_t per = ceil_div(N, kChunk);
-  at::parallel_for(0, B * per, cpu::task_grain(std::min(N, kChunk) / 4), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / per;
-      const int64_t lo = b * N + (t % per) * kChunk;
-      const int64_t hi = std::min(lo + kChunk, b * N + N);
-      const A wb = w[b];
-      write_range<STREAM>(o, lo, hi, [&](int64_t i) {
-        const A hv = static_cast<A>(h[i]);
-        return static_cast<T>(hv * (A(1) + wb * cpu::tanh_fast(static_cast<A>(s[i]) - hv)));
-      });
-    }
-    if constexpr (STREAM) cpu::stream_fence();
-  });
-}
+#define KASMINA_VALVE_NS base
+#include "valve_loops.h"  // NOLINT(build/include)
+#undef KASMINA_VALVE_NS
 
-// One pass over g, host and seed: writes d_host (DH) and d_seed (DS) and, with
-// `partial`, one partial d_alpha sum per task. (Both flags are template
-// arguments: a store under a run-time test would keep the loop from vectorizing.)
-template <typename T, bool DH, bool DS, bool STREAM>
-void valve_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, double* partial, bool isolate,
-                          const std::vector<typename Acc<T>::type>& w, int64_t B, int64_t N) {
-  using A = typename Acc<T>::type;
-  constexpr int64_t L = kLine / sizeof(T);
-  const int64_t per = ceil_div(N, kChunk);
-  // (a tanh and five arrays an element: worth threads at a few thousand elements)
-  at::parallel_for(0, B * per, cpu::task_grain(std::min(N, kChunk) / 4), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / per;
-      const int64_t lo = b * N + (t % per) * kChunk;
-      const int64_t hi = std::min(lo + kChunk, b * N + N);
-      const A wb = w[b];
-      const A keep = isolate ? A(0) : A(1);  // d_host = g (1 + w t) - keep * d_seed
-      // over [i0, i1) into odh/ods at i - shift (line buffers when streaming);
-      // returns the partial d_alpha sum of the range
-      auto run = [&](int64_t i0, int64_t i1, T* odh, T* ods, int64_t shift) -> A {
-        A sum = 0;
-        for (int64_t i = i0; i < i1; ++i) {
-          const A gv = static_cast<A>(g[i]);
-          const A hv = static_cast<A>(h[i]);
-          const A tv = cpu::tanh_fast(static_cast<A>(s[i]) - hv);
-          const A gh = gv * hv;
-          const A q = gh * wb * (A(1) - tv * tv);
-          if constexpr (DH) odh[i - shift] = static_cast<T>(gv * (A(1) + wb * tv) - keep * q);
-          if constexpr (DS) ods[i - shift] = static_cast<T>(q);
-          sum += gh * tv;
-        }
-        return sum;
-      };
-      A acc = 0;
-      if constexpr (STREAM) {
-        int64_t i = std::min(hi, (lo + L - 1) / L * L);
-        acc += run(lo, i, dh, ds, 0);
-        for (; i + L <= hi; i += L) {
-          alignas(64) T bh[L];
-          alignas(64) T bs[L];
-          acc += run(i, i + L, bh, bs, i);
-          if constexpr (DH) cpu::stream_line(dh + i, bh);
-          if constexpr (DS) cpu::stream_line(ds + i, bs);
-        }
-        acc += run(i, hi, dh, ds, 0);
-      } else {
-        acc = run(lo, hi, dh, ds, 0);
-      }
-      if (partial) partial[t] = static_cast<double>(acc);
-    }
-    if constexpr (STREAM) cpu::stream_fence();
-  });
-}
+#if defined(__GNUC__) && defined(__x86_64__)
+#define KASMINA_VALVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define KASMINA_VALVE_NS avx2
+#include "valve_loops.h"  // NOLINT(build/include)
+#undef KASMINA_VALVE_NS
+#pragma GCC pop_options
+#else
+#define KASMINA_VALVE_AVX2 0
+#endif
 
-template <typename T, bool DH, bool DS>
-void valve_backward_stream(bool stream, const T* g, const T* h, const T* s, T* dh, T* ds, double* partial,
-                           bool isolate, const std::vector<typename Acc<T>::type>& w, int64_t B, int64_t N) {
-  if (stream) {
-    valve_backward_dense<T, DH, DS, true>(g, h, s, dh, ds, partial, isolate, w, B, N);
-  } else {
-    valve_backward_dense<T, DH, DS, false>(g, h, s, dh, ds, partial, isolate, w, B, N);
-  }
+// The AVX2 + FMA loops where the CPU has them, else the baseline's (checked once;
+// KASMINA_FAST_CPU_BASELINE=1 forces the baseline: how the tests reach it on an AVX2 CPU).
+bool use_avx2() {
+#if KASMINA_VALVE_AVX2
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("KASMINA_FAST_CPU_BASELINE") == nullptr;
+  return yes;
+#else
+  return false;
+#endif
 }
 
 }  // namespace
@@ -132,11 +76,14 @@ at::Tensor valve_cpu(const at::Tensor& host, const at::Tensor& seed, const at::T
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const scalar_t* h = host.const_data_ptr<scalar_t>();
     const scalar_t* s = seed.const_data_ptr<scalar_t>();
-    if (cpu::use_stream(out.nbytes(), {o})) {
-      valve_forward_dense<scalar_t, true>(h, s, o, w, blk.B, blk.N);
-    } else {
-      valve_forward_dense<scalar_t, false>(h, s, o, w, blk.B, blk.N);
+    const bool stream = cpu::use_stream(out.nbytes(), {o});
+#if KASMINA_VALVE_AVX2
+    if (use_avx2()) {
+      avx2::valve_forward(stream, h, s, o, w, blk.B, blk.N);
+      return;
     }
+#endif
+    base::valve_forward(stream, h, s, o, w, blk.B, blk.N);
   });
   return out;
 }
@@ -160,15 +107,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> valve_backward_cpu(const at::Tens
     scalar_t* ds = mask[1] ? plan.d_seed.mutable_data_ptr<scalar_t>() : nullptr;
     double* pp = mask[2] ? partial.data() : nullptr;
     const bool stream = cpu::use_stream(grad.nbytes(), {dh, ds});
-    if (dh && ds) {
-      valve_backward_stream<scalar_t, true, true>(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
-    } else if (dh) {
-      valve_backward_stream<scalar_t, true, false>(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
-    } else if (ds) {
-      valve_backward_stream<scalar_t, false, true>(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
+#if KASMINA_VALVE_AVX2
+    if (use_avx2()) {
+      avx2::valve_backward(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
     } else {
-      valve_backward_stream<scalar_t, false, false>(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
+      base::valve_backward(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
     }
+#else
+    base::valve_backward(stream, g, h, s, dh, ds, pp, isolate, w, B, N);
+#endif
     if (mask[2]) cpu::finish_d_alpha(plan.d_alpha, partial, inside.data(), B, per);
   });
   return plan.outputs();

@@ -377,3 +377,51 @@ def test_valve_backward_checks_grad():
     with pytest.raises(ValueError, match="kasmina::valve_backward: grad must match host"):
         h = torch.randn(4, 3)
         torch.ops.kasmina.valve_backward(torch.randn(3), h, h, torch.tensor(0.5), False, [True, True, False])
+
+
+# ---- the C++ kernels' tanh --------------------------------------------------------------------
+
+
+def _tanh_ulps() -> float:
+    """The worst error, in units in the last place of fp32, of the C++ kernels' tanh
+    over [-20, 20] and the edges, read through the op: one element per sample, host
+    and the incoming gradient 1, so that ``d_alpha[b] = tanh(seed[b] - 1)`` in fp32."""
+    x = torch.cat([torch.linspace(-20, 20, 400_001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 0.5, 43.0])])
+    seed = (x + 1).float().unsqueeze(1)
+    host = torch.ones_like(seed)
+    alpha = torch.full((seed.shape[0], 1), 0.5, requires_grad=True)
+    with with_backend("cpp"):
+        kasmina_fast.valve(host, seed, alpha).backward(torch.ones_like(seed))
+    got = alpha.grad.double().squeeze(1)
+    want = torch.tanh((seed - host).double().squeeze(1))  # the fp32 difference, as the kernel has it
+    ulp = torch.finfo(torch.float32).eps * torch.clamp(want.abs().float().double(), min=2**-126) / 2
+    return ((got - want).abs() / ulp).max().item()
+
+
+@pytest.mark.skipif("cpp" not in cpu_backends(), reason="needs the C++ extension")
+def test_cpp_tanh_is_within_a_few_ulp():
+    assert _tanh_ulps() <= 4.0
+
+
+@pytest.mark.skipif("cpp" not in cpu_backends(), reason="needs the C++ extension")
+def test_cpp_baseline_loops_match_the_reference(tmp_path):
+    """The baseline loops (what a CPU without AVX2 runs; KASMINA_FAST_CPU_BASELINE=1
+    forces them here): the tanh bound and a forward + backward against the reference."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, kasmina_fast\n"
+        "from tests.ops.test_valve import _tanh_ulps, check, make\n"
+        "assert _tanh_ulps() <= 4.0, _tanh_ulps()\n"
+        "g = torch.Generator().manual_seed(1)\n"
+        "for dt in (torch.float32, torch.bfloat16, torch.float64):\n"
+        "    h, s, go = (make((3, 8, 5, 7), dt, 'channels_last', g) for _ in range(3))\n"
+        "    a = torch.rand(3, 1, 1, 1, generator=g).requires_grad_()\n"
+        "    check('cpp', h, s, a, go, False, dt)\n"
+        "print('OK')\n"
+    )
+    env = dict(os.environ, KASMINA_FAST_CPU_BASELINE="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
