@@ -18,6 +18,7 @@ def test_bench_json(tmp_path, capsys):
     assert ops == {
         ("blend", "scalar"),
         ("blend", "learnable"),
+        ("valve", "learnable"),
         ("ste", "-"),
         ("foreach_norm", "-"),
         ("gradient_stats", "-"),
