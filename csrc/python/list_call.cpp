@@ -8,6 +8,7 @@
 //     read_grads: the lists hold parameters; their .grad are the op's tensors
 //     (parameters without one skipped; anything but a tensor is a TypeError;
 //     a .grad that dispatches to Python, a DTensor, returns None).
+//   Lists spanning several devices return None as well.
 //
 // Why it exists: a torch.ops call converts a Python list of tensors element by
 // element (on 2026-11-29 about 0.15-0.25 us a tensor on the 2-core VM, more
@@ -75,6 +76,22 @@ bool defined_grads(const pybind11::list& list, const char* name, TensorRefs& out
   return true;
 }
 
+// True when every tensor of the two lists is on one device. A list that spans
+// several (a model split across devices) goes back to Python, which calls the
+// op once per device (kasmina_fast/ops/norms.py).
+bool one_device(at::TensorList a, at::TensorList b) {
+  const at::Tensor* first = !a.empty() ? &a[0] : (!b.empty() ? &b[0] : nullptr);
+  if (first == nullptr) return true;
+  const at::Device device = first->device();
+  for (const at::Tensor& t : a) {
+    if (t.device() != device) return false;
+  }
+  for (const at::Tensor& t : b) {
+    if (t.device() != device) return false;
+  }
+  return true;
+}
+
 template <typename Sig>
 c10::TypedOperatorHandle<Sig> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
@@ -100,6 +117,7 @@ pybind11::object list_call(const std::string& op, const pybind11::list& first, c
              (stats && !plain_tensors(second.cast<pybind11::list>(), second_pinned, b))) {
     return pybind11::none();
   }
+  if (!one_device(a, b)) return pybind11::none();
   at::Tensor out = stats ? gradient_stats.call(a, b, host_count, seed_count) : foreach_norm.call(a);
   return pybind11::cast(std::move(out));
 }

@@ -92,7 +92,10 @@ def run(device: str, repeat: int, small: bool, compile_reference: bool) -> dict:
 
 def print_table(report: dict) -> None:
     shape = report["shape"]
-    print(f"device {report['device']}, torch {report['torch']}, blend/valve/STE shape {shape} fp32 channels_last")
+    print(
+        f"device {report['device']}, torch {report['torch']}, "
+        f"blend/valve/STE shape {shape} fp32 channels_last"
+    )
     if report["copy_bandwidth_gb_per_s"]:
         print(f"floor bandwidth (measured copy): {report['copy_bandwidth_gb_per_s']:.0f} GB/s")
     print(f"{'op':<16}{'alpha':<11}{'backend':<19}{'median':>12}{'vs eager':>10}{'GB/s':>8}{'floor':>8}")

@@ -230,3 +230,78 @@ def test_a_torch_function_mode_sees_the_norm_ops(backend):
     assert len(names) == 3, mode.ops
     for g, w in zip(got, want):
         assert torch.equal(g, w)
+
+
+# ---- lists that span several devices -----------------------------------------------------------
+
+
+def _spread_lists():
+    """Gradient-like lists of every float dtype (the groups that stand in for devices
+    below), sizes from empty to past a chunk."""
+    gen = torch.Generator().manual_seed(8)
+    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    ts = [make((n,), dtypes[i % 4], generator=gen) for i, n in enumerate((5, 0, 70_001, 3, 9, 1, 4099, 2))]
+    return ts[:5], ts[5:]
+
+
+def test_per_device_results_combine_to_the_one_call_numbers():
+    """The combination a split model gets (one op call per device, the results joined
+    on the first tensor's device), with dtypes standing in for devices on the CPU:
+    equal to the numbers of one call over everything. The real two-device run is
+    test_lists_spanning_cpu_and_cuda."""
+    from kasmina_fast.ops import norms
+
+    host, seed = _spread_lists()
+    by_dtype = norms._device_groups(host, seed, key=lambda t: t.dtype)
+    assert by_dtype is not None and len(by_dtype) == 4
+    got = norms._gradient_stats_by_device(host, seed, 1000, 10, by_dtype)
+    torch.testing.assert_close(got, kasmina_fast.gradient_stats(host, seed, 1000, 10), rtol=1e-6, atol=0)
+    everything = host + seed
+    got = norms._foreach_norm_by_device(everything, norms._device_groups(everything, key=lambda t: t.dtype))
+    torch.testing.assert_close(got, kasmina_fast.foreach_norm(everything), rtol=0, atol=0)
+    # a non-finite gradient on one "device" only, and a device that holds host gradients only
+    bad = [t.clone() for t in seed]
+    bad[1] = torch.tensor([float("inf")], dtype=bad[1].dtype)
+    got = norms._gradient_stats_by_device(
+        host, bad, 1000, 10, norms._device_groups(host, bad, key=lambda t: t.dtype)
+    )
+    assert got[3] == 1.0 and got[1] == float("inf")
+    # one device: no split; a meta tensor among real ones: the op's device error
+    assert norms._device_groups(host, seed) is None
+    assert norms._device_groups(host, [*seed, seed[0].to("meta")]) is None
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a second device: a CUDA device besides the CPU"
+)
+def test_lists_spanning_cpu_and_cuda():
+    """A model split across the CPU and a GPU: foreach_norm, gradient_stats,
+    param_gradient_stats and the isolation monitor give the one-device numbers
+    instead of raising."""
+    from kasmina_fast.lifecycle.isolation import GradientIsolationMonitor
+
+    host, seed = _spread_lists()
+    want_stats = kasmina_fast.gradient_stats(host, seed, 1000, 10)
+    want_norms = kasmina_fast.foreach_norm(host + seed)
+    split_host = [t.cuda() if i % 2 else t for i, t in enumerate(host)]
+    split_seed = [t.cuda() for t in seed]
+    got = kasmina_fast.gradient_stats(split_host, split_seed, 1000, 10)
+    assert got.device == split_host[0].device
+    torch.testing.assert_close(got, want_stats, rtol=1e-6, atol=0)
+    torch.testing.assert_close(kasmina_fast.foreach_norm(split_host + split_seed), want_norms, rtol=0, atol=0)
+    params = [torch.nn.Parameter(torch.zeros_like(t)) for t in split_host + split_seed]
+    for p, t in zip(params, split_host + split_seed):
+        p.grad = t
+    got = kasmina_fast.ops.param_gradient_stats(params[: len(host)], params[len(host) :], 1000, 10)
+    torch.testing.assert_close(got.cpu(), want_stats, rtol=1e-6, atol=0)
+    host_mod, seed_mod = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4).cuda()
+    monitor = GradientIsolationMonitor()
+    monitor.register(host_mod, seed_mod)
+    (host_mod(torch.randn(2, 4)).sum() + seed_mod(torch.randn(2, 4, device="cuda")).sum()).backward()
+    _, stats = monitor.materialize_isolation_stats(monitor.check_isolation_async())
+
+    def norm(module):
+        return torch.cat([p.grad.double().flatten().cpu() for p in module.parameters()]).norm().item()
+
+    assert math.isclose(stats["host_grad_norm"], norm(host_mod), rel_tol=1e-6)
+    assert math.isclose(stats["seed_grad_norm"], norm(seed_mod), rel_tol=1e-6)
