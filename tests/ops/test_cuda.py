@@ -1,8 +1,9 @@
 """GPU-only properties of the CUDA and Triton backends (skipped without a GPU;
 bench/gpu_check.sh runs them): no host sync, CUDA-graph capture, compile
 with reduce-overhead, opcheck on CUDA, tensors over 2^31 elements, and the
-same errors as on the CPU. Equivalence and determinism over the full matrix
-run in test_blend.py / test_ste.py, which include the CUDA targets."""
+same errors as on the CPU, for blend, valve and ste. Equivalence and determinism
+over the full matrix run in test_blend.py / test_valve.py / test_ste.py, which
+include the CUDA targets."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def test_no_host_sync(backend):
         try:
             kasmina_fast.blend(h, s, a).backward(gout)
             kasmina_fast.blend(h, s, 0.3).backward(gout)
+            kasmina_fast.valve(h, s, a).backward(gout)
+            kasmina_fast.valve(h, s, 0.3, isolate=True).backward(gout)
             kasmina_fast.ste(h, s).backward(gout)
         finally:
             torch.cuda.set_sync_debug_mode(0)
@@ -141,6 +144,64 @@ def test_opcheck_on_cuda(per_sample):
         torch.ops.kasmina.blend_backward.default, (gout, h.detach(), s.detach(), a.detach(), mask)
     )
     torch.library.opcheck(torch.ops.kasmina.ste.default, (h, s))
+    for isolate in (False, True):
+        torch.library.opcheck(torch.ops.kasmina.valve.default, (h, s, a, isolate))
+        torch.library.opcheck(
+            torch.ops.kasmina.valve_backward.default,
+            (gout, h.detach(), s.detach(), a.detach(), isolate, mask),
+        )
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_valve_graph_capture_and_compile(backend):
+    """valve's forward and fused backward (d_alpha from the stream's scratch) replay in a
+    CUDA graph with new inputs, and compile fullgraph under reduce-overhead."""
+    h, s, a, gout = leaves()
+
+    def step():
+        out = kasmina_fast.valve(h, s, a)
+        out.backward(gout)
+        return out
+
+    def want():
+        h2, s2, a2 = (t.detach().clone().requires_grad_() for t in (h, s, a))
+        ref = kasmina_fast.reference.valve(h2, s2, a2)
+        ref.backward(gout)
+        return [ref.detach(), h2.grad, s2.grad, a2.grad]
+
+    with with_backend(backend):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                for t in (h, s, a):
+                    t.grad = None
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        for t in (h, s, a):
+            t.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = step()
+        with torch.no_grad():
+            for t in (h, s):
+                t.copy_(torch.randn_like(t))
+            a.copy_(torch.rand_like(a) * 1.2 - 0.1)
+        graph.replay()
+        torch.cuda.synchronize()
+        got = [static_out.detach().clone(), h.grad.clone(), s.grad.clone(), a.grad.clone()]
+        for x, y, name in zip(got, want(), ("out", "d_host", "d_seed", "d_alpha")):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4, msg=f"replay: {name}")
+        torch._dynamo.reset()
+        compiled = torch.compile(kasmina_fast.valve, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):
+            for t in (h, s, a):
+                t.grad = None
+            out = compiled(h, s, a)
+            out.backward(gout)
+        got = [out.detach(), h.grad, s.grad, a.grad]
+    for x, y in zip(got, want()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
@@ -149,6 +210,7 @@ def test_opcheck_bf16_odd_sizes(backend):
     h, s, a, _ = leaves(shape=(3, 5, 7, 9), dtype=torch.bfloat16)
     with with_backend(backend):
         torch.library.opcheck(torch.ops.kasmina.blend.default, (h, s, a))
+        torch.library.opcheck(torch.ops.kasmina.valve.default, (h, s, a, False))
 
 
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
@@ -254,6 +316,41 @@ def test_more_than_2_31_elements(backend):
             )
             total += t.double().sum().item()
             scale += t.abs().double().sum().item()
+        assert abs(a.grad[b, 0].item() - total) <= 1e-5 * scale
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 60 * 2**30,
+    reason="needs a GPU with 60 GiB",
+)
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_valve_more_than_2_31_elements(backend):
+    """valve on bf16 [2, 2^30 + 2^19] (2^31 + 2^20 elements), per-sample alpha: values
+    and gradients read at offsets past 2^31, d_alpha against an fp64 sum."""
+    B, N = 2, 2**30 + 2**19
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    h = torch.randn(B, N, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    s = torch.randn(B, N, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    a = torch.tensor([[0.25], [0.75]], device="cuda", requires_grad=True)
+    g = torch.randn(B, N, device="cuda", dtype=torch.bfloat16, generator=gen)
+    with with_backend(backend):
+        out = kasmina_fast.valve(h, s, a)
+        out.backward(g)
+    idx = torch.tensor([0, 1, 2**29, N - 2**19, N - 1], device="cuda")  # sample 1: past 2^31
+    for b in range(B):
+        w = a[b, 0].item()
+        hb, sb, gb = h[b, idx].float(), s[b, idx].float(), g[b, idx].float()
+        t = torch.tanh(sb - hb)
+        q = gb * hb * w * (1 - t * t)
+        torch.testing.assert_close(out[b, idx].float(), hb * (1 + w * t), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(h.grad[b, idx].float(), gb * (1 + w * t) - q, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(s.grad[b, idx].float(), q, rtol=1e-2, atol=1e-2)
+        total, scale = 0.0, 0.0
+        for lo in range(0, N, 2**27):
+            hc = h[b, lo : lo + 2**27].float()
+            term = g[b, lo : lo + 2**27].float() * hc * torch.tanh(s[b, lo : lo + 2**27].float() - hc)
+            total += term.double().sum().item()
+            scale += term.abs().double().sum().item()
         assert abs(a.grad[b, 0].item() - total) <= 1e-5 * scale
 
 
