@@ -1,5 +1,5 @@
 // C++ test of the kasmina ops through the dispatcher (run by ctest): values
-// and gradients of blend and ste against ATen, and a bad-input error; the
+// and gradients of blend, valve and ste against ATen, and a bad-input error; the
 // reference counts of TensorRefs and dense_list, and the plan cache's rules
 // for CUDA-graph captures (norm_plan.h), and the counter scratch kept per
 // stream (stream_scratch.h), on CPU tensors.
@@ -175,6 +175,9 @@ int main() {
   auto blend = c10::Dispatcher::singleton()
                    .findSchemaOrThrow("kasmina::blend", "")
                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  auto valve = c10::Dispatcher::singleton()
+                   .findSchemaOrThrow("kasmina::valve", "")
+                   .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
   auto ste = c10::Dispatcher::singleton()
                  .findSchemaOrThrow("kasmina::ste", "")
                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
@@ -201,6 +204,26 @@ int main() {
   expect(close(host.grad(), h2.grad()), "blend d_host");
   expect(close(seed.grad(), s2.grad()), "blend d_seed");
   expect(close(alpha.grad(), a2.grad()), "blend d_alpha");
+
+  // valve, isolated or not: value and gradients against ATen (isolate = the
+  // host detached inside tanh, as a seed fed the detached host sees it)
+  for (bool isolate : {false, true}) {
+    auto hv = host.detach().clone().requires_grad_();
+    auto sv = seed.detach().clone().requires_grad_();
+    auto av = alpha.detach().clone().requires_grad_();
+    auto v = valve.call(hv, sv, av, isolate);
+    expect(v.is_contiguous(cl), "valve keeps channels_last");
+    v.backward(g);
+    auto h4 = host.detach().clone().requires_grad_();
+    auto s4 = seed.detach().clone().requires_grad_();
+    auto a4 = alpha.detach().clone().requires_grad_();
+    auto vref = h4 * (1 + a4.clamp(0, 1) * at::tanh(s4 - (isolate ? h4.detach() : h4)));
+    vref.backward(g);
+    expect(close(v, vref), "valve value");
+    expect(close(hv.grad(), h4.grad()), "valve d_host");
+    expect(close(sv.grad(), s4.grad()), "valve d_seed");
+    expect(close(av.grad(), a4.grad()), "valve d_alpha");
+  }
 
   auto h3 = host.detach().clone().requires_grad_();
   auto s3 = seed.detach().clone().requires_grad_();
