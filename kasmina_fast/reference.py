@@ -39,14 +39,16 @@ def blend_backward(
     empty = host.new_empty(0)
     d_host = torch.empty_like(host).copy_(g * (1 - w)) if output_mask[0] else empty
     d_seed = torch.empty_like(host).copy_(g * w) if output_mask[1] else empty
-    if output_mask[2]:
-        prod = g * (seed.to(acc) - host.to(acc))
-        total = prod.sum_to_size(alpha.shape) if alpha.dim() else prod.sum()
-        inside = (alpha >= 0) & (alpha <= 1)
-        d_alpha = torch.where(inside, total, torch.zeros_like(total)).to(alpha.dtype).contiguous()
-    else:
-        d_alpha = alpha.new_empty(0)
+    d_alpha = _d_alpha(g * (seed.to(acc) - host.to(acc)), alpha) if output_mask[2] else alpha.new_empty(0)
     return d_host, d_seed, d_alpha
+
+
+def _d_alpha(prod: Tensor, alpha: Tensor) -> Tensor:
+    """``[0 <= alpha <= 1] * sum(prod)`` over alpha's broadcast dims, in alpha's dtype
+    (clamp's gradient: 0 outside [0, 1], even a NaN one)."""
+    total = prod.sum_to_size(alpha.shape) if alpha.dim() else prod.sum()
+    inside = (alpha >= 0) & (alpha <= 1)
+    return torch.where(inside, total, torch.zeros_like(total)).to(alpha.dtype).contiguous()
 
 
 def valve(host: Tensor, seed: Tensor, alpha: Tensor, isolate: bool = False) -> Tensor:
@@ -83,13 +85,7 @@ def valve_backward(
     d_host = g * (1 + w * t) if isolate else g * (1 + w * t) - q
     d_host = torch.empty_like(host).copy_(d_host) if output_mask[0] else empty
     d_seed = torch.empty_like(host).copy_(q) if output_mask[1] else empty
-    if output_mask[2]:
-        prod = g * h * t
-        total = prod.sum_to_size(alpha.shape) if alpha.dim() else prod.sum()
-        inside = (alpha >= 0) & (alpha <= 1)
-        d_alpha = torch.where(inside, total, torch.zeros_like(total)).to(alpha.dtype).contiguous()
-    else:
-        d_alpha = alpha.new_empty(0)
+    d_alpha = _d_alpha(g * h * t, alpha) if output_mask[2] else alpha.new_empty(0)
     return d_host, d_seed, d_alpha
 
 

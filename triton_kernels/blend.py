@@ -151,13 +151,16 @@ def _flat(t: torch.Tensor, offset: int) -> torch.Tensor:
     return t.as_strided((t.numel() - offset,), (1,), t.storage_offset() + offset)
 
 
-def blend(host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """The kernel of ``kasmina::blend``: a new tensor laid out like ``host``."""
-    _checks.check_blend(host, seed, alpha)
+def pointwise_forward(
+    kernel, host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, fallback
+) -> torch.Tensor:
+    """Launch a forward ``kernel`` of blend's signature (blend's, valve's) over host and
+    seed: a new tensor laid out like host; ``fallback(host, seed, alpha)`` for layouts
+    the kernels do not walk."""
     out = torch.empty_like(host)
     dense, B, N = dense_blocks(host, alpha.dim() > 0, (seed, out))
     if not dense:
-        return reference.blend_precise(host, seed, alpha)
+        return fallback(host, seed, alpha)
     if host.numel() == 0:
         return out
     a = _alpha_acc(alpha, host)
@@ -165,7 +168,7 @@ def blend(host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor) -> torch.
     with launch_guard(host):
         for lo, hi in _sample_slices(B):
             off = lo * N
-            blend_forward_kernel[(cdiv(N, BLOCK), hi - lo)](
+            kernel[(cdiv(N, BLOCK), hi - lo)](
                 _flat(host, off),
                 _flat(seed, off),
                 _flat(out, off),
@@ -179,22 +182,31 @@ def blend(host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor) -> torch.
     return out
 
 
-def blend_backward(
-    grad: torch.Tensor, host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, output_mask: list[bool]
+def pointwise_backward(
+    kernel,
+    grad: torch.Tensor,
+    host: torch.Tensor,
+    seed: torch.Tensor,
+    alpha: torch.Tensor,
+    mask: tuple[bool, bool, bool],
+    reads_inputs: bool,
+    fallback,
+    **constexprs,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The kernel of ``kasmina::blend_backward``: ``(d_host, d_seed, d_alpha)``; the
-    outputs not in ``output_mask`` are empty ``[0]`` tensors."""
-    _checks.check_blend_backward(grad, host, seed, alpha)
-    mask = tuple(bool(m) for m in output_mask)
-    # d_host and d_seed follow g's layout; host and seed are read only for d_alpha
-    others = (grad, seed) if mask[2] else (grad,)
+    """Launch a backward ``kernel`` of blend's signature (blend's; valve's, with its
+    ``constexprs``) and the d_alpha finalize: ``(d_host, d_seed, d_alpha)``, empty
+    ``[0]`` where ``mask`` does not ask. ``reads_inputs``: the kernel reads host and
+    seed for every output (valve), not only for d_alpha (blend). ``fallback()`` for
+    layouts the kernels do not walk."""
+    # d_host and d_seed follow g's layout; host and seed are read when needed
+    others = (grad, seed) if mask[2] or reads_inputs else (grad,)
     dense, B, N = dense_blocks(host, alpha.dim() > 0, others)
     if not dense:
-        return reference.blend_backward(grad, host, seed, alpha, mask)
+        return fallback()
     d_host = torch.empty_like(host) if mask[0] else host.new_empty(0)
     d_seed = torch.empty_like(host) if mask[1] else host.new_empty(0)
     d_alpha = alpha.new_empty(alpha.shape) if mask[2] else alpha.new_empty(0)
-    if host.numel() == 0:
+    if host.numel() == 0 or not any(mask):
         if mask[2]:
             d_alpha.zero_()
         return d_host, d_seed, d_alpha
@@ -206,7 +218,7 @@ def blend_backward(
     with launch_guard(host):
         for lo, hi in _sample_slices(B):
             off = lo * N
-            blend_backward_kernel[(progs, hi - lo)](
+            kernel[(progs, hi - lo)](
                 _flat(grad, off),
                 _flat(host, off),
                 _flat(seed, off),
@@ -222,10 +234,36 @@ def blend_backward(
                 DS=mask[1],
                 DA=mask[2],
                 num_warps=NUM_WARPS,
+                **constexprs,
             )
         if mask[2]:
             finalize_d_alpha(parts, progs, a, a_stride, d_alpha, acc)
     return d_host, d_seed, d_alpha
+
+
+def blend(host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The kernel of ``kasmina::blend``: a new tensor laid out like ``host``."""
+    _checks.check_blend(host, seed, alpha)
+    return pointwise_forward(blend_forward_kernel, host, seed, alpha, reference.blend_precise)
+
+
+def blend_backward(
+    grad: torch.Tensor, host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, output_mask: list[bool]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel of ``kasmina::blend_backward``: ``(d_host, d_seed, d_alpha)``; the
+    outputs not in ``output_mask`` are empty ``[0]`` tensors."""
+    _checks.check_blend_backward(grad, host, seed, alpha)
+    mask = tuple(bool(m) for m in output_mask)
+    return pointwise_backward(
+        blend_backward_kernel,
+        grad,
+        host,
+        seed,
+        alpha,
+        mask,
+        False,
+        lambda: reference.blend_backward(grad, host, seed, alpha, mask),
+    )
 
 
 def finalize_d_alpha(

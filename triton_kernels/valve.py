@@ -15,9 +15,9 @@ Memory traffic (dense layouts): forward reads host, seed and writes out (3
 passes); backward reads g, host, seed and writes d_host, d_seed (5 passes),
 plus one partial per program and blend's finalize for d_alpha.
 
-Grid, layouts, int64 offsets and the deterministic d_alpha are blend's
-(``blend.py``, whose helpers these launchers share); other layouts take the
-reference math in fp32, as the C++ kernels' strided fallback.
+Grid, layouts, int64 offsets and the deterministic d_alpha are blend's: the
+launchers are ``blend.pointwise_forward`` / ``pointwise_backward``; other layouts
+take the reference math in fp32, as the C++ kernels' strided fallback.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch
 import triton
 import triton.language as tl
 from kasmina_fast.triton_kernels import blend as _b
-from kasmina_fast.triton_kernels.layout import cdiv, dense_blocks, launch_guard
 
 from kasmina_fast import reference
 from kasmina_fast.ops import _checks
@@ -93,29 +92,7 @@ def valve_backward_kernel(
 def valve(host: torch.Tensor, seed: torch.Tensor, alpha: torch.Tensor, isolate: bool = False) -> torch.Tensor:
     """The kernel of ``kasmina::valve``: a new tensor laid out like ``host``."""
     _checks.check_blend(host, seed, alpha, "kasmina::valve")
-    out = torch.empty_like(host)
-    dense, B, N = dense_blocks(host, alpha.dim() > 0, (seed, out))
-    if not dense:
-        return reference.valve_precise(host, seed, alpha)
-    if host.numel() == 0:
-        return out
-    a = _b._alpha_acc(alpha, host)
-    a_stride = a.stride(0) if a.dim() else 0
-    with launch_guard(host):
-        for lo, hi in _b._sample_slices(B):
-            off = lo * N
-            valve_forward_kernel[(cdiv(N, BLOCK), hi - lo)](
-                _b._flat(host, off),
-                _b._flat(seed, off),
-                _b._flat(out, off),
-                _b._alpha_from(a, a_stride, lo),
-                a_stride,
-                N,
-                BLOCK=BLOCK,
-                ACC=_b._acc(host.dtype),
-                num_warps=NUM_WARPS,
-            )
-    return out
+    return _b.pointwise_forward(valve_forward_kernel, host, seed, alpha, reference.valve_precise)
 
 
 def valve_backward(
@@ -130,42 +107,14 @@ def valve_backward(
     outputs not in ``output_mask`` are empty ``[0]`` tensors."""
     _checks.check_blend_backward(grad, host, seed, alpha, "kasmina::valve_backward")
     mask = tuple(bool(m) for m in output_mask)
-    dense, B, N = dense_blocks(host, alpha.dim() > 0, (grad, seed))
-    if not dense:
-        return reference.valve_backward(grad, host, seed, alpha, isolate, mask)
-    d_host = torch.empty_like(host) if mask[0] else host.new_empty(0)
-    d_seed = torch.empty_like(host) if mask[1] else host.new_empty(0)
-    d_alpha = alpha.new_empty(alpha.shape) if mask[2] else alpha.new_empty(0)
-    if host.numel() == 0 or not any(mask):
-        if mask[2]:
-            d_alpha.zero_()
-        return d_host, d_seed, d_alpha
-    a = _b._alpha_acc(alpha, host)
-    a_stride = a.stride(0) if a.dim() else 0
-    acc = _b._acc(host.dtype)
-    progs = cdiv(N, BLOCK)
-    parts = torch.empty(B * progs if mask[2] else 1, dtype=a.dtype, device=host.device)
-    with launch_guard(host):
-        for lo, hi in _b._sample_slices(B):
-            off = lo * N
-            valve_backward_kernel[(progs, hi - lo)](
-                _b._flat(grad, off),
-                _b._flat(host, off),
-                _b._flat(seed, off),
-                _b._flat(d_host, off) if mask[0] else grad,
-                _b._flat(d_seed, off) if mask[1] else grad,
-                _b._alpha_from(a, a_stride, lo),
-                a_stride,
-                parts[lo * progs :] if mask[2] and lo else parts,
-                N,
-                BLOCK=BLOCK,
-                ACC=acc,
-                DH=mask[0],
-                DS=mask[1],
-                DA=mask[2],
-                ISOLATE=bool(isolate),
-                num_warps=NUM_WARPS,
-            )
-        if mask[2]:
-            _b.finalize_d_alpha(parts, progs, a, a_stride, d_alpha, acc)
-    return d_host, d_seed, d_alpha
+    return _b.pointwise_backward(
+        valve_backward_kernel,
+        grad,
+        host,
+        seed,
+        alpha,
+        mask,
+        True,
+        lambda: reference.valve_backward(grad, host, seed, alpha, isolate, mask),
+        ISOLATE=bool(isolate),
+    )

@@ -27,34 +27,27 @@ namespace {
 
 using cpu::Acc;
 using cpu::kChunk;
-using cpu::kLine;
 using cpu::write_range;
 
 template <typename T, bool STREAM>
 void blend_forward_dense(const T* h, const T* s, T* o, const std::vector<typename Acc<T>::type>& w, int64_t B,
                          int64_t N) {
   using A = typename Acc<T>::type;
-  const int64_t per = ceil_div(N, kChunk);
-  at::parallel_for(0, B * per, cpu::task_grain(std::min(N, kChunk)), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / per;
-      const int64_t lo = b * N + (t % per) * kChunk;
-      const int64_t hi = std::min(lo + kChunk, b * N + N);
-      const A wb = w[b];
-      if (wb < A(0.5)) {
-        write_range<STREAM>(o, lo, hi, [&](int64_t i) {
-          const A hv = static_cast<A>(h[i]);
-          return static_cast<T>(hv + wb * (static_cast<A>(s[i]) - hv));
-        });
-      } else {
-        const A omw = A(1) - wb;
-        write_range<STREAM>(o, lo, hi, [&](int64_t i) {
-          const A sv = static_cast<A>(s[i]);
-          return static_cast<T>(sv - (sv - static_cast<A>(h[i])) * omw);
-        });
-      }
+  cpu::for_each_chunk<STREAM>(B, N, cpu::task_grain(std::min(N, kChunk)), [&](int64_t, int64_t b, int64_t lo,
+                                                                              int64_t hi) {
+    const A wb = w[b];
+    if (wb < A(0.5)) {
+      write_range<STREAM>(o, lo, hi, [&](int64_t i) {
+        const A hv = static_cast<A>(h[i]);
+        return static_cast<T>(hv + wb * (static_cast<A>(s[i]) - hv));
+      });
+    } else {
+      const A omw = A(1) - wb;
+      write_range<STREAM>(o, lo, hi, [&](int64_t i) {
+        const A sv = static_cast<A>(s[i]);
+        return static_cast<T>(sv - (sv - static_cast<A>(h[i])) * omw);
+      });
     }
-    if constexpr (STREAM) cpu::stream_fence();
   });
 }
 
@@ -64,47 +57,24 @@ template <typename T, bool DH, bool DS, bool DA, bool STREAM>
 void blend_backward_dense(const T* g, const T* h, const T* s, T* dh, T* ds, double* partial,
                           const std::vector<typename Acc<T>::type>& w, int64_t B, int64_t N) {
   using A = typename Acc<T>::type;
-  constexpr int64_t L = kLine / sizeof(T);
-  const int64_t per = ceil_div(N, kChunk);
   // (five arrays an element against the forward's three: worth threads at half the size)
-  at::parallel_for(0, B * per, cpu::task_grain(2 * std::min(N, kChunk)), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / per;
-      const int64_t lo = b * N + (t % per) * kChunk;
-      const int64_t hi = std::min(lo + kChunk, b * N + N);
-      const A wb = w[b];
-      const A omw = A(1) - wb;
-      // plain stores over [i0, i1) into dh/ds (or into line buffers when
-      // streaming); returns the partial d_alpha sum of the range
-      auto run = [&](int64_t i0, int64_t i1, T* odh, T* ods, int64_t shift) -> A {
-        A sum = 0;
+  cpu::for_each_chunk<STREAM>(B, N, cpu::task_grain(2 * std::min(N, kChunk)), [&](int64_t t, int64_t b, int64_t lo,
+                                                                                  int64_t hi) {
+    const A wb = w[b];
+    const A omw = A(1) - wb;
+    const A acc = cpu::over_lines<STREAM, DH, DS>(lo, hi, dh, ds, [&](int64_t i0, int64_t i1, T* odh, T* ods,
+                                                                        int64_t shift) {
+      A sum = 0;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t i = i0; i < i1; ++i) {
-          const A gv = static_cast<A>(g[i]);
-          if constexpr (DH) odh[i - shift] = static_cast<T>(gv * omw);
-          if constexpr (DS) ods[i - shift] = static_cast<T>(gv * wb);
-          if constexpr (DA) sum += gv * (static_cast<A>(s[i]) - static_cast<A>(h[i]));
-        }
-        return sum;
-      };
-      A acc = 0;
-      if constexpr (STREAM) {
-        int64_t i = std::min(hi, (lo + L - 1) / L * L);
-        acc += run(lo, i, dh, ds, 0);
-        for (; i + L <= hi; i += L) {
-          alignas(64) T bh[L];
-          alignas(64) T bs[L];
-          acc += run(i, i + L, bh, bs, i);
-          if constexpr (DH) cpu::stream_line(dh + i, bh);
-          if constexpr (DS) cpu::stream_line(ds + i, bs);
-        }
-        acc += run(i, hi, dh, ds, 0);
-      } else {
-        acc = run(lo, hi, dh, ds, 0);
+      for (int64_t i = i0; i < i1; ++i) {
+        const A gv = static_cast<A>(g[i]);
+        if constexpr (DH) odh[i - shift] = static_cast<T>(gv * omw);
+        if constexpr (DS) ods[i - shift] = static_cast<T>(gv * wb);
+        if constexpr (DA) sum += gv * (static_cast<A>(s[i]) - static_cast<A>(h[i]));
       }
-      if constexpr (DA) partial[t] = static_cast<double>(acc);
-    }
-    if constexpr (STREAM) cpu::stream_fence();
+      return sum;
+    });
+    if constexpr (DA) partial[t] = static_cast<double>(acc);
   });
 }
 

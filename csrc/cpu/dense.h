@@ -2,11 +2,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "../layout.h"
+#include "stream.h"
 
 namespace kasmina::cpu {
 
@@ -27,6 +29,22 @@ constexpr int64_t kMinParallel = 32768;
 // results stay bitwise the same.
 inline int64_t task_grain(int64_t task_elems) {
   return std::max<int64_t>(1, kMinParallel / std::max<int64_t>(1, task_elems));
+}
+
+// f(t, b, lo, hi) for every fixed task t: the elements [lo, hi) of sample b, at
+// most kChunk of them, tasks spread over threads by at::parallel_for with
+// `grain`; with STREAM each thread fences its streaming stores at the end.
+template <bool STREAM, typename F>
+void for_each_chunk(int64_t B, int64_t N, int64_t grain, const F& f) {
+  const int64_t per = ceil_div(N, kChunk);
+  at::parallel_for(0, B * per, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / per;
+      const int64_t lo = b * N + (t % per) * kChunk;
+      f(t, b, lo, std::min(lo + kChunk, b * N + N));
+    }
+    if constexpr (STREAM) stream_fence();
+  });
 }
 
 // The clamped per-block weights w[b] = clamp(alpha[b], 0, 1) (NaN stays NaN,

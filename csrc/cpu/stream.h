@@ -75,4 +75,31 @@ inline void write_range(T* out, int64_t lo, int64_t hi, const F& f) {
   }
 }
 
+// The backward kernels' pass over [lo, hi): run(i0, i1, out_a, out_b, shift)
+// computes [i0, i1) into out_a / out_b at i - shift and returns its partial sum.
+// With STREAM, whole cache lines are computed into line buffers and go out as
+// streaming stores (outputs line-aligned at index 0); the partial lines at either
+// end, and everything without STREAM, go straight to a and b. Returns the sum of
+// the partial sums. Always inlined, so that `run` inlines into its caller's loop
+// (csrc/cpu/valve_loops.h compiles its callers for AVX2).
+template <bool STREAM, bool A_OUT, bool B_OUT, typename T, typename Run>
+__attribute__((always_inline)) inline auto over_lines(int64_t lo, int64_t hi, T* a, T* b, const Run& run) {
+  if constexpr (STREAM) {
+    constexpr int64_t L = kLine / sizeof(T);
+    int64_t i = std::min(hi, (lo + L - 1) / L * L);
+    auto acc = run(lo, i, a, b, int64_t{0});
+    for (; i + L <= hi; i += L) {
+      alignas(64) T la[L];
+      alignas(64) T lb[L];
+      acc += run(i, i + L, la, lb, i);
+      if constexpr (A_OUT) stream_line(a + i, la);
+      if constexpr (B_OUT) stream_line(b + i, lb);
+    }
+    acc += run(i, hi, a, b, int64_t{0});
+    return acc;
+  } else {
+    return run(lo, hi, a, b, int64_t{0});
+  }
+}
+
 }  // namespace kasmina::cpu

@@ -31,7 +31,6 @@ namespace {
 
 using cpu::Acc;
 using cpu::kChunk;
-using cpu::kLine;
 
 #define KASMINA_VALVE_NS base
 #include "valve_loops.h"  // NOLINT(build/include)
