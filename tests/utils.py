@@ -4,6 +4,7 @@ largest reference value; NaN never passes), and the lifecycle tests' slot."""
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 
@@ -143,6 +144,16 @@ def lists_sharing_addresses(device: str) -> list[list[torch.Tensor]]:
         [half.view(torch.bfloat16), other],  # same address and size, other dtype
         [base, other, base[1:]],  # one tensor more
     ]
+
+
+def end_worker() -> None:
+    """The end of a spawned gloo worker's body, before ``destroy_process_group``: objects
+    that hold the group (FSDP and DDP modules, DTensor meshes) freed now, not at exit
+    after the group is gone (a gloo thread left joinable then aborts the process:
+    "terminate called without an active exception"), then every rank meets, so none
+    tears the group down while another still talks."""
+    gc.collect()
+    torch.distributed.barrier()
 
 
 def on_thread_counts(fn, counts=(1, 2, 3)) -> list:

@@ -26,6 +26,7 @@ and get culled, checkpointed with torch.distributed.checkpoint.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 
@@ -132,7 +133,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(f"rank {dist.get_rank()} pid {os.getpid()}\n")  # one write, read by the kill test
         sys.stdout.flush()
         train(args.epochs, args.checkpoint, args.checkpoint_dir, args.resume)
-        dist.barrier()  # no rank tears the group down while another still talks
+        # the FSDP model is freed now, not at exit after the group is gone (a gloo
+        # thread left joinable then aborts the process); then no rank tears the
+        # group down while another still talks
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

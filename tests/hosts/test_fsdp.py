@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import kasmina_fast as kf
+from tests.utils import end_worker
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="needs torch.distributed")
 
@@ -98,7 +99,7 @@ def _worker(rank: int, init: str, out: str, kind: str) -> None:
         losses, stages, params = _train(rank, sharded=True, kind=kind)
         if rank == 0:
             torch.save({"losses": losses, "stages": stages, "params": params}, out)
-        dist.barrier()  # no rank tears the group down while another still talks
+        end_worker()
     finally:
         dist.destroy_process_group()
 
@@ -205,7 +206,8 @@ def _ckpt_worker(rank: int, init: str, ckpt: str, out: str, load: bool) -> None:
         loss = _next_losses(model, opt, rank, sharded=True)
         if rank == 0:
             torch.save({"loss": loss, "alpha": float(model.seed_slots["mid"].alpha)}, out)
-        dist.barrier()  # no rank tears the group down while another still talks
+        del model, opt
+        end_worker()
     finally:
         dist.destroy_process_group()
 
@@ -308,7 +310,7 @@ def _grower_worker(rank: int, init: str, out: str) -> None:
         dist.all_gather_object(gathered, list(result[1:]))
         if rank == 0:
             torch.save({"losses": result[0], "per_rank": gathered}, out)
-        dist.barrier()
+        end_worker()
     finally:
         dist.destroy_process_group()
 

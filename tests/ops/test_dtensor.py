@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kasmina_fast import _extension
+from tests.utils import end_worker
 
 pytestmark = pytest.mark.skipif(
     not _extension.LOADED or not dist.is_available(), reason="needs the op library and torch.distributed"
@@ -145,7 +146,7 @@ def _worker(rank, init):
         _check_placements(rank, mesh)
         _check_fsdp_telemetry(rank, mesh)
         _check_pointwise(rank, mesh)
-        dist.barrier()  # no rank tears the group down while another still talks
+        end_worker()
     finally:
         dist.destroy_process_group()
 
