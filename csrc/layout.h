@@ -77,6 +77,9 @@ at::Tensor valve_fallback(const at::Tensor& host, const at::Tensor& seed, const 
 void valve_backward_fallback(const at::Tensor& grad, const at::Tensor& host, const at::Tensor& seed,
                              const at::Tensor& alpha, bool isolate, std::array<bool, 3> mask, at::Tensor& d_host,
                              at::Tensor& d_seed, at::Tensor& d_alpha);
+// d_alpha of a strided backward: [0 <= alpha <= 1] * sum(prod) over alpha's
+// broadcast dims (prod: the per-element term, g (seed - host) or g host t).
+void fallback_d_alpha(const at::Tensor& prod, const at::Tensor& alpha, at::Tensor& d_alpha);
 
 // What every blend_backward / valve_backward kernel does first: check the
 // arguments, allocate the outputs (the ones not asked for are empty [0]

@@ -24,13 +24,7 @@ void valve_backward_fallback(const at::Tensor& grad, const at::Tensor& host, con
   const at::Tensor q = g * h * w * (1 - t * t);  // d_seed
   if (mask[0]) d_host.copy_(isolate ? g * (1 + w * t) : g * (1 + w * t) - q);
   if (mask[1]) d_seed.copy_(q);
-  if (mask[2]) {
-    const at::Tensor prod = g * h * t;
-    const at::Tensor sum = alpha.dim() > 0 ? prod.sum_to_size(alpha.sizes()) : prod.sum();
-    // like clamp's backward: outside [0, 1] the gradient is 0, even a NaN one
-    const at::Tensor inside = (alpha >= 0).logical_and_(alpha <= 1);
-    d_alpha.copy_(at::where(inside, sum, at::zeros({}, sum.options())));
-  }
+  if (mask[2]) fallback_d_alpha(g * h * t, alpha, d_alpha);
 }
 
 }  // namespace kasmina

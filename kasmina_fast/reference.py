@@ -93,9 +93,7 @@ def valve_precise(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:
     """:func:`valve` in fp32 (fp64 for fp64) into a tensor laid out like host: the
     Triton kernels' fallback for layouts they do not walk."""
     acc = torch.float64 if host.dtype == torch.float64 else torch.float32
-    h = host.to(acc)
-    out = h * (1 + alpha.clamp(0, 1).to(acc) * torch.tanh(seed.to(acc) - h))
-    return torch.empty_like(host).copy_(out)
+    return torch.empty_like(host).copy_(valve(host.to(acc), seed.to(acc), alpha))
 
 
 def blend_precise(host: Tensor, seed: Tensor, alpha: Tensor) -> Tensor:

@@ -27,7 +27,6 @@ namespace {
 
 using cpu::Acc;
 using cpu::kChunk;
-using cpu::write_range;
 
 template <typename T, bool STREAM>
 void blend_forward_dense(const T* h, const T* s, T* o, const std::vector<typename Acc<T>::type>& w, int64_t B,
@@ -36,18 +35,22 @@ void blend_forward_dense(const T* h, const T* s, T* o, const std::vector<typenam
   cpu::for_each_chunk<STREAM>(B, N, cpu::task_grain(std::min(N, kChunk)), [&](int64_t, int64_t b, int64_t lo,
                                                                               int64_t hi) {
     const A wb = w[b];
-    if (wb < A(0.5)) {
-      write_range<STREAM>(o, lo, hi, [&](int64_t i) {
-        const A hv = static_cast<A>(h[i]);
-        return static_cast<T>(hv + wb * (static_cast<A>(s[i]) - hv));
-      });
-    } else {
-      const A omw = A(1) - wb;
-      write_range<STREAM>(o, lo, hi, [&](int64_t i) {
-        const A sv = static_cast<A>(s[i]);
-        return static_cast<T>(sv - (sv - static_cast<A>(h[i])) * omw);
-      });
-    }
+    const A omw = A(1) - wb;
+    const bool low = wb < A(0.5);  // torch.lerp's two-sided formula
+    cpu::over_lines<STREAM, true, false>(lo, hi, o, o, [&](int64_t i0, int64_t i1, T* out, T*, int64_t shift) {
+      if (low) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const A hv = static_cast<A>(h[i]);
+          out[i - shift] = static_cast<T>(hv + wb * (static_cast<A>(s[i]) - hv));
+        }
+      } else {
+        for (int64_t i = i0; i < i1; ++i) {
+          const A sv = static_cast<A>(s[i]);
+          out[i - shift] = static_cast<T>(sv - (sv - static_cast<A>(h[i])) * omw);
+        }
+      }
+      return 0;
+    });
   });
 }
 

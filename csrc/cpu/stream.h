@@ -55,28 +55,9 @@ inline void stream_fence() {
 #endif
 }
 
-// out[i] = f(i) over [lo, hi); with STREAM, whole cache lines go out as
-// streaming stores (out must be line-aligned at index 0), the partial lines at
-// either end as plain stores.
-template <bool STREAM, typename T, typename F>
-inline void write_range(T* out, int64_t lo, int64_t hi, const F& f) {
-  if constexpr (STREAM) {
-    constexpr int64_t L = kLine / sizeof(T);
-    int64_t i = lo;
-    for (const int64_t head = std::min(hi, (lo + L - 1) / L * L); i < head; ++i) out[i] = f(i);
-    for (; i + L <= hi; i += L) {
-      alignas(64) T tmp[L];
-      for (int64_t j = 0; j < L; ++j) tmp[j] = f(i + j);
-      stream_line(out + i, tmp);
-    }
-    for (; i < hi; ++i) out[i] = f(i);
-  } else {
-    for (int64_t i = lo; i < hi; ++i) out[i] = f(i);
-  }
-}
-
-// The backward kernels' pass over [lo, hi): run(i0, i1, out_a, out_b, shift)
-// computes [i0, i1) into out_a / out_b at i - shift and returns its partial sum.
+// The kernels' pass over [lo, hi): run(i0, i1, out_a, out_b, shift) computes
+// [i0, i1) into out_a / out_b (each written only if A_OUT / B_OUT) at i - shift
+// and returns its partial sum (0 for a forward).
 // With STREAM, whole cache lines are computed into line buffers and go out as
 // streaming stores (outputs line-aligned at index 0); the partial lines at either
 // end, and everything without STREAM, go straight to a and b. Returns the sum of

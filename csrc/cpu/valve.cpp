@@ -79,10 +79,12 @@ at::Tensor valve_cpu(const at::Tensor& host, const at::Tensor& seed, const at::T
 #if KASMINA_VALVE_AVX2
     if (use_avx2()) {
       avx2::valve_forward(stream, h, s, o, w, blk.B, blk.N);
-      return;
+    } else {
+      base::valve_forward(stream, h, s, o, w, blk.B, blk.N);
     }
-#endif
+#else
     base::valve_forward(stream, h, s, o, w, blk.B, blk.N);
+#endif
   });
   return out;
 }

@@ -81,6 +81,29 @@ Order shuffled(int64_t n) {
 
 double clamp01d(double a) { return std::isnan(a) ? a : std::min(1.0, std::max(0.0, a)); }
 
+// The backward checks that check_blend and check_valve share: the errors of d_host
+// and d_seed (relative, as computed by the caller), untouched outputs not asked
+// for, d_alpha's error relative to the sum of its terms' magnitudes, d_alpha
+// bitwise the same for every block order, and the counters left at zero.
+template <typename T, typename A>
+void expect_backward(const std::string& m, double worst_dh, double worst_ds, bool untouched, double worst_da,
+                     const std::vector<std::vector<A>>& runs, bool reset) {
+  expect(worst_dh <= tol<T>(), m + " d_host: max rel error " + std::to_string(worst_dh));
+  expect(worst_ds <= tol<T>(), m + " d_seed: max rel error " + std::to_string(worst_ds));
+  expect(untouched, m + ": wrote an output that was not asked for");
+  // Relative to the sum of the terms' magnitudes, the error of an fp32 (fp64) sum
+  // is at most its depth of additions times eps(A): a few vectors a thread, the
+  // block's tree, the partials. 32 eps is at least 35x the worst error seen here
+  // (0.9 eps, fp64), and ~100x below what a dropped partial of the 300-block case costs.
+  const double da_tol = 32 * static_cast<double>(std::numeric_limits<A>::epsilon());
+  expect(worst_da <= da_tol, m + " d_alpha: max rel error " + std::to_string(worst_da));
+  for (const auto& run : runs) {
+    expect(std::memcmp(run.data(), runs[0].data(), run.size() * sizeof(A)) == 0,
+           m + " d_alpha differs between block orders");
+  }
+  expect(reset, m + ": the counters are back at zero after every launch");
+}
+
 // ---- blend -------------------------------------------------------------------------------------
 
 template <typename T, int V>
@@ -156,21 +179,8 @@ void check_blend(int64_t B, int64_t N, dim3 grid, bool per_sample) {
       if (!(a >= 0 && a <= 1)) da = 0;
       if (want_da) worst_da = std::max(worst_da, std::abs(static_cast<double>(d_alpha[b]) - da) / scale);
     }
-    const std::string m = tag + " backward mask=" + std::to_string(mask);
-    expect(worst_dh <= tol<T>(), m + " d_host: max rel error " + std::to_string(worst_dh));
-    expect(worst_ds <= tol<T>(), m + " d_seed: max rel error " + std::to_string(worst_ds));
-    expect(untouched, m + ": wrote an output that was not asked for");
-    // Relative to the sum of the terms' magnitudes, the error of an fp32 (fp64) sum
-    // is at most its depth of additions times eps(A): a few vectors a thread, the
-    // block's tree, the partials. 32 eps is at least 35x the worst error seen here
-    // (0.9 eps, fp64), and ~100x below what a dropped partial of the 300-block case costs.
-    const double da_tol = 32 * static_cast<double>(std::numeric_limits<A>::epsilon());
-    expect(worst_da <= da_tol, m + " d_alpha: max rel error " + std::to_string(worst_da));
-    for (const auto& run : runs) {
-      expect(std::memcmp(run.data(), runs[0].data(), run.size() * sizeof(A)) == 0,
-             m + " d_alpha differs between block orders");
-    }
-    expect(reset, m + ": the counters are back at zero after every launch");
+    expect_backward<T, A>(tag + " backward mask=" + std::to_string(mask), worst_dh, worst_ds, untouched, worst_da, runs,
+                          reset);
   }
 }
 
@@ -274,18 +284,8 @@ void check_valve(int64_t B, int64_t N, dim3 grid, bool per_sample) {
       if (!(a >= 0 && a <= 1)) da = 0;
       if (want_da) worst_da = std::max(worst_da, std::abs(static_cast<double>(d_alpha[b]) - da) / scale);
     }
-    const std::string m = tag + " backward mask=" + std::to_string(mask);
-    expect(worst_dh <= tol<T>(), m + " d_host: max rel error " + std::to_string(worst_dh));
-    expect(worst_ds <= tol<T>(), m + " d_seed: max rel error " + std::to_string(worst_ds));
-    expect(untouched, m + ": wrote an output that was not asked for");
-    // the bound of check_blend's d_alpha, plus the rounding of t (a few eps)
-    const double da_tol = 32 * static_cast<double>(std::numeric_limits<A>::epsilon());
-    expect(worst_da <= da_tol, m + " d_alpha: max rel error " + std::to_string(worst_da));
-    for (const auto& run : runs) {
-      expect(std::memcmp(run.data(), runs[0].data(), run.size() * sizeof(A)) == 0,
-             m + " d_alpha differs between block orders");
-    }
-    expect(reset, m + ": the counters are back at zero after every launch");
+    expect_backward<T, A>(tag + " backward mask=" + std::to_string(mask), worst_dh, worst_ds, untouched, worst_da, runs,
+                          reset);
   }
 }
 

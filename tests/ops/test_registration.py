@@ -1,6 +1,6 @@
 """The torch.library registration: the seven public names and their schemas,
-opcheck and gradcheck under every backend, and the eager-reference fallback
-used when the op library is absent."""
+opcheck and gradcheck under every backend (valve's opchecks: test_valve.py), and
+the eager-reference fallback used when the op library is absent."""
 
 from __future__ import annotations
 
@@ -127,7 +127,11 @@ def test_opcheck_gradient_stats(backend, lists):
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_gradcheck_blend(backend, per_sample, layout):
+@pytest.mark.parametrize("op", ["blend", "valve"])
+def test_gradcheck(op, backend, per_sample, layout):
+    """gradcheck in fp64 of blend and of the joint (not isolated) valve, which is the
+    true derivative of its value; alpha inside (0, 1) and clamped (d_alpha 0)."""
+    fn = getattr(kasmina_fast, op)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     h = torch.randn(3, 2, 3, 4, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
     s = torch.randn(3, 2, 3, 4, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
@@ -139,9 +143,9 @@ def test_gradcheck_blend(backend, per_sample, layout):
     )
     a.requires_grad_()
     with with_backend(backend):
-        assert torch.autograd.gradcheck(kasmina_fast.blend, (h, s, a))
+        assert torch.autograd.gradcheck(fn, (h, s, a))
         a_out = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)  # clamped: d_alpha is 0
-        assert torch.autograd.gradcheck(kasmina_fast.blend, (h, s, a_out))
+        assert torch.autograd.gradcheck(fn, (h, s, a_out))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

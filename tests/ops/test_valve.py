@@ -353,27 +353,6 @@ def test_opcheck_valve_backward(backend, mask, isolate):
         )
 
 
-@pytest.mark.parametrize("backend", cpu_backends("valve"))
-@pytest.mark.parametrize("per_sample", [False, True])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_gradcheck_valve(backend, per_sample, layout):
-    """The joint (not isolated) valve is the true derivative of its value: gradcheck in
-    fp64, alpha away from the clamp's kinks, and clamped (d_alpha 0)."""
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    h = torch.randn(3, 2, 3, 4, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
-    s = torch.randn(3, 2, 3, 4, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
-    a = (
-        torch.tensor([0.2, 0.55, 0.8], dtype=torch.float64).view(3, 1, 1, 1)
-        if per_sample
-        else torch.tensor(0.4, dtype=torch.float64)
-    )
-    a.requires_grad_()
-    with with_backend(backend):
-        assert torch.autograd.gradcheck(kasmina_fast.valve, (h, s, a))
-        a_out = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(kasmina_fast.valve, (h, s, a_out))
-
-
 def test_valve_backward_checks_grad():
     if not _extension.LOADED:
         pytest.skip("the op library is not built here")
