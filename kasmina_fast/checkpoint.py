@@ -3,7 +3,9 @@
 :func:`save` writes the model's and the optimizer's tensors (sharded as they are:
 each rank writes its own shards), the lifecycle state of every slot (stage,
 alpha, schedule, metrics, embargo counters; primitives only), the optimizer's
-seed groups, the lr scheduler, every rank's RNG states and the caller's ``extra``.
+seed groups, the lr scheduler, a ``Grower``'s state, every rank's RNG states and
+the caller's ``extra`` (the growth state in the one encoding of
+:mod:`kasmina_fast.lifecycle.persist`).
 :func:`load` reads them into a model of *any* world size, sharded or not (DCP
 reshards): first the lifecycle, which rebuilds every seed and gate the
 checkpoint holds, then the optimizer (and scheduler) are made for the model as it
@@ -25,6 +27,7 @@ previous one).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -32,7 +35,8 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,7 @@ from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from kasmina_fast.hosts.plane import MorphogeneticModel
+from kasmina_fast.lifecycle import persist
 from kasmina_fast.training import param_groups as _groups
 
 #: the completion marker a checkpoint folder holds once every rank's files are written
@@ -154,13 +159,6 @@ def _prepare(folder: Path) -> Path:
 # ---- what a checkpoint holds ------------------------------------------------------------
 
 
-def _blob(obj: Any) -> io.BytesIO:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return buf
-
-
 def _rng_state() -> dict[str, Any]:
     """This rank's RNG states (primitives and tensors: ``weights_only`` loads them)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -181,30 +179,50 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
 
 
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every single-process save and load that it assumes one process:
+    that is this module's intent there, so the warning is silenced (only then)."""
+    if _distributed():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed is .*assuming the intent")
+        yield
+
+
+def _model_tensors(model_sd: dict[str, Any]) -> dict[str, Any]:
+    """The model's entries DCP reads back: the ``_extra_state`` entries (the lifecycle,
+    whose size varies with it) travel in the lifecycle blob instead."""
+    return {k: v for k, v in model_sd.items() if not k.endswith("_extra_state")}
+
+
 def _state(
-    model: MorphogeneticModel, optimizer: torch.optim.Optimizer, lr_scheduler: Any, extra: Any
+    model: MorphogeneticModel,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    extra: Any,
+    grower: Any,
 ) -> dict[str, Any]:
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    seed_groups = _groups.seed_group_indices(optimizer, model)
     lifecycle = {
-        "plane": model.get_extra_state(),
-        "slots": {sid: slot.get_extra_state() for sid, slot in model.seed_slots.items()},
-        "seed_groups": _groups.export_groups(optimizer, model, lr_scheduler, seed_groups, with_state=False),
+        "plane": model.lifecycle_state(),
+        "slots": {sid: slot.lifecycle_state() for sid, slot in model.seed_slots.items()},
+        "training": _groups.training_state(model, optimizer, lr_scheduler, grower, with_state=False),
         "lr_scheduler": None if lr_scheduler is None else lr_scheduler.state_dict(),
         "extra": extra,
         "world_size": _world(),
         # parameters with optimizer state (a seed that joined and has not stepped has none)
         "optim_state": sorted(optim_sd.get("state", {})),
     }
-    blob = _blob(lifecycle)
-    try:  # refused now rather than when the checkpoint is needed
-        torch.load(io.BytesIO(blob.getvalue()), weights_only=True)
-    except Exception as exc:
-        raise TypeError(
-            "kasmina_fast.checkpoint.save: extra must hold what torch.load(weights_only=True) reads "
-            f"(tensors, numbers, strings, lists, tuples, dicts): {exc}"
-        ) from None
-    return {"model": model_sd, "optim": optim_sd, "lifecycle": blob, f"rng/{_rank()}": _blob(_rng_state())}
+    # (refused now rather than when the checkpoint is needed)
+    blob = io.BytesIO(persist.encode_bytes(lifecycle, "kasmina_fast.checkpoint.save: extra"))
+    return {
+        "model": _model_tensors(model_sd),
+        "optim": optim_sd,
+        "lifecycle": blob,
+        f"rng/{_rank()}": io.BytesIO(persist.encode_bytes(_rng_state())),
+    }
 
 
 # ---- save and load ----------------------------------------------------------------------
@@ -217,14 +235,19 @@ def save(
     *,
     lr_scheduler: Any = None,
     extra: Any = None,
+    grower: Any = None,
 ) -> None:
-    """Save the model, the optimizer, the lifecycle, ``lr_scheduler``'s position, every
-    rank's RNG states and ``extra`` (e.g. the epoch and the data position; anything
-    ``torch.load(weights_only=True)`` reads) to the folder ``checkpoint_id``, atomically:
-    a reader sees the previous complete checkpoint until this one is complete."""
+    """Save the model, the optimizer, the lifecycle, ``lr_scheduler``'s position, the
+    ``grower``'s state (a :class:`kasmina_fast.Grower`: its epoch, its policy's memory
+    and its pending telemetry), every rank's RNG states and ``extra`` (e.g. the epoch
+    and the data position; anything ``torch.load(weights_only=True)`` reads) to the
+    folder ``checkpoint_id``, atomically: a reader sees the previous complete
+    checkpoint until this one is complete."""
     folder = Path(checkpoint_id)
     tmp = _prepare(folder)
-    dcp.save(_state(model, optimizer, lr_scheduler, extra), checkpoint_id=str(tmp))
+    state = _state(model, optimizer, lr_scheduler, extra, grower)
+    with _single_process_quiet():
+        dcp.save(state, checkpoint_id=str(tmp))
     _finish(tmp, folder)
 
 
@@ -237,9 +260,9 @@ def _finish(tmp: Path, folder: Path) -> None:
 
 def _read_blob(folder: Path, key: str) -> Any:
     blob = {key: io.BytesIO()}
-    dcp.load(blob, checkpoint_id=str(folder))
-    blob[key].seek(0)
-    return torch.load(blob[key], weights_only=True)
+    with _single_process_quiet():
+        dcp.load(blob, checkpoint_id=str(folder))
+    return persist.decode(blob[key])
 
 
 def load(
@@ -248,6 +271,7 @@ def load(
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     *,
     lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    grower: Any = None,
 ) -> Restored:
     """Resume ``model`` (built as the saved one was, before any germination; sharded or
     not, on any number of ranks) from ``checkpoint_id``.
@@ -255,8 +279,11 @@ def load(
     ``make_optimizer(model)`` builds the optimizer once the seeds exist (the seeds'
     own param groups, as ``sync_optimizer`` made them, are rebuilt from the
     checkpoint); ``lr_scheduler(optimizer)``, a factory too, builds the scheduler,
-    whose position is then loaded. This rank's RNG states are restored when the
-    world size is the one saved. Returns :class:`Restored`.
+    whose position is then loaded. ``grower``: the run's :class:`kasmina_fast.Grower`
+    takes the saved Grower's state and the restored optimizer and scheduler; a
+    checkpoint that holds a Grower's state, loaded without ``grower=``, warns (its
+    policy would forget what it did). This rank's RNG states
+    are restored when the world size is the one saved. Returns :class:`Restored`.
     """
     folder = _readable(Path(checkpoint_id))
     state = _read_blob(folder, "lifecycle")
@@ -273,12 +300,15 @@ def load(
             slot.attach_host(host)
     model.architecture_version += 1
     optimizer = make_optimizer(model)
-    if state.get("seed_groups"):  # (the scheduler is made below, for the groups as they then are)
-        _groups.add_groups(optimizer, model, None, state["seed_groups"])
+    training = state.get("training") or {"groups": state.get("seed_groups"), "grower": None}
+    if training["groups"]:  # (the scheduler is made below, for the groups as they then are)
+        _groups.add_groups(optimizer, model, None, training["groups"])
     scheduler = lr_scheduler(optimizer) if lr_scheduler is not None else None
     model_sd, optim_sd = get_state_dict(model, optimizer)  # (initialises every parameter's state)
     planner = DefaultLoadPlanner(allow_partial_load=True)  # parameters saved without state
-    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder), planner=planner)
+    tensors = _model_tensors(model_sd)
+    with _single_process_quiet():
+        dcp.load({"model": tensors, "optim": optim_sd}, checkpoint_id=str(folder), planner=planner)
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     if "optim_state" in state:  # ... get none back, as in the run that saved them
         stateful = set(state["optim_state"])
@@ -293,6 +323,7 @@ def load(
         scheduler.load_state_dict(state["lr_scheduler"])
     if state.get("world_size", _world()) == _world():
         _set_rng_state(_read_blob(folder, f"rng/{_rank()}"))
+    _groups.restore_grower(grower, training["grower"], "kasmina_fast.checkpoint.load", optimizer, scheduler)
     return Restored(optimizer, scheduler, state.get("extra"))
 
 
@@ -345,16 +376,20 @@ class Checkpointer:
         *,
         lr_scheduler: Any = None,
         extra: Any = None,
+        grower: Any = None,
     ) -> Path:
-        """Save into ``root/step-<step>`` (atomically); returns that folder."""
+        """Save into ``root/step-<step>`` (atomically); returns that folder. The
+        arguments are :func:`save`'s."""
         self.wait()
         folder = self.folder(step)
         tmp = _prepare(folder)
-        state = _state(model, optimizer, lr_scheduler, extra)
-        if self.async_save:
-            self._pending = (dcp.async_save(state, checkpoint_id=str(tmp)), tmp, folder)
-        else:
-            dcp.save(state, checkpoint_id=str(tmp))
+        state = _state(model, optimizer, lr_scheduler, extra, grower)
+        with _single_process_quiet():
+            if self.async_save:
+                self._pending = (dcp.async_save(state, checkpoint_id=str(tmp)), tmp, folder)
+            else:
+                dcp.save(state, checkpoint_id=str(tmp))
+        if not self.async_save:
             self._complete(tmp, folder)
         return folder
 
@@ -384,9 +419,10 @@ class Checkpointer:
         *,
         step: int | None = None,
         lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        grower: Any = None,
     ) -> Restored:
         """:func:`load` from ``step`` (default: :meth:`latest`)."""
         step = self.latest() if step is None else step
         if step is None:
             raise FileNotFoundError(f"Checkpointer: no complete checkpoint under {str(self.root)!r}")
-        return load(model, self.folder(step), make_optimizer, lr_scheduler=lr_scheduler)
+        return load(model, self.folder(step), make_optimizer, lr_scheduler=lr_scheduler, grower=grower)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -13,7 +14,15 @@ import torch
 from torch import nn
 
 from kasmina_fast.hosts.protocol import HostProtocol
-from kasmina_fast.lifecycle import QualityGates, SeedSlot, SeedStage, SeedState, TaskConfig, TelemetryEvent
+from kasmina_fast.lifecycle import (
+    QualityGates,
+    SeedSlot,
+    SeedStage,
+    SeedState,
+    TaskConfig,
+    TelemetryEvent,
+    persist,
+)
 
 
 def shard_like_host(module: nn.Module, host_params: Sequence[nn.Parameter]) -> None:
@@ -119,6 +128,9 @@ class MorphogeneticModel(nn.Module):
         self.architecture_version = 0
         self._expose_signature(host)
         self.register_load_state_dict_post_hook(MorphogeneticModel._reattach_host)
+        self.register_state_dict_post_hook(MorphogeneticModel._drop_aliases)
+        #: the training state (optimizer groups, Grower) of the last Trainer checkpoint loaded
+        self.training_state: dict[str, Any] | None = None
 
     def _expose_signature(self, host: nn.Module) -> None:
         """``inspect.signature(model.forward)`` gives the host's arguments (a grafted
@@ -134,11 +146,59 @@ class MorphogeneticModel(nn.Module):
         forward.__signature__ = signature
         self.forward = forward
 
-    def get_extra_state(self) -> dict:
+    def lifecycle_state(self) -> dict[str, Any]:
+        """The plane's own lifecycle state (primitives): the germinations per slot."""
         return {"germinations": dict(self.germinations)}
 
-    def set_extra_state(self, extra: dict) -> None:
+    def get_extra_state(self) -> torch.Tensor:
+        return persist.encode(self.lifecycle_state())
+
+    def set_extra_state(self, extra: torch.Tensor | dict) -> None:
+        extra = persist.decode(extra)
         self.germinations = {slot: int(extra["germinations"].get(slot, 0)) for slot in self.slot_ids}
+
+    # ---- state dicts: tensors only, each tensor once ---------------------------------------
+
+    def tied_aliases(self) -> dict[str, str]:
+        """Each second name of a tensor the model holds twice (a tied weight such as
+        GPT-2's ``lm_head.weight``) -> its first name."""
+        first: dict[int, str] = {}
+        aliases = {}
+        named = itertools.chain(
+            self.named_parameters(remove_duplicate=False), self.named_buffers(remove_duplicate=False)
+        )
+        for name, t in named:
+            if id(t) in first:
+                aliases[name] = first[id(t)]
+            else:
+                first[id(t)] = name
+        return aliases
+
+    @staticmethod
+    def _drop_aliases(model: MorphogeneticModel, state_dict, prefix, local_metadata) -> None:
+        """``state_dict()`` holds a tied tensor once, under its first name, as a Hugging
+        Face model's ``save_pretrained`` does (safetensors refuses shared storage);
+        :meth:`load_state_dict` ties it back."""
+        for alias in model.tied_aliases():
+            state_dict.pop(prefix + alias, None)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        """A tied tensor's second name takes its first name's value; a Trainer checkpoint's
+        ``kasmina_growth`` entry (the seeds' optimizer groups and the Grower's state: what
+        only a resumed training run uses) is kept aside in :attr:`training_state`."""
+        growth = state_dict.pop(prefix + persist.GROWTH_KEY, None)
+        self.training_state = None if growth is None else persist.decode(growth)
+        if self.training_state is not None:  # an older checkpoint kept the seeds in there
+            for key, value in self.training_state.pop("model", {}).items():
+                state_dict.setdefault(prefix + key, value)
+        for alias, source in self.tied_aliases().items():
+            if prefix + source in state_dict and prefix + alias not in state_dict:
+                state_dict[prefix + alias] = state_dict[prefix + source]
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @staticmethod
     def _reattach_host(model: MorphogeneticModel, incompatible_keys) -> None:

@@ -13,36 +13,34 @@ telemetry before each optimizer step; at each evaluation the counterfactuals,
 ``step_epoch()``, the policy, and the Trainer's own optimizer and lr scheduler
 kept in sync (new seeds join them, culled ones leave).
 
-Checkpoints. ``Trainer`` saves a model that is not a ``PreTrainedModel`` as a
-safetensors file of ``model.state_dict()``, which holds tensors only, once each.
-From the step the Trainer decides to save until ``on_save``, the grown model's
-state dict is therefore the host's tensors (a tied weight's twin copied) plus one uint8
-tensor, ``kasmina_growth``, that carries everything growth adds: the lifecycle,
-the seeds' weights, the seeds' param groups with their optimizer state and
-schedule entries (taken out of the optimizer and the scheduler for that window,
-so ``optimizer.pt`` and ``scheduler.pt`` hold the groups the Trainer itself makes),
-the Grower's state (with the pending telemetry) and the policy's. On
-``train(resume_from_checkpoint=...)`` the Trainer loads that file into the model;
-the callback keeps ``kasmina_growth`` aside and, once the Trainer has built its
-optimizer and loaded its state, puts the seeds and their groups back: training
-continues with the same stages and the same losses as if never stopped.
-``save_strategy="best"`` (decided after the callback's last look) and
-``load_best_model_at_end`` are refused. Outside ``train()`` the state dict is the
-model's own (with the lifecycle as Python objects), which safetensors cannot hold:
-save the final grown model with ``torch.save(model.state_dict(), ...)`` or
-:mod:`kasmina_fast.checkpoint`, not ``trainer.save_model()``.
+Saving. ``Trainer`` saves a model that is not a ``PreTrainedModel`` as a
+safetensors file of ``model.state_dict()``: the grown model's state dict holds
+tensors only (the lifecycle encoded as uint8 tensors, a tied weight once), so
+``trainer.save_model()`` works, and its ``model.safetensors`` (or a
+``checkpoint-N/model.safetensors``) loads into a freshly grafted model with
+``load_state_dict``: the seeds are rebuilt. In a checkpoint, one more uint8 tensor,
+``kasmina_growth``, carries what only a resumed run needs: the seeds' param groups
+with their optimizer state and schedule entries (taken out of the optimizer and
+the scheduler from the step the Trainer decides to save until ``on_save``, so
+``optimizer.pt`` and ``scheduler.pt`` hold the groups the Trainer itself makes)
+and the Grower's state (with the pending telemetry). On
+``train(resume_from_checkpoint=...)`` the callback keeps the seeds aside while the
+Trainer builds its optimizer and loads its state, then puts the seeds and their
+groups back: training continues with the same stages and the same losses as if
+never stopped. ``save_strategy="best"`` (decided after the callback's last look)
+and ``load_best_model_at_end`` are refused.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from kasmina_fast.lifecycle import persist
 from kasmina_fast.training import param_groups as _groups
 from kasmina_fast.training.grower import Grower
 from kasmina_fast.training.optimizer import find_plane
@@ -54,8 +52,8 @@ except ImportError as exc:  # pragma: no cover - without the hf extra
         "kasmina_fast.integrations.hf needs Hugging Face transformers: pip install 'kasmina-fast[hf]'"
     ) from exc
 
-#: the state-dict key that carries the growth state in a Trainer checkpoint
-GROWTH_KEY = "kasmina_growth"
+#: the state-dict key that carries the training state in a Trainer checkpoint
+GROWTH_KEY = persist.GROWTH_KEY
 
 
 @torch.no_grad()
@@ -80,27 +78,17 @@ def negative_eval_loss(model: nn.Module, dataloader: Any) -> float:
     return -100.0 * total / count
 
 
-def _growth_keys(plane: nn.Module, state_dict: dict[str, Any]) -> list[str]:
-    """The keys of ``plane``'s state dict that growth owns: the slots' and every extra state."""
+def _growth_keys(plane: nn.Module, keys: Any) -> list[str]:
+    """The ``keys`` (of ``plane``'s state dict) that growth owns: the slots' and every extra state."""
     slots = tuple(
         n + "." for n, m in plane.named_modules() if m is not plane and hasattr(m, "seed_parameters")
     )
-    return [k for k in state_dict if k.endswith("_extra_state") or k.startswith(slots)]
+    return [k for k in keys if k.endswith("_extra_state") or k.startswith(slots)]
 
 
 def _value(option: Any) -> str:
     """A TrainingArguments strategy (an enum or a string) as its string."""
     return str(getattr(option, "value", option))
-
-
-def _pack(obj: Any) -> torch.Tensor:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
-
-
-def _unpack(t: torch.Tensor) -> Any:
-    return torch.load(io.BytesIO(t.numpy().tobytes()), weights_only=True)
 
 
 class GrowthCallback(TrainerCallback):
@@ -226,35 +214,31 @@ class GrowthCallback(TrainerCallback):
             _groups.add_groups(optimizer, self.plane, lr_scheduler, stash)
 
     def _saving_state_dict(self, module, state_dict, prefix, local_metadata):
-        """While the Trainer saves: host tensors once each, plus ``kasmina_growth``."""
+        """While the Trainer saves a checkpoint: the training state as ``kasmina_growth``."""
         if self._stash is None or prefix:
             return
-        growth = {
-            "model": {k: state_dict.pop(k) for k in _growth_keys(module, state_dict)},
-            "optimizer": self._stash,
-            "grower": self.grower.state_dict(),  # (pending telemetry included)
-        }
-        seen = set()
-        for k in list(state_dict):  # safetensors refuses shared storage: a tied weight's twin is a copy
-            t = state_dict[k]
-            if t.untyped_storage().data_ptr() in seen:
-                state_dict[k] = t.clone()
-            seen.add(t.untyped_storage().data_ptr())
-        state_dict[GROWTH_KEY] = _pack(growth)
+        training = {"groups": self._stash, "grower": self.grower.state_dict()}  # (pending telemetry in)
+        state_dict[GROWTH_KEY] = persist.encode(training)
 
     def _loading_state_dict(self, module, state_dict, prefix, *args, **kwargs):
-        """A Trainer checkpoint being loaded: keep ``kasmina_growth`` for on_train_begin."""
-        packed = state_dict.pop(prefix + GROWTH_KEY, None)
-        if packed is not None:
-            self._restored = _unpack(packed)
-            current = module.state_dict()  # the growth keys as they are now: nothing missing
-            for key in _growth_keys(module, current):
-                state_dict.setdefault(prefix + key, current[key])
+        """A Trainer checkpoint being loaded (the model set its ``kasmina_growth`` aside in
+        ``training_state``): the seeds wait, with it, for on_train_begin, after the Trainer
+        has built its optimizer and loaded its state."""
+        training, module.training_state = module.training_state, None
+        if training is None:
+            return
+        ours = [k[len(prefix) :] for k in state_dict if k.startswith(prefix)]
+        model = {k: state_dict.pop(prefix + k) for k in _growth_keys(module, ours)}
+        current = module.state_dict()  # the growth keys as they are now: nothing missing
+        for key in _growth_keys(module, current):
+            state_dict.setdefault(prefix + key, current[key])
+        self._restored = {"model": model, **training}
 
     def _resume(self, growth: dict[str, Any], optimizer, lr_scheduler) -> None:
         plane = self.plane
         plane.load_state_dict(growth["model"], strict=False)  # rebuilds the seeds, loads their weights
-        _groups.add_groups(optimizer, plane, lr_scheduler, growth["optimizer"])
+        groups = growth.get("groups", growth.get("optimizer"))  # ("optimizer": an older checkpoint's key)
+        _groups.add_groups(optimizer, plane, lr_scheduler, groups)
         self.grower.load_state_dict(growth["grower"])
 
 

@@ -17,10 +17,12 @@ training epoch the counterfactuals, ``step_epoch()``, the policy and the
 optimizer and scheduler kept in sync.
 
 Checkpoints: the lifecycle is in the module's state dict (a ``SeedSlot`` rebuilds
-its seed from it when the checkpoint loads), and the callback's own state holds
-the Grower's and the policy's state and the seeds' param groups (names and
-hyperparameters). On ``fit(ckpt_path=...)`` Lightning loads the model (seeds
-included), then ``configure_optimizers`` puts every parameter into your groups;
+its seed from it when the checkpoint loads, so ``Module.load_from_checkpoint``
+gives the grown model), and the callback's own state holds the Grower's and the
+policy's state and the seeds' param groups (names and hyperparameters), encoded
+as the Hugging Face callback and ``kasmina_fast.checkpoint`` encode them. On
+``fit(ckpt_path=...)`` Lightning loads the model (seeds included), then
+``configure_optimizers`` puts every parameter into your groups;
 ``on_fit_start`` moves the seeds' parameters back into groups of their own as
 saved, so that Lightning then loads the optimizer's and the scheduler's state
 into the same groups: training continues exactly.
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kasmina_fast.lifecycle import persist
 from kasmina_fast.training import param_groups as _groups
 from kasmina_fast.training.grower import Grower
 from kasmina_fast.training.optimizer import find_plane
@@ -145,14 +148,12 @@ class GrowthCallback(pl.Callback):
         if self.grower is None:
             return {}
         optimizer, scheduler = self._optim(self._trainer)
-        indices = _groups.seed_group_indices(optimizer, self.plane)
-        return {
-            "grower": self.grower.state_dict(),
-            "groups": _groups.export_groups(optimizer, self.plane, scheduler, indices, with_state=False),
-        }
+        training = _groups.training_state(self.plane, optimizer, scheduler, self.grower, with_state=False)
+        return {persist.GROWTH_KEY: persist.encode(training)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = state_dict or None
+        # (an older checkpoint holds the training state as a plain dict)
+        self._restored = persist.decode(state_dict.get(persist.GROWTH_KEY, state_dict)) or None
 
 
 __all__ = ["GrowthCallback", "negative_val_loss"]

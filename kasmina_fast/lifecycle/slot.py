@@ -11,6 +11,7 @@ order (``consensus.agree``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from kasmina_fast.blueprints import BlueprintRegistry
+from kasmina_fast.lifecycle import persist
 from kasmina_fast.lifecycle.consensus import agree
 from kasmina_fast.lifecycle.gates import QualityGates
 from kasmina_fast.lifecycle.isolation import GradientIsolationMonitor
@@ -42,6 +44,8 @@ S = SeedStage
 _SCHEDULED = (S.BLENDING, S.PROBATIONARY, S.FOSSILIZED)
 #: epochs in TRAINING without a gradient measurement before the slot warns (once per seed)
 STALL_WARNING_EPOCHS = 3
+#: stage changes a slot remembers (``SeedSlot.stage_log``)
+STAGE_LOG = 32
 logger = logging.getLogger("kasmina_fast")
 
 
@@ -155,6 +159,10 @@ class SeedSlot(nn.Module):
         self._event_queue: list[TelemetryEvent] | None = None  # see _delivers_events
         self._captured = False  # capture_gradient_telemetry ran for this seed
         self._stall_warned = False
+        #: every stage change in order (the newest STAGE_LOG), counted by stage_changes:
+        #: what ``Grower`` reports as an epoch's transitions
+        self.stage_log: collections.deque[str] = collections.deque(maxlen=STAGE_LOG)
+        self.stage_changes = 0
         #: Called with every module the slot creates (a seed, a gated blend's gate)
         #: before it is used: how a sharded host shards them (MorphogeneticModel sets it).
         self.place_module: Callable[[nn.Module], None] | None = None
@@ -621,6 +629,8 @@ class SeedSlot(nn.Module):
         if not is_valid_transition(old, target):
             raise RuntimeError(f"SeedSlot {self.slot_id!r}: invalid transition {old.name} -> {target.name}")
         st._move_to(target)
+        self.stage_log.append(target.name)
+        self.stage_changes += 1
         st.stage_history.append((int(target), st.metrics.epochs_total))
         st.metrics.start_stage()
         if target == S.BLENDING and old == S.TRAINING:  # (from PROBATIONARY: a retarget keeps all)
@@ -719,8 +729,9 @@ class SeedSlot(nn.Module):
 
     # ---- checkpoints ----------------------------------------------------------------------
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """Primitives only, so ``torch.load(weights_only=True)`` reads the checkpoint."""
+    def lifecycle_state(self) -> dict[str, Any]:
+        """The lifecycle as primitives (what :meth:`restore` takes): the seed's state,
+        the germination count, whether a schedule module exists."""
         st = self.state
         state = None
         if st is not None:
@@ -735,7 +746,13 @@ class SeedSlot(nn.Module):
             "has_schedule": self.alpha_schedule is not None,
         }
 
-    def set_extra_state(self, extra: dict[str, Any]) -> None:
+    def get_extra_state(self) -> Tensor:
+        """:meth:`lifecycle_state`, encoded as a uint8 tensor (``persist.encode``): the
+        state dict holds tensors only (safetensors saves it, ``weights_only`` loads it)."""
+        return persist.encode(self.lifecycle_state())
+
+    def set_extra_state(self, extra: Tensor | dict[str, Any]) -> None:
+        extra = persist.decode(extra)  # (a dict: a checkpoint written before the encoding)
         self._germinations = int(extra["germinations"])
         raw = extra["state"]
         if raw is None:
@@ -766,7 +783,7 @@ class SeedSlot(nn.Module):
         )
 
     def _rebuild_modules(self, extra: dict[str, Any]) -> None:
-        """The seed module and schedule that ``get_extra_state()`` output ``extra``
+        """The seed module and schedule that :meth:`lifecycle_state` output ``extra``
         describes, freshly built (and placed, see ``place_module``): the modules
         whose weights a checkpoint then loads."""
         raw = extra["state"]
@@ -786,10 +803,11 @@ class SeedSlot(nn.Module):
                 )
                 self.alpha_schedule = self._place(schedule.to(self.device))
 
-    def restore(self, extra: dict[str, Any]) -> None:
-        """Resume from ``get_extra_state()`` output alone: the lifecycle state and fresh
-        seed and schedule modules, whose weights the caller loads next (what a
-        distributed checkpoint does: ``kasmina_fast.checkpoint``)."""
+    def restore(self, extra: Tensor | dict[str, Any]) -> None:
+        """Resume from :meth:`lifecycle_state` (or ``get_extra_state()``) output alone: the
+        lifecycle state and fresh seed and schedule modules, whose weights the caller
+        loads next (what ``kasmina_fast.checkpoint`` and ``from_pretrained`` do)."""
+        extra = persist.decode(extra)
         self._rebuild_modules(extra)
         self.set_extra_state(extra)
         self._set_stage(self.state.stage if self.state is not None else S.DORMANT)
@@ -806,6 +824,8 @@ class SeedSlot(nn.Module):
         weights load (also when the slot sits inside a larger model), so a fresh slot
         resumes in any stage with the same next decisions."""
         extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            extra = persist.decode(extra)
         if extra is not None and not self._modules_match(extra):
             self._rebuild_modules(extra)
         super()._load_from_state_dict(

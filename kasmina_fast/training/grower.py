@@ -44,8 +44,10 @@ class EpochReport:
     metric: float
     #: slot -> metric minus the metric with that slot's alpha forced to 0
     counterfactuals: dict[str, float]
-    #: slot -> (stage before, stage after) for every slot whose stage changed
-    transitions: dict[str, tuple[str, str]]
+    #: slot -> every stage it was in during the epoch, in order (the stage before, then
+    #: each stage it entered: ``("DORMANT", "GERMINATED", "TRAINING")``), for every slot
+    #: whose stage changed
+    transitions: dict[str, tuple[str, ...]]
     #: what the policy returned (HeuristicPolicy: one line per decision)
     decisions: Any
     #: the optimizer's param groups changed (rebuild DDP when architecture_version changed)
@@ -128,13 +130,15 @@ class Grower:
             if slot.state is not None:
                 slot.state.metrics.record_accuracy(metric)
                 slot.state.metrics.counterfactual_contribution = counterfactuals.get(sid)
-        before = {sid: s.stage for sid, s in slots.items()}
+        before = {sid: (s.stage.name, s.stage_changes) for sid, s in slots.items()}
         plane.step_epoch()
         decisions = self.policy(plane, self.epoch, metric)
         changed = sync_optimizer(self.optimizer, self.model, self.lr_scheduler)
-        transitions = {
-            sid: (before[sid].name, s.stage.name) for sid, s in slots.items() if s.stage != before[sid]
-        }
+        transitions = {}
+        for sid, s in slots.items():
+            stage, count = before[sid]
+            if s.stage_changes > count:
+                transitions[sid] = (stage, *list(s.stage_log)[count - s.stage_changes :])
         report = EpochReport(
             self.epoch, metric, counterfactuals, transitions, decisions, changed, plane.architecture_version
         )

@@ -11,6 +11,7 @@ the parameters' names in the :class:`MorphogeneticModel`.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -108,3 +109,39 @@ def add_groups(optimizer: Any, plane: nn.Module, scheduler: Any, exported: dict[
                 getattr(s, name).extend(entry[name])
         if "lambda_source" in entry:
             s.lr_lambdas.extend(s.lr_lambdas[j] for j in entry["lambda_source"])
+
+
+def training_state(
+    plane: nn.Module, optimizer: Any, scheduler: Any, grower: Any, *, with_state: bool
+) -> dict[str, Any]:
+    """What a resumed run needs besides the model: the seeds' groups (:func:`export_groups`
+    of every seed group) and ``grower``'s state (None without one). The one layout that
+    the Hugging Face and Lightning callbacks and ``kasmina_fast.checkpoint`` save, each
+    encoded by ``lifecycle.persist``."""
+    indices = seed_group_indices(optimizer, plane)
+    return {
+        "groups": export_groups(optimizer, plane, scheduler, indices, with_state=with_state),
+        "grower": None if grower is None else grower.state_dict(),
+    }
+
+
+def restore_grower(
+    grower: Any, state: dict[str, Any] | None, where: str, optimizer: Any = None, scheduler: Any = None
+) -> None:
+    """``grower`` takes the saved Grower ``state`` (and, when given, the restored
+    ``optimizer`` and ``scheduler``); a saved state with no ``grower`` to take it warns,
+    naming the argument."""
+    if grower is not None and optimizer is not None:
+        grower.optimizer, grower.lr_scheduler = optimizer, scheduler
+    if state is None:
+        return
+    if grower is None:
+        warnings.warn(
+            f"{where}: the checkpoint holds a Grower's state (its epoch, its policy's memory of what it "
+            "germinated, pending telemetry) and no grower= was passed to take it; pass grower= so the "
+            "policy does not forget",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    grower.load_state_dict(state)

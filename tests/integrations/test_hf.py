@@ -103,7 +103,8 @@ def test_growth_in_trainer_and_exact_resume(tmp_path):
     model, trainer, growth, recorder, losses = _trainer(tmp_path / "a")
     slot = model.seed_slots[SLOT]
     stages = [r.transitions for r in growth.reports]
-    assert stages[0] == {SLOT: ("DORMANT", "TRAINING")} and stages[1] == {SLOT: ("TRAINING", "BLENDING")}
+    assert stages[0] == {SLOT: ("DORMANT", "GERMINATED", "TRAINING")}  # every stage of the epoch
+    assert stages[1] == {SLOT: ("TRAINING", "BLENDING")}
     assert slot.stage == kf.SeedStage.PROBATIONARY and slot.alpha_schedule.gated
     # the seed's and the gate's parameters are in the Trainer's optimizer, in groups of their own
     opt = trainer.optimizer
@@ -117,12 +118,17 @@ def test_growth_in_trainer_and_exact_resume(tmp_path):
     assert recorder.lrs[2][0] != recorder.lrs[6][0]  # (the schedule moves)
     # (steps 1, 3, 5: no save there, which takes the seeds' groups out while it writes)
     assert len(recorder.lrs[0]) == 2 and len(recorder.lrs[2]) == 3 and len(recorder.lrs[4]) == 4
-    # the checkpoint mid-BLENDING: the host's tensors, the growth state beside them
+    # the checkpoint mid-BLENDING: the model's tensors (seed, gate and lifecycle included,
+    # the tied weight once) and the training state beside them
     ckpt = tmp_path / "a" / "checkpoint-8"
     from safetensors.torch import load_file
 
     saved = load_file(str(ckpt / "model.safetensors"))
-    assert GROWTH_KEY in saved and not any(SLOT.replace(".", "-") in k for k in saved)
+    slot_key = "host.slots." + SLOT.replace(".", "-")
+    assert (
+        GROWTH_KEY in saved and f"{slot_key}._extra_state" in saved and f"{slot_key}.seed.fc2.weight" in saved
+    )
+    assert "host.model.lm_head.weight" not in saved and "host.model.transformer.wte.weight" in saved
     assert len(torch.load(ckpt / "optimizer.pt", weights_only=True)["param_groups"]) == 2
     assert [r.transitions for r in growth.reports][3] == {}  # epoch 3 (step 8): still BLENDING
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kasmina_fast as kf
+from kasmina_fast.lifecycle import persist
 
 L = pytest.importorskip("lightning.pytorch", reason="needs the lightning extra")
 
@@ -90,7 +91,7 @@ def test_growth_in_lightning_and_exact_resume(tmp_path):
     module, trainer, growth, recorder = _fit(tmp_path)
     slot = module.model.seed_slots["2"]
     transitions = [r.transitions for r in growth.reports]
-    assert transitions[0] == {"2": ("DORMANT", "TRAINING")} and transitions[1] == {
+    assert transitions[0] == {"2": ("DORMANT", "GERMINATED", "TRAINING")} and transitions[1] == {
         "2": ("TRAINING", "BLENDING")
     }
     assert slot.alpha_schedule.gated
@@ -104,7 +105,8 @@ def test_growth_in_lightning_and_exact_resume(tmp_path):
         assert all(lr == pytest.approx(lrs[0], rel=1e-12) for lr in lrs)
     assert [len(x) for x in recorder.lrs[::4]] == [1, 2, 3, 3, 3, 3, 3]
     ckpt = tmp_path / "epoch=3.ckpt"  # taken mid-BLENDING: the alpha ramp half done
-    saved = torch.load(ckpt, weights_only=False)["state_dict"]["model.host.slots.2._extra_state"]["state"]
+    extra = torch.load(ckpt, weights_only=True)["state_dict"]["model.host.slots.2._extra_state"]
+    saved = persist.decode(extra)["state"]
     assert (saved["stage"], saved["alpha"]) == (kf.SeedStage.BLENDING, 0.5)
     resumed, trainer_b, growth_b, recorder_b = _fit(tmp_path / "b", ckpt_path=str(ckpt))
     assert sorted(recorder_b.losses) == list(range(17, 29))
