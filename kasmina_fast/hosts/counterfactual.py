@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kasmina_fast.lifecycle.stages import FEATURE_DIMS
+
 
 def _batch_size(inputs: Any) -> int:
     tensors = [t for t in _leaves(inputs) if isinstance(t, Tensor)]
@@ -89,7 +91,7 @@ def counterfactual_forward(model: Any, inputs: Any, configs: Sequence[Mapping[st
         for sid, slot in slots.items():
             if not any(sid in c for c in configs):
                 continue
-            ones = [1] * (3 if slot.task_config.topology == "cnn" else 2)  # [K*B, 1, ...] per sample
+            ones = [1] * (FEATURE_DIMS[slot.task_config.topology] - 1)  # [K*B, 1, ...] per sample
             mask = torch.tensor([sid in c for c in configs], device=slot.device)
             values = torch.tensor([float(c.get(sid, 0.0)) for c in configs], dtype=slot.alpha.dtype)
             slot._block_alpha = (

@@ -6,7 +6,7 @@ through a forward hook on the submodule. Nothing is registered inside the
 user's model, so its ``state_dict()`` keys do not change: a pretrained
 checkpoint loads into it before or after grafting. One probe forward on an
 example input finds each point's output: ``[B, C, H, W]`` is a CNN point with C
-channels, ``[B, T, C]`` a transformer point C wide; where the submodule returns
+channels, ``[B, T, C]`` a transformer point C wide, ``[B, C]`` a dense point; where the submodule returns
 a tuple or a mapping (a Hugging Face ``ModelOutput``), its first element is
 that tensor, and the slot transforms that element only.
 """
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from kasmina_fast.hosts.plane import MorphogeneticModel
 from kasmina_fast.lifecycle import TaskConfig
+from kasmina_fast.lifecycle.stages import FEATURE_DIMS
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
@@ -100,8 +101,8 @@ class ModuleHost(nn.Module):
 
     Raises ValueError for an unknown path (naming the nearest ones), the root, a
     path listed twice or grafted already, a submodule that does not run in the probe or runs more
-    than once (a slot would apply at every call), and an output that is neither
-    ``[B, C, H, W]`` nor ``[B, T, C]`` floating point (nor a tuple or mapping that
+    than once (a slot would apply at every call), and an output that is not
+    ``[B, C, H, W]``, ``[B, T, C]`` or ``[B, C]`` floating point (nor a tuple or mapping that
     starts with one).
     """
 
@@ -124,7 +125,7 @@ class ModuleHost(nn.Module):
         self._topologies: dict[str, str] = {}
         for path in order:
             shape = shapes[path]
-            self._topologies[path] = "cnn" if len(shape) == 4 else "transformer"
+            self._topologies[path] = next(t for t, n in FEATURE_DIMS.items() if n == len(shape))
             self._channels[path] = shape[1] if len(shape) == 4 else shape[-1]
         self.slots = nn.ModuleDict({_slot_key(p): nn.Identity() for p in order})
         self._hooks: dict[str, _SlotHook] = {}
@@ -149,7 +150,7 @@ class ModuleHost(nn.Module):
 
     @property
     def topologies(self) -> dict[str, str]:
-        """Every point -> ``"cnn"`` or ``"transformer"``, found by the probe."""
+        """Every point -> ``"cnn"``, ``"transformer"`` or ``"dense"``, found by the probe."""
         return dict(self._topologies)
 
     def _point(self, path: str) -> str:
@@ -263,11 +264,12 @@ def _probe(
                 f"{len(seen)} times (choose a submodule that runs once)"
             )
         out = seen[0]
-        if not isinstance(out, Tensor) or out.ndim not in (3, 4) or not out.is_floating_point():
+        if not isinstance(out, Tensor) or out.ndim not in (2, 3, 4) or not out.is_floating_point():
             what = f"shape {list(out.shape)} {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
-                f"ModuleHost: {path!r} outputs {what}; a point needs [B, C, H, W] (cnn) or [B, T, C] "
-                "(transformer) floating-point features, or a tuple or mapping that starts with them"
+                f"ModuleHost: {path!r} outputs {what}; a point needs [B, C, H, W] (cnn), [B, T, C] "
+                "(transformer) or [B, C] (dense) floating-point features, or a tuple or mapping that "
+                "starts with them"
             )
         shapes[path] = out.shape
     return shapes, order

@@ -30,7 +30,7 @@ from kasmina_fast.lifecycle.stages import SeedStage
 S = SeedStage
 _GROWING = (S.GERMINATED, S.TRAINING, S.BLENDING, S.PROBATIONARY)
 #: the default blueprint of each topology
-DEFAULT_BLUEPRINT = {"cnn": "conv_light", "transformer": "mlp"}
+DEFAULT_BLUEPRINT = {"cnn": "conv_light", "transformer": "mlp", "dense": "mlp"}
 
 
 class HeuristicPolicy:

@@ -4,7 +4,7 @@ A schedule maps the blending progress ``t = step / blending_steps`` in [0, 1]
 to the ramp value alpha(t), with alpha(0) = 0 and alpha(1) = 1. A
 ``GatedBlend`` also learns a per-sample gate from pooled host features; the
 slot blends with ``alpha(t) * gate(x)`` through ``kasmina_fast.blend`` as a
-learnable ``[B, 1, 1, 1]`` (CNN) or ``[B, 1, 1]`` (transformer) alpha.
+learnable ``[B, 1, 1, 1]`` (CNN), ``[B, 1, 1]`` (transformer) or ``[B, 1]`` (dense) alpha.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from kasmina_fast.lifecycle.stages import FEATURE_DIMS
 
 
 class BlendAlgorithm(nn.Module):
@@ -91,8 +93,8 @@ class GatedBlend(LinearBlend):
 
     def __init__(self, channels: int, topology: str = "cnn") -> None:
         super().__init__()
-        if topology not in ("cnn", "transformer"):
-            raise ValueError(f"GatedBlend: topology must be 'cnn' or 'transformer', got {topology!r}")
+        if topology not in FEATURE_DIMS:
+            raise ValueError(f"GatedBlend: topology must be one of {', '.join(FEATURE_DIMS)}, got {topology!r}")
         self.topology = topology
         self.gate = nn.Linear(channels, 1)
         nn.init.zeros_(self.gate.weight)
@@ -102,6 +104,8 @@ class GatedBlend(LinearBlend):
         if self.topology == "cnn":  # [B, C, H, W] -> [B, C] -> [B, 1, 1, 1]
             pooled = host_features.mean(dim=(2, 3))
             return torch.sigmoid(self.gate(pooled)).view(-1, 1, 1, 1)
+        if self.topology == "dense":  # [B, C] -> [B, 1]
+            return torch.sigmoid(self.gate(host_features))
         pooled = host_features.mean(dim=1)  # [B, T, C] -> [B, C] -> [B, 1, 1]
         return torch.sigmoid(self.gate(pooled)).view(-1, 1, 1)
 

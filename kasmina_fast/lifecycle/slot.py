@@ -101,7 +101,7 @@ class SeedSlot(nn.Module):
 
     Args:
         slot_id: unique name of the injection point.
-        channels: channels (CNN) or embedding width (transformer) at that point.
+        channels: channels (CNN), embedding width (transformer) or features (dense) at that point.
         device: where the seed lives.
         gates: quality gates (default ``QualityGates()``).
         on_telemetry: called with every :class:`TelemetryEvent` (not in fast_mode).
@@ -207,8 +207,8 @@ class SeedSlot(nn.Module):
 
     @property
     def isolate_gradients(self) -> bool:
-        """Seed input detached from the host: in TRAINING; in BLENDING/PROBATIONARY for CNNs
-        (transformers co-adapt); never once FOSSILIZED."""
+        """Seed input detached from the host: in TRAINING; in BLENDING/PROBATIONARY for CNN
+        and dense points (transformers co-adapt); never once FOSSILIZED."""
         return self._isolate
 
     def _set_stage(self, stage: SeedStage) -> None:
@@ -219,7 +219,7 @@ class SeedSlot(nn.Module):
         if stage == S.TRAINING:
             self._isolate = True
         elif stage in (S.BLENDING, S.PROBATIONARY):
-            self._isolate = self.task_config.topology == "cnn"
+            self._isolate = self.task_config.topology != "transformer"
         else:
             self._isolate = False
         schedule = self.alpha_schedule
@@ -703,6 +703,8 @@ class SeedSlot(nn.Module):
             if topology == "cnn":
                 probe = torch.randn(1, self.channels, 32, 32, device=self.device)
                 probe = probe.contiguous(memory_format=torch.channels_last)
+            elif topology == "dense":
+                probe = torch.randn(2, self.channels, device=self.device)
             else:
                 probe = torch.randn(2, 8, self.channels, device=self.device)
             self._probe_cache[key] = probe

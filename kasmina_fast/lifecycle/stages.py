@@ -92,6 +92,12 @@ class GateResult:
     message: str = ""
 
 
+#: each topology -> the rank of its features: ``cnn`` ``[B, C, H, W]``, ``transformer``
+#: ``[B, T, C]``, ``dense`` ``[B, C]`` (an MLP, a classifier head, a tabular model)
+FEATURE_DIMS = {"cnn": 4, "transformer": 3, "dense": 2}
+TOPOLOGIES = tuple(FEATURE_DIMS)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     """Task settings, fixed for a slot's life (spec 2.2).
@@ -117,8 +123,10 @@ class TaskConfig:
         return cls(topology="transformer", blending_steps=5, train_to_blend_fraction=0.1, max_epochs=50)
 
     def __post_init__(self) -> None:
-        if self.topology not in ("cnn", "transformer"):
-            raise ValueError(f"TaskConfig: topology must be 'cnn' or 'transformer', got {self.topology!r}")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(
+                f"TaskConfig: topology must be one of {', '.join(TOPOLOGIES)}, got {self.topology!r}"
+            )
         if self.blending_steps < 1:
             raise ValueError(f"TaskConfig: blending_steps must be >= 1, got {self.blending_steps}")
         if not 0.0 <= self.train_to_blend_fraction <= 1.0:
