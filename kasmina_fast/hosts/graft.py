@@ -55,6 +55,12 @@ class _SlotHook:
     def __init__(self, slot: nn.Module) -> None:
         self.slot = slot
 
+    @staticmethod
+    def remove_from(module: nn.Module) -> None:
+        """Take the point hook off ``module``."""
+        for key in [k for k, h in module._forward_hooks.items() if isinstance(h, _SlotHook)]:
+            del module._forward_hooks[key]
+
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         slot = self.slot
         if not getattr(slot, "_active", True):  # an empty SeedSlot: the output as it is, at no call's cost
@@ -99,6 +105,9 @@ class ModuleHost(nn.Module):
     order the probe ran them (host order). A point's topology comes from the
     probe: :attr:`topologies`.
 
+    ``features`` (``{path: (topology, channels)}``, as a saved growth records them)
+    stands in for ``example_input``: no probe runs, and the points are in its order.
+
     Raises ValueError for an unknown path (naming the nearest ones), the root, a
     path listed twice or grafted already, a submodule that does not run in the probe or runs more
     than once (a slot would apply at every call), and an output that is not
@@ -106,7 +115,14 @@ class ModuleHost(nn.Module):
     starts with one).
     """
 
-    def __init__(self, model: nn.Module, points: Sequence[str], *, example_input: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        points: Sequence[str],
+        *,
+        example_input: Any = None,
+        features: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(points, str):
             points = [points]
@@ -120,13 +136,22 @@ class ModuleHost(nn.Module):
         for path, module in modules.items():
             if any(isinstance(h, _SlotHook) for h in module._forward_hooks.values()):
                 raise ValueError(f"ModuleHost: {path!r} holds a slot already (the model is grafted there)")
-        shapes, order = _probe(model, modules, example_input)
         self._channels: dict[str, int] = {}
         self._topologies: dict[str, str] = {}
-        for path in order:
-            shape = shapes[path]
-            self._topologies[path] = next(t for t, n in FEATURE_DIMS.items() if n == len(shape))
-            self._channels[path] = shape[1] if len(shape) == 4 else shape[-1]
+        if features is not None:  # known already (a saved growth): no probe, in the order given
+            order = list(points)
+            for path in order:
+                self._topologies[path], self._channels[path] = features[path][0], int(features[path][1])
+        else:
+            if example_input is None:
+                raise ValueError(
+                    "ModuleHost: pass example_input (one probe forward finds each point's features)"
+                )
+            shapes, order = _probe(model, modules, example_input)
+            for path in order:
+                shape = shapes[path]
+                self._topologies[path] = next(t for t, n in FEATURE_DIMS.items() if n == len(shape))
+                self._channels[path] = shape[1] if len(shape) == 4 else shape[-1]
         self.slots = nn.ModuleDict({_slot_key(p): nn.Identity() for p in order})
         self._hooks: dict[str, _SlotHook] = {}
         for path in order:

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -386,6 +387,39 @@ class MorphogeneticModel(nn.Module):
         from kasmina_fast.hosts.counterfactual import counterfactual_forward
 
         return counterfactual_forward(self, inputs, configs)
+
+    # ---- leaving the run -------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the host (its own ``save_pretrained`` where it has one, else a
+        safetensors file), ``growth.json`` and ``growth.safetensors`` into ``directory``;
+        :meth:`from_pretrained` reads them (see :mod:`kasmina_fast.hosts.pretrained`)."""
+        from kasmina_fast.hosts.pretrained import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, host: nn.Module, directory: str | os.PathLike, **options: Any
+    ) -> MorphogeneticModel:
+        """The grown model that :meth:`save_pretrained` wrote into ``directory``, on a
+        freshly built ``host``: the same points grafted, the host's weights and the
+        growth loaded; same outputs and stages. ``options``: ``device`` and
+        :class:`MorphogeneticModel` arguments (see :func:`kasmina_fast.hosts.pretrained.from_pretrained`)."""
+        from kasmina_fast.hosts.pretrained import from_pretrained
+
+        return from_pretrained(host, directory, **options)
+
+    def merge_and_unload(self, unfinished: str = "refuse") -> nn.Module:
+        """The host module itself (its own class) with every FOSSILIZED seed inlined as
+        plain PyTorch where it grew and every other slot gone: no ``SeedSlot``, no
+        ``kasmina`` op, ready for ``torch.export`` / AOTInductor. ``unfinished``: what
+        to do with a seed in GERMINATED to PROBATIONARY: ``"refuse"`` (ValueError naming
+        the slot and its stage), ``"drop"`` (removed) or ``"keep"`` (inlined at its
+        current alpha, frozen). This model is consumed. See :mod:`kasmina_fast.hosts.merge`."""
+        from kasmina_fast.hosts.merge import merge_and_unload
+
+        return merge_and_unload(self, unfinished)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The host's forward: what it takes and returns (a grafted model's are the user's)."""

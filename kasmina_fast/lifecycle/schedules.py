@@ -94,7 +94,9 @@ class GatedBlend(LinearBlend):
     def __init__(self, channels: int, topology: str = "cnn") -> None:
         super().__init__()
         if topology not in FEATURE_DIMS:
-            raise ValueError(f"GatedBlend: topology must be one of {', '.join(FEATURE_DIMS)}, got {topology!r}")
+            raise ValueError(
+                f"GatedBlend: topology must be one of {', '.join(FEATURE_DIMS)}, got {topology!r}"
+            )
         self.topology = topology
         self.gate = nn.Linear(channels, 1)
         nn.init.zeros_(self.gate.weight)
