@@ -252,10 +252,6 @@ def from_pretrained(
     tensors = load_file(str(folder / GROWTH_TENSORS), device=str(torch.device(device)))
     for sid, slot in model.seed_slots.items():
         saved = slots[sid]
-        if slot.channels != saved["channels"]:
-            raise ValueError(
-                f"from_pretrained: point {sid!r} has {slot.channels} channels, the saved growth {saved['channels']}"
-            )
         if "gates" not in plane_options:
             slot.gates = QualityGates(**saved["gates"])
         slot.embargo_epochs = int(saved["embargo_epochs"])
