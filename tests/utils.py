@@ -265,6 +265,42 @@ def to_blending(slot: SeedSlot, algorithm: str = "linear", ramped: bool = False,
     raise AssertionError(f"no BLENDING: {slot.stage.name}")
 
 
+def grow_to(
+    slot: SeedSlot,
+    stage: SeedStage,
+    blueprint: str,
+    algorithm: str = "linear",
+    mode: str = "lerp",
+    noise: float = 0.05,
+    host=None,
+) -> None:
+    """Germinate ``blueprint`` in ``slot`` and drive it to ``stage`` through the public
+    API (BLENDING: one epoch into the ramp; CULLED: culled from BLENDING). The seed's
+    weights (and a gate's) get ``noise``, so that the seed is not the identity. ``host``:
+    the host's parameters (``MorphogeneticModel.host_parameters()``), for the telemetry."""
+    slot.germinate(blueprint, None, host, blend_algorithm_id=algorithm, blend_mode=mode)
+    with torch.no_grad():
+        for p in slot.seed_parameters():
+            p.add_(noise * torch.randn_like(p))
+    if stage == SeedStage.GERMINATED:
+        return
+    slot.advance_stage(SeedStage.TRAINING)
+    target = {SeedStage.FOSSILIZED: SeedStage.PROBATIONARY, SeedStage.CULLED: SeedStage.BLENDING}.get(
+        stage, stage
+    )
+    until_stage(slot, target)
+    if target == SeedStage.BLENDING:
+        epoch(slot, 60.0 + slot.state.metrics.epochs_total)  # alpha leaves 0
+    with torch.no_grad():
+        for p in slot.alpha_schedule.parameters() if slot.alpha_schedule is not None else ():
+            p.add_(noise * torch.randn_like(p))
+    if stage == SeedStage.FOSSILIZED:
+        assert slot.advance_stage(SeedStage.FOSSILIZED).passed
+    if stage == SeedStage.CULLED:
+        assert slot.cull("test")
+    assert slot.stage == stage, slot.stage
+
+
 def until_stage(slot: SeedSlot, stage: SeedStage, counterfactual: float = 2.0) -> None:
     """Epochs (a rising accuracy, a positive counterfactual) until ``slot`` reaches ``stage``."""
     for _ in range(50):
@@ -396,7 +432,8 @@ class UNet(torch.nn.Module):
 
 def graft_case(name: str, seed: int = 0):
     """(model, its grafted points, example input, a function of the output to compare)
-    for ``resnet`` and ``gpt2`` (Hugging Face, small configs, eval mode) and ``unet``."""
+    for ``resnet`` and ``gpt2`` (Hugging Face, small configs, eval mode), ``unet`` and
+    ``mlp`` (dense points)."""
     from kasmina_fast.cli import hf
 
     if name in ("resnet", "gpt2"):
@@ -410,8 +447,28 @@ def graft_case(name: str, seed: int = 0):
         model = hf.gpt2(vocab_size=50, block_size=16, n_embd=32, n_layer=2, n_head=2)
         points = ["transformer.h.0", "transformer.h.1", "transformer.ln_f"]
         return model.eval(), points, {"input_ids": torch.randint(0, 50, (2, 12))}, lambda o: o.logits
+    if name == "mlp":
+        model = MLP()
+        return model.eval(), ["body.1", "body.3"], torch.randn(4, 12), lambda o: o
     model = UNet()
     return model.eval(), ["enc1", "enc2", "dec"], torch.randn(2, 1, 8, 8), lambda o: o
+
+
+class MLP(torch.nn.Module):
+    """A tabular classifier: its hidden features are ``[B, C]`` (dense points)."""
+
+    def __init__(self, features: int = 12, hidden: int = 16, classes: int = 3) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(features, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.ReLU(),
+        )
+        self.head = torch.nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
 
 
 def call(model, inputs):

@@ -55,3 +55,22 @@ def gpt2(vocab_size: int, block_size: int, n_embd: int = 64, n_layer: int = 2, n
         use_cache=False,
     )
     return t.GPT2LMHeadModel(config)
+
+
+def llama(vocab_size: int, block_size: int, hidden: int = 32, n_layer: int = 2, n_head: int = 4) -> nn.Module:
+    """``LlamaForCausalLM`` (untied head, grouped-query attention with half the heads)."""
+    t = _transformers()
+    config = t.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        num_key_value_heads=max(1, n_head // 2),
+        max_position_embeddings=block_size,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        use_cache=False,
+    )
+    return t.LlamaForCausalLM(config)
