@@ -58,7 +58,7 @@ BLUEPRINTS = [
 @pytest.mark.parametrize(("topology", "blueprint"), BLUEPRINTS)
 @pytest.mark.parametrize(("algorithm", "mode"), MODES)
 def test_every_blueprint_and_blend_merges_to_plain_torch(topology, blueprint, algorithm, mode):
-    model, x, slot = _grown(topology, blueprint, algorithm=algorithm, mode=mode)
+    model, x, _slot = _grown(topology, blueprint, algorithm=algorithm, mode=mode)
     host_class = type(model.host if topology != "dense" else model.host.model)
     with torch.no_grad():
         want = model(x)

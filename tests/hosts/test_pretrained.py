@@ -90,7 +90,7 @@ def test_the_folder_holds_the_host_in_its_own_format(tmp_path):
     pytest.importorskip("transformers")
     from transformers import AutoModelForImageClassification
 
-    model, slot_id, x, out = _grown("resnet", S.FOSSILIZED)
+    model, slot_id, _x, _out = _grown("resnet", S.FOSSILIZED)
     model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert {"config.json", HOST_TENSORS, GROWTH_JSON, GROWTH_TENSORS} <= files
@@ -144,7 +144,7 @@ def test_refusals_name_the_first_mismatch(tmp_path):
         kf.MorphogeneticModel.from_pretrained(kf.CNNHost(5, n_blocks=2, base_channels=8), tmp_path / "cnn")
     with pytest.raises(ValueError, match="point 'early' has cnn features of 16 channels in the host"):
         kf.MorphogeneticModel.from_pretrained(kf.CNNHost(5, base_channels=16), tmp_path / "cnn")
-    with pytest.raises(FileNotFoundError, match="growth.json"):
+    with pytest.raises(FileNotFoundError, match=r"growth\.json"):
         kf.MorphogeneticModel.from_pretrained(MLP(), tmp_path / "nothing")
 
 
@@ -159,5 +159,5 @@ def test_a_grafted_host_missing_a_point_is_refused(tmp_path):
     )
     grown.save_pretrained(tmp_path)
     shallow = hf.gpt2(vocab_size=50, block_size=16, n_embd=32, n_layer=1, n_head=2)
-    with pytest.raises(ValueError, match="no submodule 'transformer.h.1'"):
+    with pytest.raises(ValueError, match=r"no submodule 'transformer\.h\.1'"):
         kf.MorphogeneticModel.from_pretrained(shallow, tmp_path)

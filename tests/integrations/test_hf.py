@@ -41,12 +41,19 @@ class Tokens(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids, "note": i}
 
 
-def _grown():
+#: each model: its builder and its grafted point
+MODELS = {
+    "gpt2": (lambda: hf_models.gpt2(vocab_size=VOCAB, block_size=T, n_embd=32, n_layer=2, n_head=4), SLOT),
+    "llama": (lambda: hf_models.llama(vocab_size=VOCAB, block_size=T), "model.layers.1"),
+}
+
+
+def _grown(name: str = "gpt2"):
     torch.manual_seed(0)
-    gpt = hf_models.gpt2(vocab_size=VOCAB, block_size=T, n_embd=32, n_layer=2, n_head=4)  # tied embeddings
+    build, slot = MODELS[name]  # gpt2: tied embeddings; llama: an untied head
     tc = kf.TaskConfig(topology="transformer", blending_steps=4)
     ids = torch.zeros(2, T, dtype=torch.long)
-    return kf.graft(gpt, [SLOT], example_input={"input_ids": ids}, task_config=tc, gates=PERMISSIVE)
+    return kf.graft(build(), [slot], example_input={"input_ids": ids}, task_config=tc, gates=PERMISSIVE)
 
 
 class Recorder(transformers.TrainerCallback):
@@ -59,11 +66,11 @@ class Recorder(transformers.TrainerCallback):
         self.lrs.append([g["lr"] for g in optimizer.param_groups])
 
 
-def _trainer(out, resume=None):
-    model = _grown()
+def _trainer(out, resume=None, name="gpt2", max_steps=12):
+    model = _grown(name)
     args = transformers.TrainingArguments(
         output_dir=str(out),
-        max_steps=12,
+        max_steps=max_steps,
         per_device_train_batch_size=4,
         per_device_eval_batch_size=8,
         learning_rate=3e-3,
@@ -163,3 +170,50 @@ def test_refuses_a_run_without_evaluation(tmp_path):
     )
     with pytest.raises(ValueError, match="load_best_model_at_end"):
         trainer.train()
+
+
+#: run in a fresh process: the grafted model built anew, the saved file loaded with
+#: load_state_dict (strict), the logits and stages written out
+RELOAD = """
+import sys, torch
+from safetensors.torch import load_file
+sys.path.insert(0, {root!r})
+from tests.integrations.test_hf import _grown
+model = _grown({name!r}).eval()
+model.load_state_dict(load_file({path!r}))
+ids = torch.load({ids!r})
+with torch.no_grad():
+    logits = model(input_ids=ids).logits
+stages = {{s: slot.stage.name for s, slot in model.seed_slots.items()}}
+torch.save({{"logits": logits, "stages": stages}}, {out!r})
+"""
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_save_model_and_reload_in_a_fresh_process(tmp_path, name):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model, trainer, _growth, _, _ = _trainer(tmp_path / "run", name=name, max_steps=8)
+    slot = next(iter(model.seed_slots.values()))
+    assert slot.stage in (kf.SeedStage.BLENDING, kf.SeedStage.PROBATIONARY) and slot.seed is not None
+    trainer.save_model(str(tmp_path / "final"))  # a safetensors file of model.state_dict()
+    ids = torch.randint(0, VOCAB, (3, T), generator=torch.Generator().manual_seed(5))
+    torch.save(ids, tmp_path / "ids.pt")
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    root = str(Path(__file__).resolve().parents[2])
+    for saved in (
+        tmp_path / "final" / "model.safetensors",
+        tmp_path / "run" / "checkpoint-8" / "model.safetensors",
+    ):
+        script = RELOAD.format(
+            root=root, name=name, path=str(saved), ids=str(tmp_path / "ids.pt"), out=str(tmp_path / "o.pt")
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = torch.load(tmp_path / "o.pt")
+        assert got["stages"] == {s: x.stage.name for s, x in model.seed_slots.items()}
+        assert torch.equal(got["logits"], want), saved  # bit-equal

@@ -104,6 +104,15 @@ def test_growth_in_lightning_and_exact_resume(tmp_path):
     for lrs in recorder.lrs:  # every step, the seed's groups at the schedule's lr
         assert all(lr == pytest.approx(lrs[0], rel=1e-12) for lr in lrs)
     assert [len(x) for x in recorder.lrs[::4]] == [1, 2, 3, 3, 3, 3, 3]
+    # the last checkpoint, loaded the Lightning way into a fresh module: the grown model
+    loaded = Module.load_from_checkpoint(tmp_path / "epoch=6.ckpt").eval()
+    assert loaded.model.seed_slots["2"].stage == slot.stage and loaded.model.seed_slots["2"].seed is not None
+    for (name, a), b in zip(module.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    x = _data(8, 3).tensors[0]
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), module.eval().model(x))
+    module.train()
     ckpt = tmp_path / "epoch=3.ckpt"  # taken mid-BLENDING: the alpha ramp half done
     extra = torch.load(ckpt, weights_only=True)["state_dict"]["model.host.slots.2._extra_state"]
     saved = persist.decode(extra)["state"]
