@@ -9,7 +9,8 @@ makes the same decisions.
 
 The heuristic grows one seed at a time:
 
-- germinate in the first empty slot of ``slots`` at epoch ``germinate_at``, or
+- germinate in the first empty slot of ``slots`` at epoch ``germinate_at`` (and at
+  every later epoch with no seed growing, up to ``max_germinations``), or
   (``germinate_at=None``) on a plateau: the best metric of the last
   ``plateau_epochs`` epochs beats the best before them by less than
   ``min_improvement``; the seed starts TRAINING at once (G1);
@@ -40,7 +41,10 @@ class HeuristicPolicy:
         blueprint: the seed's blueprint (default: ``conv_light`` for CNN slots,
             ``mlp`` for transformer slots).
         slots: where seeds may grow, in order of preference (default: every slot).
-        germinate_at: germinate at the end of this epoch; None: on a plateau.
+        germinate_at: germinate at the end of this epoch, and again at the end of
+            every later epoch in which no seed is growing (after a fossilization or a
+            cull), until ``max_germinations``: pass ``max_germinations=1`` for one seed.
+            None: germinate on a plateau.
         plateau_epochs, min_improvement: the plateau test (metric units).
         fossilize_at: the counterfactual contribution that fossilizes (metric units).
         patience: epochs in TRAINING before a stalled seed is culled.
