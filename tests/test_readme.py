@@ -50,11 +50,11 @@ def test_readme_graft_example_runs():
     import pytest
 
     pytest.importorskip("transformers", reason="the hf extra (in .ci/requirements.txt) is not installed")
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "hosts.md").read_text(), flags=re.S)
     block = next((b for b in blocks if 'kf.graft(net, ["0", "2"]' in b), None)
-    assert block is not None, "the README has no graft example"
+    assert block is not None, "docs/hosts.md has no graft example"
     scope: dict = {}
-    exec(compile(block, str(README), "exec"), scope)
+    exec(compile(block, str(DOCS / "hosts.md"), "exec"), scope)
     grown, grown_gpt = scope["grown"], scope["grown_gpt"]
     assert grown.slot_ids == ["0", "2"] and grown.seed_slots["2"].stage.name == "TRAINING"
     assert grown_gpt.host.topologies == {"transformer.h.1": "transformer"}
@@ -69,6 +69,7 @@ def test_every_python_block_is_tested():
     """Each block of README.md and docs/*.md is run by one of the tests here."""
     marks = ["stats =", "kf.SeedSlot(", "torch.compile(model, fullgraph=True)", 'kf.graft(net, ["0", "2"]']
     marks += ["kf.Grower(", "integrations.hf import", "integrations.lightning import"]
+    marks += ["model.save_pretrained(", "aoti_compile_and_package"]
     for path in [README, *sorted(DOCS.glob("*.md"))]:
         for block in _blocks(path):
             assert any(m in block for m in marks), f"{path.name}: a python block no test runs:\n{block[:200]}"
@@ -90,6 +91,17 @@ def test_readme_training_loop_examples_run(tmp_path, monkeypatch, capsys):
     assert in_opt == {id(p) for p in model.parameters()}
     assert "germinate conv_light in 2" in capsys.readouterr().out
 
+    # "Save, reload and deploy" continues the plain example
+    save = next(b for b in blocks if "model.save_pretrained(" in b)
+    trained = scope["model"]
+    exec(compile(save, str(README), "exec"), scope)
+    assert scope["fresh"].seed_slots["2"].stage == trained.seed_slots["2"].stage
+    assert scope["fresh"].seed_slots["2"].seed is not None
+    assert type(scope["plain"]) is torch.nn.Sequential and scope["program"].graph
+    assert scope["grower"].epoch == 12 and scope["grower"].policy.germinations >= 1
+    assert scope["model"].seed_slots["2"].stage == trained.seed_slots["2"].stage
+    assert scope["grower"].optimizer is scope["opt"]
+
     pytest.importorskip("accelerate", reason="the hf extra (in .ci/requirements.txt) is not installed")
     hf = next(b for b in blocks if "integrations.hf import" in b)
     hf_scope: dict = {}
@@ -102,7 +114,21 @@ def test_readme_training_loop_examples_run(tmp_path, monkeypatch, capsys):
 
     pytest.importorskip("lightning", reason="the lightning extra (in .ci/requirements.txt) is not installed")
     lit = next(b for b in blocks if "integrations.lightning import" in b)
-    exec(compile(lit, str(README), "exec"), scope)  # continues the plain example
+    scope = {}
+    exec(compile(lit, str(README), "exec"), scope)  # runs on its own
     module = scope["trainer"].lightning_module
     assert module.model.seed_slots["0"].stage.name == "TRAINING"
     assert torch.is_tensor(next(iter(module.model.seed_parameters())))
+
+
+def test_deploy_example_runs(tmp_path, monkeypatch):
+    """docs/deploy.md: a dense seed fossilized, merged, exported and run from an
+    AOTInductor package."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    block = next(b for b in _blocks(DOCS / "deploy.md") if "aoti_compile_and_package" in b)
+    scope: dict = {}
+    exec(compile(block, str(DOCS / "deploy.md"), "exec"), scope)
+    assert type(scope["merged"]) is torch.nn.Sequential and hasattr(scope["merged"][1], "grown_seed")
+    assert (tmp_path / "merged.pt2").is_file()

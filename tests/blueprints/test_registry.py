@@ -47,7 +47,7 @@ def test_unknown_names_list_what_exists():
         ValueError, match=r"unknown blueprint 'resnet' for cnn; available: attention, conv_heavy"
     ):
         BlueprintRegistry.create("cnn", "resnet", 8)
-    with pytest.raises(ValueError, match=r"unknown topology 'rnn'; available: cnn, transformer"):
+    with pytest.raises(ValueError, match=r"unknown topology 'rnn'; available: cnn, dense, transformer"):
         BlueprintRegistry.get("rnn", "noop")
 
 
