@@ -167,7 +167,7 @@ class Twice(nn.Module):
         (["resnet.embedder", "resnet.embedder"], "listed twice"),
         ([], "at least one point"),
         (["resnet.encoder.stages.0.layers.0.layer.0.convolution"], None),  # a legal inner point
-        (["classifier.1"], r"'classifier.1' outputs shape \[2, 10\]"),
+        (["classifier.1"], None),  # the logits, [B, C]: a dense point
     ],
 )
 def test_bad_points_are_refused(points, match):
@@ -184,7 +184,8 @@ def test_bad_points_are_refused(points, match):
     [
         ("a", torch.randn(2, 3, 4), "'a' runs 2 times in one forward"),
         ("unused", torch.randn(2, 3, 4), "'unused' does not run"),
-        ("b", torch.randn(2, 4), r"'b' outputs shape \[2, 4\]"),
+        ("b", torch.randn(4), r"'b' outputs shape \[4\]"),  # no batch
+        ("b", torch.randn(2, 1, 1, 3, 4), r"'b' outputs shape \[2, 1, 1, 3, 4\]"),
     ],
 )
 def test_points_that_would_be_wrong_are_refused(point, x, match):

@@ -55,7 +55,7 @@ CASES = [
     ("cnnhost", S.FOSSILIZED, "gated", "lerp"),
     *[("mlp", stage, "gated", "lerp") for stage in STAGES],
     ("mlp", S.FOSSILIZED, "linear", "valve"),
-    *[("resnet", stage, "linear", "lerp") for stage in (S.TRAINING, S.BLENDING, S.FOSSILIZED)],
+    *[("resnet", stage, "linear", "lerp") for stage in STAGES],
     ("resnet", S.PROBATIONARY, "gated", "valve"),
     ("transformerhost", S.FOSSILIZED, "gated", "lerp"),
     ("transformerhost", S.BLENDING, "linear", "valve"),
