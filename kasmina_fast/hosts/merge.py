@@ -54,17 +54,17 @@ class MergedSeed(nn.Module):
         self.gate = gate
         self.mode = mode
         self.register_buffer("alpha", torch.tensor(float(alpha)))
-        #: lerp at alpha 1 without a gate: the seed's output itself
-        self.replaces = mode == "lerp" and gate is None and float(alpha) >= 1.0
+        #: alpha at 1 without a gate: lerp is the seed's output itself, valve needs no w
+        self.unit = gate is None and float(alpha) >= 1.0
 
     def forward(self, h: Tensor) -> Tensor:
         s = self.seed(h)
-        if self.replaces:
-            return s
+        if self.unit:
+            return s if self.mode == "lerp" else torch.addcmul(h, h, torch.tanh(s - h))
         a = self.alpha if self.gate is None else self.alpha * self.gate(h)
         w = a.clamp(0, 1).to(h.dtype)
-        if self.mode == "valve":
-            return h * (1 + w * torch.tanh(s - h))
+        if self.mode == "valve":  # h (1 + w t) as h + h (w t): four passes, not five
+            return torch.addcmul(h, h, torch.tanh(s - h) * w)
         return torch.lerp(h, s, w)
 
 
