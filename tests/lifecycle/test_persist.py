@@ -79,3 +79,21 @@ def test_a_state_dict_written_before_the_encoding_still_loads():
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     assert fresh.seed_slots["layer1"].stage == S.PROBATIONARY
     assert fresh.seed_slots["layer1"].lifecycle_state() == model.seed_slots["layer1"].lifecycle_state()
+
+
+def test_an_older_trainer_checkpoint_loads_without_the_callback():
+    """The former Trainer checkpoint layout: the host's tensors plus ``kasmina_growth``
+    holding the slots' tensors and lifecycle dicts (and the training state)."""
+    model = _model()
+    grow_to(model.seed_slots["layer2"], S.BLENDING, "lora", host=model.host_parameters())
+    sd = model.state_dict()
+    growth = {k: v for k, v in sd.items() if k.startswith("host.slots.") or k.endswith("_extra_state")}
+    old = {k: v for k, v in sd.items() if k not in growth}
+    growth = {k: (persist.decode(v) if k.endswith("_extra_state") else v) for k, v in growth.items()}
+    old[persist.GROWTH_KEY] = persist.encode({"model": growth, "optimizer": {"groups": []}, "grower": None})
+    fresh = _model(seed=1)
+    fresh.load_state_dict(old)
+    assert fresh.seed_slots["layer2"].stage == S.BLENDING
+    assert fresh.training_state == {"optimizer": {"groups": []}, "grower": None}
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, sd[k]), k
