@@ -1,31 +1,18 @@
 """Dense seed blueprints on ``[B, C]`` features (an MLP's hidden layer, a classifier
 head's input, a tabular model, a policy network): the transformer blueprints that
-act on each feature vector alone, residual and identity at birth."""
+act on each feature vector alone (``PER_VECTOR``), the same factories registered
+for the ``dense`` topology: residual and identity at birth. (``attention`` and
+``flex_attention`` mix positions, which a ``[B, C]`` point does not have.)"""
 
 from __future__ import annotations
 
-from torch import nn
+import dataclasses
 
-from kasmina_fast.blueprints.cnn import Identity
-from kasmina_fast.blueprints.registry import register_blueprint
-from kasmina_fast.blueprints.transformer import LORA_RANK, LayerNormSeed, LoRASeed, MLPSeed
+from kasmina_fast.blueprints import transformer  # noqa: F401  (the specs registered first)
+from kasmina_fast.blueprints.registry import BlueprintRegistry
 
+PER_VECTOR = ("noop", "norm", "lora", "mlp")
 
-@register_blueprint("dense", "noop", lambda c: 0, "identity: no parameters")
-def _noop(c: int) -> nn.Module:
-    return Identity()
-
-
-@register_blueprint("dense", "norm", lambda c: 3 * c, "residual layer norm")
-def _norm(c: int) -> nn.Module:
-    return LayerNormSeed(c)
-
-
-@register_blueprint("dense", "lora", lambda c: 2 * LORA_RANK * c, "rank-8 low-rank adapter")
-def _lora(c: int) -> nn.Module:
-    return LoRASeed(c)
-
-
-@register_blueprint("dense", "mlp", lambda c: 4 * c * c + 4 * c + 4 * c * c + c, "4x MLP")
-def _mlp(c: int, checkpoint: bool = False) -> nn.Module:
-    return MLPSeed(c, checkpoint)
+for _id in PER_VECTOR:
+    _spec = BlueprintRegistry.get("transformer", _id)
+    BlueprintRegistry.register(dataclasses.replace(_spec, topology="dense"))
