@@ -148,7 +148,7 @@ def test_refusals_name_the_first_mismatch(tmp_path):
         kf.MorphogeneticModel.from_pretrained(MLP(), tmp_path / "nothing")
 
 
-def test_a_grafted_host_missing_a_point_is_refused(tmp_path):
+def test_a_tied_gpt2_round_trip_and_a_missing_point(tmp_path):
     pytest.importorskip("transformers")
     from kasmina_fast.cli import hf
 
@@ -157,7 +157,16 @@ def test_a_grafted_host_missing_a_point_is_refused(tmp_path):
     grown = kf.graft(
         gpt, ["transformer.h.1"], example_input={"input_ids": torch.zeros(1, 4, dtype=torch.long)}
     )
+    grow_to(
+        grown.seed_slots["transformer.h.1"], S.PROBATIONARY, "lora", "gated", host=grown.host_parameters()
+    )
     grown.save_pretrained(tmp_path)
+    # the tied GPT-2 as its own save_pretrained writes it, back on a fresh one
+    again = kf.MorphogeneticModel.from_pretrained(hf.gpt2(50, 16, n_embd=32, n_layer=2, n_head=2), tmp_path)
+    assert again.host.model.lm_head.weight is again.host.model.transformer.wte.weight
+    ids = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(again.eval()(input_ids=ids).logits, grown.eval()(input_ids=ids).logits)
     shallow = hf.gpt2(vocab_size=50, block_size=16, n_embd=32, n_layer=1, n_head=2)
     with pytest.raises(ValueError, match=r"no submodule 'transformer\.h\.1'"):
         kf.MorphogeneticModel.from_pretrained(shallow, tmp_path)
