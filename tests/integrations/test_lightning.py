@@ -125,3 +125,42 @@ def test_growth_in_lightning_and_exact_resume(tmp_path):
     for (name, a), b in zip(module.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), name
     assert len(trainer_b.optimizers[0].param_groups) == 3
+
+
+class DenseModule(L.LightningModule):
+    """A tabular classifier whose hidden features are ``[B, C]``: a dense point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+        self.model = kf.graft(net, ["1"], example_input=torch.zeros(2, 12), gates=PERMISSIVE)
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self.model(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        return F.cross_entropy(self.model(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=3e-3)
+
+
+def test_a_dense_point_grows_in_lightning():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 12, generator=gen)
+    data = torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long())
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    growth = GrowthCallback(kf.HeuristicPolicy(germinate_at=0, blend_algorithm_id="gated"))
+    trainer = L.Trainer(
+        max_epochs=3, callbacks=[growth], logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    module = DenseModule()
+    trainer.fit(module, loader, loader)
+    slot = module.model.seed_slots["1"]
+    assert module.model.host.topologies == {"1": "dense"} and slot.state.blueprint_id == "mlp"
+    assert growth.reports[0].transitions.get("1") == ("DORMANT", "GERMINATED", "TRAINING")
+    assert slot.stage in (kf.SeedStage.TRAINING, kf.SeedStage.BLENDING)
+    in_opt = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert {id(p) for p in slot.seed_parameters()} <= in_opt
