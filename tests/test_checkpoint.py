@@ -226,9 +226,28 @@ def test_async_save_equals_a_synchronous_one(tmp_path):
 #: a process that saves forever: every parameter filled with the step, into
 #: Checkpointer step folders and, again and again, into one folder
 CHILD = """
-import sys, torch
+import sys, time, torch
 import kasmina_fast as kf
 from kasmina_fast import checkpoint
+# argv[2] = K > 0: stop at the K-th moment of saving (a save's files written, no marker
+# yet; or right before a rename of the swap), say so and wait for the kill
+stop_at, moments = int(sys.argv[2]), [0]
+def moment():
+    moments[0] += 1
+    if moments[0] == stop_at:
+        print("stopped", flush=True)
+        time.sleep(3600)
+def wrap(fn, after):
+    def wrapped(*args, **kwargs):
+        if not after:
+            moment()
+        out = fn(*args, **kwargs)
+        if after:
+            moment()
+        return out
+    return wrapped
+checkpoint.dcp.save = wrap(checkpoint.dcp.save, after=True)
+checkpoint.os.rename = wrap(checkpoint.os.rename, after=False)
 torch.manual_seed(0)
 model = kf.MorphogeneticModel(kf.CNNHost(num_classes=4, base_channels=8), slots=["mid"])
 model.germinate_seed("conv_light", slot="mid")
@@ -261,17 +280,24 @@ def _check_loads(folder_or_ckpt) -> int:
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_of_saves(tmp_path):
-    """A real process killed with SIGKILL at random moments, many times: the newest
-    complete checkpoint always loads whole, and the next run goes on from it."""
+    """A real process killed with SIGKILL many times, every other time at a random
+    moment and otherwise at a random one of the moments inside a save (its files
+    written but no marker, or before a rename of the swap: deterministic, whatever the
+    machine's speed): the newest complete checkpoint always loads whole, and the next
+    run goes on from it."""
     rnd = random.Random(0)
     steps = checkpoint.Checkpointer(tmp_path / "steps", keep=2)
     last, torn = 0, 0
-    for _ in range(8):
+    for i in range(8):
+        stop_at = rnd.randint(1, 6) if i % 2 else 0
         proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", CHILD, str(tmp_path), str(stop_at)], stdout=subprocess.PIPE, text=True
         )
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rnd.uniform(0.2, 1.5))
+        if stop_at:
+            assert proc.stdout.readline().strip() == "stopped"
+        else:
+            time.sleep(rnd.uniform(0.2, 1.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         torn += any(p.name.endswith((".tmp", ".old")) for p in [*tmp_path.iterdir(), *steps.root.iterdir()])
@@ -280,7 +306,7 @@ def test_sigkill_at_random_points_of_saves(tmp_path):
         last = step
         if (tmp_path / "one").exists() or (tmp_path / "one.old").exists():
             _check_loads(tmp_path / "one")
-    assert last > 1 and torn >= 4  # most kills landed inside a save
+    assert last > 1 and torn >= 4  # (the 4 kills at a moment inside a save at least)
 
 
 def test_a_scheduled_prune_survives_dcp(tmp_path):
