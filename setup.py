@@ -16,19 +16,13 @@ from __future__ import annotations
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = [
-    "kasmina_fast",
-    "kasmina_fast.ops",
-    "kasmina_fast.cli",
-    "kasmina_fast.lifecycle",
-    "kasmina_fast.blueprints",
-    "kasmina_fast.hosts",
-    "kasmina_fast.examples",
-    "kasmina_fast.triton_kernels",
-]
+# every package under kasmina_fast/, found (a listed one can be forgotten), and the
+# Triton kernels, which live in triton_kernels/ at the top
+PACKAGES = [*find_packages(include=["kasmina_fast", "kasmina_fast.*"]), "kasmina_fast.triton_kernels"]
 PACKAGE_DIR = {"kasmina_fast.triton_kernels": "triton_kernels"}
+PACKAGE_DATA = {"kasmina_fast": ["py.typed"]}
 
 
 def extensions() -> tuple[list, dict]:
@@ -60,4 +54,10 @@ def extensions() -> tuple[list, dict]:
 
 
 ext_modules, cmdclass = extensions()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)
+setup(
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data=PACKAGE_DATA,
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
