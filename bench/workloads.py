@@ -1,5 +1,5 @@
 """Benchmark-only workloads (not shipped in the wheel): the gradient lists of the
-DESIGN.md anchors, the small-slot chain, and interleaved timing of variants.
+benchmark anchors (bench/RESULTS.md), the small-slot chain, and interleaved timing of variants.
 Importable as ``bench.workloads`` from the repository root (``pytest bench``,
 ``python -m bench.scripts.<script>``)."""
 
@@ -64,7 +64,7 @@ def gpt2_small_shapes() -> list[tuple[int, ...]]:
 
 
 def gradient_list(name: str, device: str) -> list[torch.Tensor]:
-    """Gradient-like lists of the DESIGN.md anchors: resnet50, gpt2_small, tiny14 (0.4 MB),
+    """Gradient-like lists of the benchmark anchors (bench/RESULTS.md): resnet50, gpt2_small, tiny14 (0.4 MB),
     many1000 (1000 tensors of 4096 elements, 16 MB: host-bound in ``_foreach_norm``)."""
     shapes = {
         "resnet50": resnet50_shapes,

@@ -41,16 +41,17 @@ def selected(backend: str) -> Iterator[None]:
         return
     from kasmina_fast.lifecycle import isolation, slot
 
-    saved = slot.blend, slot.ste, isolation.param_gradient_stats
-    slot.blend, slot.ste, isolation.param_gradient_stats = (
+    saved = slot.blend, slot.valve, slot.ste, isolation.param_gradient_stats
+    slot.blend, slot.valve, slot.ste, isolation.param_gradient_stats = (
         reference.blend,
+        reference.valve,
         reference.ste,
         _reference_param_stats,
     )
     try:
         yield
     finally:
-        slot.blend, slot.ste, isolation.param_gradient_stats = saved
+        slot.blend, slot.valve, slot.ste, isolation.param_gradient_stats = saved
 
 
 def op_fn(op: str, backend: str, compiled: bool = False, compiled_fast: bool = False) -> Callable:
