@@ -387,10 +387,9 @@ class Checkpointer:
         with _single_process_quiet():
             if self.async_save:
                 self._pending = (dcp.async_save(state, checkpoint_id=str(tmp)), tmp, folder)
-            else:
-                dcp.save(state, checkpoint_id=str(tmp))
-        if not self.async_save:
-            self._complete(tmp, folder)
+                return folder
+            dcp.save(state, checkpoint_id=str(tmp))
+        self._complete(tmp, folder)
         return folder
 
     def wait(self) -> None:

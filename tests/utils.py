@@ -454,6 +454,29 @@ def graft_case(name: str, seed: int = 0):
     return model.eval(), ["enc1", "enc2", "dec"], torch.randn(2, 1, 8, 8), lambda o: o
 
 
+#: the small causal LMs (Hugging Face, from configs) and the point each is grafted at:
+#: GPT-2 with tied embeddings, Llama with an untied head
+LM_VOCAB, LM_T = 48, 16
+LM_POINTS = {"gpt2": "transformer.h.1", "llama": "model.layers.1"}
+
+
+def grown_lm(name: str = "gpt2", gates=None):
+    """``name`` (``gpt2`` or ``llama``) built from a seeded config and grafted at its point
+    (a transformer task config with 4 blending steps)."""
+    from kasmina_fast.cli import hf
+
+    torch.manual_seed(0)
+    if name == "gpt2":
+        model = hf.gpt2(vocab_size=LM_VOCAB, block_size=LM_T, n_embd=32, n_layer=2, n_head=4)
+    else:
+        model = hf.llama(vocab_size=LM_VOCAB, block_size=LM_T)
+    tc = TaskConfig(topology="transformer", blending_steps=4)
+    ids = torch.zeros(2, LM_T, dtype=torch.long)
+    return kasmina_fast.graft(
+        model, [LM_POINTS[name]], example_input={"input_ids": ids}, task_config=tc, gates=gates
+    )
+
+
 class MLP(torch.nn.Module):
     """A tabular classifier: its hidden features are ``[B, C]`` (dense points)."""
 

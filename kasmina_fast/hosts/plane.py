@@ -49,6 +49,22 @@ def shard_like_host(module: nn.Module, host_params: Sequence[nn.Parameter]) -> N
     fully_shard(module, mesh=mesh)
 
 
+def tied_aliases(module: nn.Module) -> dict[str, str]:
+    """Each second name of a tensor ``module`` holds twice (a tied weight such as
+    GPT-2's ``lm_head.weight``) -> its first name."""
+    first: dict[int, str] = {}
+    aliases = {}
+    named = itertools.chain(
+        module.named_parameters(remove_duplicate=False), module.named_buffers(remove_duplicate=False)
+    )
+    for name, t in named:
+        if id(t) in first:
+            aliases[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return aliases
+
+
 class MorphogeneticModel(nn.Module):
     """A host plus one slot per chosen injection point, in host order (for any
     ``nn.Module`` as the host, see :func:`kasmina_fast.graft`). Each slot takes its
@@ -161,19 +177,8 @@ class MorphogeneticModel(nn.Module):
     # ---- state dicts: tensors only, each tensor once ---------------------------------------
 
     def tied_aliases(self) -> dict[str, str]:
-        """Each second name of a tensor the model holds twice (a tied weight such as
-        GPT-2's ``lm_head.weight``) -> its first name."""
-        first: dict[int, str] = {}
-        aliases = {}
-        named = itertools.chain(
-            self.named_parameters(remove_duplicate=False), self.named_buffers(remove_duplicate=False)
-        )
-        for name, t in named:
-            if id(t) in first:
-                aliases[name] = first[id(t)]
-            else:
-                first[id(t)] = name
-        return aliases
+        """:func:`tied_aliases` of this model."""
+        return tied_aliases(self)
 
     @staticmethod
     def _drop_aliases(model: MorphogeneticModel, state_dict, prefix, local_metadata) -> None:

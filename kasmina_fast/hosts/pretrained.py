@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from kasmina_fast.hosts.graft import ModuleHost
-from kasmina_fast.hosts.plane import MorphogeneticModel
+from kasmina_fast.hosts.plane import MorphogeneticModel, tied_aliases
 from kasmina_fast.lifecycle import QualityGates, TaskConfig
 
 GROWTH_JSON = "growth.json"
@@ -150,16 +150,9 @@ def _read_host_weights(folder: Path, weights: str) -> dict[str, Tensor]:
 def _load_strict(module: nn.Module, tensors: dict[str, Tensor], what: str) -> None:
     """``tensors`` into ``module``, every key and shape checked first (a tied tensor's
     second name takes its first name's value): ValueError naming the first mismatch."""
-    first: dict[int, str] = {}
-    for name, t in [
-        *module.named_parameters(remove_duplicate=False),
-        *module.named_buffers(remove_duplicate=False),
-    ]:
-        if id(t) in first:
-            if first[id(t)] in tensors and name not in tensors:
-                tensors[name] = tensors[first[id(t)]]
-        else:
-            first[id(t)] = name
+    for alias, source in tied_aliases(module).items():
+        if source in tensors and alias not in tensors:
+            tensors[alias] = tensors[source]
     own = module.state_dict()
     missing = [k for k in own if k not in tensors and not k.endswith("_extra_state")]
     unexpected = [k for k in tensors if k not in own]

@@ -119,7 +119,7 @@ class GrowthCallback(TrainerCallback):
         self.reports: list[Any] = []
         self._eval_loader: Any = None
         self._restored: dict[str, Any] | None = None  # kasmina_growth of a checkpoint being resumed
-        self._stash: dict[str, Any] | None = None  # the seeds' groups while the Trainer saves
+        self._stash: dict[str, Any] | None = None  # the training state, while the Trainer saves
         self._hooks: list[Any] = []
 
     # ---- set-up -------------------------------------------------------------------------
@@ -204,21 +204,20 @@ class GrowthCallback(TrainerCallback):
         """The Trainer saves next: take the seeds' groups out of its optimizer and scheduler."""
         if self._stash is not None:
             return
-        indices = _groups.seed_group_indices(optimizer, self.plane)
-        self._stash = _groups.export_groups(optimizer, self.plane, lr_scheduler, indices)
-        _groups.remove_groups(optimizer, lr_scheduler, indices)
+        plane = self.plane
+        self._stash = _groups.training_state(plane, optimizer, lr_scheduler, self.grower, with_state=True)
+        _groups.remove_groups(optimizer, lr_scheduler, _groups.seed_group_indices(optimizer, plane))
 
     def _disarm(self, optimizer, lr_scheduler) -> None:
         if self._stash is not None:
             stash, self._stash = self._stash, None
-            _groups.add_groups(optimizer, self.plane, lr_scheduler, stash)
+            _groups.add_groups(optimizer, self.plane, lr_scheduler, stash["groups"])
 
     def _saving_state_dict(self, module, state_dict, prefix, local_metadata):
         """While the Trainer saves a checkpoint: the training state as ``kasmina_growth``."""
         if self._stash is None or prefix:
             return
-        training = {"groups": self._stash, "grower": self.grower.state_dict()}  # (pending telemetry in)
-        state_dict[GROWTH_KEY] = persist.encode(training)
+        state_dict[GROWTH_KEY] = persist.encode(self._stash)  # (the Grower's pending telemetry in)
 
     def _loading_state_dict(self, module, state_dict, prefix, *args, **kwargs):
         """A Trainer checkpoint being loaded (the model set its ``kasmina_growth`` aside in

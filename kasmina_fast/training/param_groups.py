@@ -126,12 +126,11 @@ def training_state(
 
 
 def restore_grower(
-    grower: Any, state: dict[str, Any] | None, where: str, optimizer: Any = None, scheduler: Any = None
+    grower: Any, state: dict[str, Any] | None, where: str, optimizer: Any, scheduler: Any
 ) -> None:
-    """``grower`` takes the saved Grower ``state`` (and, when given, the restored
-    ``optimizer`` and ``scheduler``); a saved state with no ``grower`` to take it warns,
-    naming the argument."""
-    if grower is not None and optimizer is not None:
+    """``grower`` takes the restored ``optimizer`` and ``scheduler`` and the saved Grower
+    ``state``; a saved state with no ``grower`` to take it warns, naming the argument."""
+    if grower is not None:
         grower.optimizer, grower.lr_scheduler = optimizer, scheduler
     if state is None:
         return

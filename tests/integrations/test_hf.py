@@ -16,10 +16,10 @@ import kasmina_fast as kf
 transformers = pytest.importorskip("transformers", reason="needs the hf extra (transformers)")
 pytest.importorskip("accelerate", reason="Trainer needs accelerate")
 
-from kasmina_fast.cli import hf as hf_models  # noqa: E402
 from kasmina_fast.integrations.hf import GROWTH_KEY, GrowthCallback  # noqa: E402
+from tests.utils import LM_POINTS, LM_T, LM_VOCAB, grown_lm  # noqa: E402
 
-VOCAB, T, SLOT = 48, 16, "transformer.h.1"
+VOCAB, T, SLOT = LM_VOCAB, LM_T, LM_POINTS["gpt2"]
 PERMISSIVE = kf.QualityGates(
     min_training_improvement=-1e9, min_blending_epochs=1, min_seed_gradient_ratio=0.0
 )
@@ -41,19 +41,8 @@ class Tokens(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids, "note": i}
 
 
-#: each model: its builder and its grafted point
-MODELS = {
-    "gpt2": (lambda: hf_models.gpt2(vocab_size=VOCAB, block_size=T, n_embd=32, n_layer=2, n_head=4), SLOT),
-    "llama": (lambda: hf_models.llama(vocab_size=VOCAB, block_size=T), "model.layers.1"),
-}
-
-
 def _grown(name: str = "gpt2"):
-    torch.manual_seed(0)
-    build, slot = MODELS[name]  # gpt2: tied embeddings; llama: an untied head
-    tc = kf.TaskConfig(topology="transformer", blending_steps=4)
-    ids = torch.zeros(2, T, dtype=torch.long)
-    return kf.graft(build(), [slot], example_input={"input_ids": ids}, task_config=tc, gates=PERMISSIVE)
+    return grown_lm(name, gates=PERMISSIVE)
 
 
 class Recorder(transformers.TrainerCallback):
@@ -178,8 +167,9 @@ RELOAD = """
 import sys, torch
 from safetensors.torch import load_file
 sys.path.insert(0, {root!r})
-from tests.integrations.test_hf import _grown
-model = _grown({name!r}).eval()
+import kasmina_fast as kf
+from tests.utils import grown_lm
+model = grown_lm({name!r}, gates=kf.QualityGates()).eval()
 model.load_state_dict(load_file({path!r}))
 ids = torch.load({ids!r})
 with torch.no_grad():
